@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Creates ./.venv (Python 3.11) with the pinned torch/torchvision of these machines and installs
+# uncertain_repr in editable mode with its development extras. Safe to run again: it only
+# installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check \
+  "torch==2.14.1" "torchvision==0.29.1" -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+.venv/bin/python -c "import uncertain_repr, torch; print('uncertain_repr', uncertain_repr.__version__, '| torch', torch.__version__)"
