@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# Before huggingface_hub is imported anywhere: no test reaches the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +40,6 @@ def shared_data():
 
 
 @pytest.fixture(autouse=True)
-def _offline_and_seeded(monkeypatch):
-    """No test reaches the network; every test starts from the same RNG state."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def _seeded():
+    """Every test starts from the same RNG state."""
     torch.manual_seed(0)
