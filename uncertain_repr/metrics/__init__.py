@@ -1,0 +1,40 @@
+"""Evaluation metrics for uncertainty-aware representations (URL benchmark and beyond).
+
+Functional metrics (one concept per module) take torch tensors, numpy arrays or lists, on CPU or
+CUDA, and return Python floats (or tensors for per-sample results). Convention everywhere:
+higher uncertainty = more uncertain = expected to be wrong / OOD. :class:`Evaluator` streams
+batches and returns the URL benchmark's results dict, also under ``torch.distributed``.
+"""
+
+from ._checks import UndefinedMetricWarning
+from .auroc import auroc, auroc_ood
+from .classification import top_k_accuracy
+from .cropped import cropped_has_bigger_uncertainty
+from .evaluator import Evaluator
+from .nearest_neighbor import nearest_neighbor_correct, nearest_neighbor_index, recall_at_1
+from .r_auroc import r_auroc, r_auroc_mixed
+from .rank_correlation import rank_correlation, rcorr_crop_unc, rcorr_entropy
+from .risk_coverage import aurc, risk_coverage_curve
+from .soft_label_entropy import soft_label_entropy
+from .summary import uncertainty_summary
+
+__all__ = [
+    "Evaluator",
+    "UndefinedMetricWarning",
+    "aurc",
+    "auroc",
+    "auroc_ood",
+    "cropped_has_bigger_uncertainty",
+    "nearest_neighbor_correct",
+    "nearest_neighbor_index",
+    "r_auroc",
+    "r_auroc_mixed",
+    "rank_correlation",
+    "rcorr_crop_unc",
+    "rcorr_entropy",
+    "recall_at_1",
+    "risk_coverage_curve",
+    "soft_label_entropy",
+    "top_k_accuracy",
+    "uncertainty_summary",
+]

@@ -1,0 +1,30 @@
+"""Classifier accuracy."""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import ArrayLike, as_float_2d, as_labels, check_same_length
+
+
+def top_k_accuracy(logits: ArrayLike, labels: ArrayLike, k: int = 1) -> float:
+    """Fraction in [0, 1] of samples whose label is among the ``k`` largest logits.
+
+    Args:
+        logits: ``[N, C]`` finite class scores; labels: ``[N]`` integer ids in ``[0, C)``.
+        k: >= 1; capped at C (as in the original).
+
+    Returns:
+        A FRACTION, not a percentage (the original reported percent). Among tied logits the
+        choice follows ``torch.topk``.
+    """
+    x = as_float_2d(logits, "logits")
+    y = as_labels(labels, "labels")
+    check_same_length(logits=x, labels=y)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    num_classes = x.shape[1]
+    if y.min() < 0 or y.max() >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}) for logits with {num_classes} classes")
+    top = torch.from_numpy(x).topk(min(k, num_classes), dim=1).indices
+    return float((top == torch.from_numpy(y)[:, None]).any(dim=1).double().mean())

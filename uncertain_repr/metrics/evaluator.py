@@ -1,0 +1,176 @@
+"""Streaming, distribution-aware evaluator producing the URL benchmark's results dict."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Literal, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ._checks import ArrayLike, as_embeddings, as_float_1d, as_float_2d, as_labels, check_same_length
+from .auroc import _auroc_np, auroc_ood
+from .classification import top_k_accuracy
+from .cropped import cropped_has_bigger_uncertainty
+from .nearest_neighbor import Metric, nearest_neighbor_correct
+from .r_auroc import r_auroc_mixed
+from .rank_correlation import rcorr_crop_unc, rcorr_entropy
+from .summary import uncertainty_summary
+
+def _cpu(x: torch.Tensor | np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    return torch.as_tensor(x).detach().to(device="cpu", dtype=dtype)
+
+
+class Evaluator:
+    """Accumulates per-batch outputs and computes the per-dataset metrics of the URL benchmark.
+
+    ``update()`` stores detached CPU copies (float32; labels/indices int64). ``compute()``
+    gathers all ranks when ``torch.distributed`` is initialised (uneven shards allowed), orders
+    samples by ``indices`` if they were given (duplicated indices, e.g. DistributedSampler
+    padding, are kept once), and returns plain floats. Nothing N x N is ever stored.
+
+    Args:
+        metric, chunk_size, backend: 1-NN settings, see :func:`nearest_neighbor_correct`.
+    """
+
+    def __init__(
+        self,
+        *,
+        metric: Metric = "cosine",
+        chunk_size: Optional[int] = None,
+        backend: Literal["torch", "faiss"] = "torch",
+    ) -> None:
+        self.metric = metric
+        self.chunk_size = chunk_size
+        self.backend = backend
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all stored batches."""
+        self._store: Dict[str, List[torch.Tensor]] = {}
+        self._num_batches = 0
+
+    def update(
+        self,
+        embeddings: ArrayLike,
+        uncertainties: ArrayLike,
+        labels: ArrayLike,
+        *,
+        soft_labels: Optional[ArrayLike] = None,
+        uncertainties_cropped: Optional[ArrayLike] = None,
+        crop_fractions: Optional[ArrayLike] = None,
+        logits: Optional[ArrayLike] = None,
+        indices: Optional[ArrayLike] = None,
+    ) -> None:
+        """Add one batch of B samples.
+
+        Args:
+            embeddings: ``[B, D]``; uncertainties: ``[B]`` (higher = more uncertain);
+                labels: ``[B]`` integer class ids.
+            soft_labels: ``[B, C]`` annotator counts/probabilities -> ``rcorr_entropy``.
+            uncertainties_cropped: ``[B]`` uncertainties of center crops -> ``croppedHasBiggerUnc``.
+            crop_fractions: ``[B]`` kept side fraction of those crops -> ``rcorr_crop_unc``
+                (needs ``uncertainties_cropped``).
+            logits: ``[B, C]`` classifier outputs -> ``top1``, ``top5``, ``auroc_classification``.
+            indices: ``[B]`` global sample ids; makes results independent of batching/sharding.
+
+        Every optional argument must be given in every batch or in none.
+        """
+        batch = {
+            "embeddings": _cpu(as_embeddings(embeddings, "embeddings"), torch.float32),
+            "uncertainties": _cpu(as_float_1d(uncertainties, "uncertainties"), torch.float32),
+            "labels": _cpu(as_labels(labels, "labels"), torch.int64),
+        }
+        optional = {
+            "soft_labels": None if soft_labels is None else as_float_2d(soft_labels, "soft_labels"),
+            "uncertainties_cropped": None
+            if uncertainties_cropped is None
+            else as_float_1d(uncertainties_cropped, "uncertainties_cropped"),
+            "crop_fractions": None if crop_fractions is None else as_float_1d(crop_fractions, "crop_fractions"),
+            "logits": None if logits is None else as_float_2d(logits, "logits"),
+            "indices": None if indices is None else as_labels(indices, "indices"),
+        }
+        if crop_fractions is not None and uncertainties_cropped is None:
+            raise ValueError("crop_fractions needs uncertainties_cropped in the same update() call")
+        for name, value in optional.items():
+            if value is not None:
+                batch[name] = _cpu(value, torch.int64 if name == "indices" else torch.float32)
+        check_same_length(**batch)
+        if self._num_batches and set(batch) != set(self._store):
+            raise ValueError(
+                f"update() got inputs {sorted(batch)} but earlier batches had {sorted(self._store)}; "
+                "give each optional input in every batch or in none"
+            )
+        for name, value in batch.items():
+            self._store.setdefault(name, []).append(value)
+        self._num_batches += 1
+
+    def _gathered(self) -> Dict[str, torch.Tensor]:
+        """Local batches, concatenated, gathered from all ranks, ordered by ``indices`` if given."""
+        local = {name: torch.cat(parts) for name, parts in self._store.items()}
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            shards: List[Dict[str, torch.Tensor]] = [{} for _ in range(dist.get_world_size())]
+            dist.all_gather_object(shards, local)
+            keys = {frozenset(s) for s in shards if s}
+            if len(keys) > 1:
+                raise ValueError("ranks called update() with different sets of inputs")
+            shards = [s for s in shards if s]
+            data = {name: torch.cat([s[name] for s in shards]) for name in (shards[0] if shards else {})}
+        else:
+            data = local
+        if not data:
+            raise ValueError("Evaluator.compute() called before any update()")
+        if "indices" in data:
+            _, first = np.unique(data["indices"].numpy(), return_index=True)  # sorted ids, first copy
+            order = torch.from_numpy(first)
+            data = {name: value[order] for name, value in data.items()}
+        return data
+
+    def compute(self) -> Dict[str, float]:
+        """All metrics whose inputs were given (keys of absent inputs are absent, not 0).
+
+        Keys: ``r1``, ``auroc_correct`` and the :func:`uncertainty_summary` keys always;
+        ``top1``, ``top5``, ``auroc_classification`` with logits; ``croppedHasBiggerUnc`` with
+        uncertainties_cropped; ``rcorr_crop_unc`` with crop_fractions; ``rcorr_entropy`` with
+        soft_labels. Fractions are in [0, 1] (the original's top1/top5 were percent) and values
+        are not rounded (the original rounded to 4 decimals).
+        """
+        d = self._gathered()
+        emb, unc, labels = d["embeddings"], d["uncertainties"], d["labels"]
+        correct = nearest_neighbor_correct(
+            emb, labels, metric=self.metric, chunk_size=self.chunk_size, backend=self.backend
+        )
+        unc_np = unc.double().numpy()
+        out: Dict[str, float] = {
+            "r1": float(correct.double().mean()),
+            "auroc_correct": _auroc_np(unc_np, ~correct.numpy()),
+        }
+        if "logits" in d:
+            logits = d["logits"]
+            out["top1"] = top_k_accuracy(logits, labels, 1)
+            out["top5"] = top_k_accuracy(logits, labels, 5)
+            out["auroc_classification"] = _auroc_np(unc_np, (logits.argmax(dim=1) != labels).numpy())
+        if "uncertainties_cropped" in d:
+            out["croppedHasBiggerUnc"] = cropped_has_bigger_uncertainty(unc, d["uncertainties_cropped"])
+        if "crop_fractions" in d:
+            out["rcorr_crop_unc"] = rcorr_crop_unc(d["uncertainties_cropped"], d["crop_fractions"])
+        if "soft_labels" in d:
+            out["rcorr_entropy"] = rcorr_entropy(unc, d["soft_labels"])
+        out.update(uncertainty_summary(unc))
+        return out
+
+    def compute_mixed(self, ood: "Evaluator") -> Dict[str, float]:
+        """``auroc_ood`` and ``auroc_correct_mixed`` with this evaluator as ID and ``ood`` as OOD.
+
+        Uses all stored samples of both (after gathering); see :func:`r_auroc_mixed` for the
+        label shift that makes the two class sets disjoint.
+        """
+        ind, ood_d = self._gathered(), ood._gathered()
+        return {
+            "auroc_ood": auroc_ood(ind["uncertainties"], ood_d["uncertainties"]),
+            "auroc_correct_mixed": r_auroc_mixed(
+                ind["uncertainties"], ind["embeddings"], ind["labels"],
+                ood_d["uncertainties"], ood_d["embeddings"], ood_d["labels"],
+                metric=self.metric, chunk_size=self.chunk_size, backend=self.backend,
+            ),
+        }

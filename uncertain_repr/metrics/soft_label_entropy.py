@@ -1,0 +1,33 @@
+"""Entropy of soft (annotator) labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._checks import ArrayLike, as_float_2d
+
+
+def soft_label_entropy(counts_or_probs: ArrayLike) -> torch.Tensor:
+    """Shannon entropy (natural log) of each row's label distribution.
+
+    Args:
+        counts_or_probs: ``[N, C]`` non-negative vote counts or probabilities; each row is
+            normalised by its sum first.
+
+    Returns:
+        ``float64 Tensor[N]``; 0 * log 0 = 0; rows whose sum is 0 (no votes) give NaN.
+
+    Difference from the original: it clamped log q at -1e7 (same value for q = 0) and
+    computed in float32; here exact 0 * log 0 = 0 in float64.
+    """
+    counts = as_float_2d(counts_or_probs, "counts_or_probs")
+    if (counts < 0).any():
+        raise ValueError("counts_or_probs must be non-negative (vote counts or probabilities)")
+    total = counts.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = counts / total
+        plogp = np.where(q > 0, q * np.log(np.where(q > 0, q, 1.0)), 0.0)
+    entropy = -plogp.sum(axis=1)
+    entropy[total[:, 0] == 0] = np.nan
+    return torch.from_numpy(entropy)
