@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
-
 from ._checks import ArrayLike, as_float_1d, check_same_length, undefined
 from .soft_label_entropy import soft_label_entropy
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``x [N]`` in float64, ties get the average of their ranks."""
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    ends = np.r_[starts[1:], xs.size]  # exclusive
+    ranks = np.empty(x.size, dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
 
 
 def _spearman_np(x: np.ndarray, y: np.ndarray) -> float:
@@ -14,7 +23,7 @@ def _spearman_np(x: np.ndarray, y: np.ndarray) -> float:
     x, y = x[keep], y[keep]
     if x.size < 2:
         return undefined(f"Spearman correlation is undefined for {x.size} non-NaN pair(s); returning nan")
-    rx, ry = rankdata(x) - (x.size + 1) / 2, rankdata(y) - (y.size + 1) / 2
+    rx, ry = _average_ranks(x) - (x.size + 1) / 2, _average_ranks(y) - (y.size + 1) / 2
     denom = np.sqrt((rx @ rx) * (ry @ ry))
     if denom == 0:
         return undefined("Spearman correlation is undefined for constant input; returning nan")
