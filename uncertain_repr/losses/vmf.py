@@ -145,16 +145,14 @@ def log_vmf_normalizer(kappa: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.where(positive, value, torch.full_like(value, at_zero))
 
 
-def _normal(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normals in float64 on ``like``'s device, drawn from ``generator`` (on its own device) if given."""
+def _draw(kind: str, shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None,
+          dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Standard normal (``kind="normal"``) or U(0, 1] draws on ``like``'s device, from ``generator`` if given
+    (drawn on the generator's own device, then moved)."""
     device = like.device if generator is None else generator.device
-    return torch.randn(shape, generator=generator, device=device, dtype=torch.float64).to(like.device)
-
-
-def _uniform(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    device = like.device if generator is None else generator.device
-    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64).to(like.device)
-    return u.clamp(1e-300, 1.0)
+    fn = torch.randn if kind == "normal" else torch.rand
+    out = fn(shape, generator=generator, device=device, dtype=dtype).to(like.device)
+    return out if kind == "normal" else out.clamp_min(torch.finfo(dtype).tiny)
 
 
 def _sample_w(
@@ -166,31 +164,36 @@ def _sample_w(
     finite = torch.isfinite(k)
     k_safe = torch.where(finite, k, torch.ones_like(k))
     if dim == 3:  # exact inverse CDF: w = 1 + log(u + (1-u) exp(-2k)) / k
-        u = _uniform(shape, kappa, generator).to(kappa.dtype)
+        u = _draw("uniform", shape, kappa, generator, kappa.dtype)
         w = 1.0 + torch.logaddexp(torch.log(u), torch.log1p(-u) - 2.0 * k_safe) / k_safe
         w = torch.where(k_safe > 0, w, 1.0 - 2.0 * u)
     else:
         m1 = dim - 1.0
         # b = (-2k + sqrt(4k^2 + (D-1)^2)) / (D-1), written without cancellation for large k.
         b = m1 / (2.0 * k_safe + torch.sqrt(4.0 * k_safe**2 + m1**2))
-        b64, k64 = b.detach().double(), k_safe.detach().double()
-        x0 = (1.0 - b64) / (1.0 + b64)
-        c = k64 * x0 + m1 * torch.log1p(-x0 * x0)
-        e = torch.zeros(shape, dtype=torch.float64, device=kappa.device)
-        pending = torch.ones(shape, dtype=torch.bool, device=kappa.device)
+        # Acceptance in the form of Davidson et al. (2018), finite for every kappa (Wood's x0 -> 1 overflows):
+        # t = 2ab / (1 - (1-b) e), accept iff (D-1) log t - t + d >= log u.
+        k64 = k_safe.detach().double()
+        root = torch.sqrt(4.0 * k64**2 + m1**2)
+        b64 = m1 / (2.0 * k64 + root)
+        ab = m1 * (m1 + 2.0 * k64 + root) / (4.0 * (2.0 * k64 + root))
+        d = 4.0 * ab / (1.0 + b64) - m1 * math.log(m1)
+        e = torch.zeros(shape, dtype=torch.float64, device=kappa.device).flatten()
+        pending = torch.arange(e.numel(), device=kappa.device)  # flat indices still to accept
+        b_flat, ab_flat, d_flat = b64.flatten(), ab.flatten(), d.flatten()
         for _ in range(max_rounds):
-            z = _normal((*shape, dim), kappa, generator)
-            e_prop = 0.5 * (1.0 + z[..., 0] / z.norm(dim=-1))  # ~ Beta((D-1)/2, (D-1)/2)
-            w_prop = (1.0 - (1.0 + b64) * e_prop) / (1.0 - (1.0 - b64) * e_prop)
-            accept = k64 * w_prop + m1 * torch.log1p(-x0 * w_prop) - c >= torch.log(_uniform(shape, kappa, generator))
-            newly = pending & accept
-            e = torch.where(newly, e_prop, e)
-            pending = pending & ~accept
-            if not bool(pending.any()):
+            z = _draw("normal", (pending.numel(), dim), kappa, generator)
+            e_prop = 0.5 * (1.0 + z[:, 0] / z.norm(dim=1))  # ~ Beta((D-1)/2, (D-1)/2)
+            t = 2.0 * ab_flat[pending] / (1.0 - (1.0 - b_flat[pending]) * e_prop)
+            log_u = torch.log(_draw("uniform", (pending.numel(),), kappa, generator))
+            accept = m1 * torch.log(t) - t + d_flat[pending] >= log_u
+            e[pending[accept]] = e_prop[accept]
+            pending = pending[~accept]
+            if pending.numel() == 0:
                 break
         else:
             raise RuntimeError(f"vMF rejection sampler did not accept all samples within {max_rounds} rounds")
-        e = e.to(kappa.dtype)
+        e = e.view(shape).to(kappa.dtype)
         w = (1.0 - (1.0 + b) * e) / (1.0 - (1.0 - b) * e)
     return torch.where(finite, w, torch.ones_like(w))
 
@@ -227,9 +230,10 @@ def sample_vmf(
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     batch, dim = mu.shape
     w = _sample_w(kappa.to(mu.dtype), dim, n_samples, generator, max_rounds).unsqueeze(-1)  # [S, B, 1]
-    v = _normal((n_samples, batch, dim - 1), mu, generator).to(mu.dtype)
+    v = _draw("normal", (n_samples, batch, dim - 1), mu, generator, mu.dtype)
     v = v / v.norm(dim=-1, keepdim=True)
-    x = torch.cat([w, torch.sqrt((1.0 - w * w).clamp_min(1e-14)) * v], dim=-1)  # around e_1
+    radius = torch.where(w * w < 1.0, torch.sqrt((1.0 - w * w).clamp_min(1e-14)), torch.zeros_like(w))
+    x = torch.cat([w, radius * v], dim=-1)  # around e_1
     e1 = torch.zeros_like(mu)
     e1[:, 0] = 1.0
     h = e1 - mu

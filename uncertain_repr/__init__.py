@@ -1,0 +1,20 @@
+"""uncertain_repr: uncertainty-aware pretrained image representations.
+
+``embedding, uncertainty = model(x)`` with shapes ``[B, D]`` and ``[B]``; higher = more uncertain.
+"""
+
+from . import metrics
+from .methods import UncertaintyMethod, list_methods, register_method
+from .model import UncertainOutput, Uncertainizer
+from .version import __version__
+
+__all__ = [
+    "UncertainOutput",
+    "Uncertainizer",
+    "UncertaintyMethod",
+    "__version__",
+    "list_methods",
+    "losses",
+    "metrics",
+    "register_method",
+]

@@ -1,0 +1,68 @@
+"""Argument checks shared by the model, the hub and the data code.
+
+Each check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong shape or
+value) with a message that names the argument and what was expected.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and compiler.is_compiling())
+
+
+def check_finite(name: str, tensor: torch.Tensor) -> None:
+    """Raise ``ValueError`` if ``tensor`` holds NaN or inf (skipped while tracing for compile/export)."""
+    if _is_compiling():
+        return
+    if not bool(torch.isfinite(tensor).all()):
+        bad = (~torch.isfinite(tensor)).reshape(tensor.shape[0], -1).any(dim=1).nonzero().flatten()
+        raise ValueError(f"{name} contains NaN or inf values (in batch rows {bad[:10].tolist()})")
+
+
+def check_images(
+    x: object,
+    *,
+    in_chans: Optional[int] = None,
+    img_size: Optional[Sequence[int]] = None,
+    name: str = "x",
+) -> torch.Tensor:
+    """Validate a float image batch ``[B, C, H, W]``; ``img_size`` only for fixed-size backbones."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of images [B, C, H, W], got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor (normalised images), got dtype {x.dtype}; "
+            "convert with x.float() and apply the model's transforms"
+        )
+    if x.ndim != 4:
+        raise ValueError(f"{name} must have shape [B, C, H, W], got {tuple(x.shape)} ({x.ndim}-D)")
+    if x.shape[0] < 1:
+        raise ValueError(f"{name} must hold at least one image, got batch size 0")
+    if in_chans is not None and x.shape[1] != in_chans:
+        raise ValueError(f"{name} must have {in_chans} channels (dim 1), got shape {tuple(x.shape)}")
+    if img_size is not None and tuple(x.shape[2:]) != tuple(img_size):
+        raise ValueError(
+            f"{name} must be {tuple(img_size)} pixels (H, W) for this backbone, got {tuple(x.shape[2:])}"
+        )
+    check_finite(name, x)
+    return x
+
+
+def check_embedding(e: object, *, dim: int, name: str = "embedding") -> torch.Tensor:
+    """Validate a float embedding batch ``[B, dim]``."""
+    if not isinstance(e, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor [B, {dim}], got {type(e).__name__}")
+    if not e.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {e.dtype}")
+    if e.ndim != 2 or e.shape[1] != dim:
+        raise ValueError(f"{name} must have shape [B, {dim}], got {tuple(e.shape)}")
+    if e.shape[0] < 1:
+        raise ValueError(f"{name} must hold at least one row, got batch size 0")
+    check_finite(name, e)
+    return e

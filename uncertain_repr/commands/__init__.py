@@ -1,0 +1,1 @@
+"""Subcommands of the ``uncertain-repr`` command line; each imports its heavy dependencies in ``run``."""

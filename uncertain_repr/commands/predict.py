@@ -1,0 +1,53 @@
+"""``uncertain-repr predict IMAGE...``: embedding norm and uncertainty per image."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+HELP = "print the embedding norm and uncertainty of each image"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", help="image files (any format PIL reads)")
+    parser.add_argument(
+        "--backbone", default="vit_tiny_patch16_224", help="timm backbone name (default: %(default)s)"
+    )
+    parser.add_argument("--method", default="pred-net", help="uncertainty method (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..images import eval_transform, load_images
+    from ..model import Uncertainizer
+
+    print(
+        f"WARNING: {args.backbone} + {args.method} is RANDOMLY INITIALISED (no pretrained uncertainty "
+        "weights are available offline yet): these uncertainties are meaningless.",
+        file=sys.stderr,
+    )
+    model = Uncertainizer(args.backbone, args.method).to(args.device).eval()
+    transform = eval_transform(model)
+    rows = []
+    for start in range(0, len(args.images), args.batch_size):
+        paths = args.images[start : start + args.batch_size]
+        with torch.no_grad():
+            emb, unc = model(load_images(paths, transform).to(args.device))
+        rows += [
+            {"image": p, "embedding_norm": float(e.norm()), "uncertainty": float(u)}
+            for p, e, u in zip(paths, emb, unc)
+        ]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        width = max(len(r["image"]) for r in rows)
+        print(f"{'image':<{width}}  {'|embedding|':>11}  {'uncertainty':>11}")
+        for r in rows:
+            print(f"{r['image']:<{width}}  {r['embedding_norm']:>11.4f}  {r['uncertainty']:>11.6f}")
+    return 0

@@ -1,0 +1,54 @@
+"""The interface every uncertainty method implements."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Optional, Tuple
+
+import torch
+from torch import nn
+
+
+class UncertaintyMethod(nn.Module):
+    """Computes one uncertainty per sample from an embedding ``[B, D]`` (and the classifier).
+
+    A method never knows which backbone it sits on. Subclasses implement
+    :meth:`uncertainty`; methods that produce their own logits (ensembles, MC dropout, ...)
+    override :meth:`forward`. Non-trainable state belongs in buffers, never in parameters with
+    ``requires_grad=False``, so that freezing and unfreezing cannot overwrite it.
+
+    Args:
+        embed_dim: width ``D`` of the embedding.
+        num_classes: number of logits ``C`` of the classifier (0 if there is none).
+    """
+
+    name: ClassVar[str] = ""
+    needs_logits: ClassVar[bool] = False
+
+    def __init__(self, embed_dim: int, num_classes: int = 0) -> None:
+        super().__init__()
+        self.embed_dim = int(embed_dim)
+        self.num_classes = int(num_classes)
+
+    def attach(self, backbone: nn.Module) -> None:
+        """Called once by ``Uncertainizer`` with the backbone (e.g. to register hooks). Default: nothing."""
+
+    def uncertainty(self, embedding: torch.Tensor, logits: Optional[torch.Tensor]) -> torch.Tensor:
+        """Uncertainty ``[B]`` from ``embedding [B, D]`` and ``logits [B, C]`` (or ``None``)."""
+        raise NotImplementedError
+
+    def forward(
+        self, embedding: torch.Tensor, classifier: Optional[nn.Module], *, stopgrad: bool = False
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Return ``(uncertainty [B], logits [B, C] or None)``.
+
+        With ``stopgrad`` the uncertainty is computed from detached inputs, so its loss cannot
+        change the backbone or the classifier; the logits keep their gradient.
+        """
+        logits = classifier(embedding) if classifier is not None else None
+        if self.needs_logits and logits is None:
+            raise ValueError(f"method {self.name!r} needs logits, but the backbone has no classifier")
+        if stopgrad:
+            unc = self.uncertainty(embedding.detach(), None if logits is None else logits.detach())
+        else:
+            unc = self.uncertainty(embedding, logits)
+        return unc, logits

@@ -1,0 +1,58 @@
+"""Uncertainties that need no training: from the classifier's softmax, the embedding norm, a constant."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ._registry import register_method
+from .base import UncertaintyMethod
+
+MIN_NORM = 1e-12
+
+
+def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy ``-sum_c p_c log p_c`` (nats) of ``softmax(logits [B, C])`` -> ``[B]``; ``0 log 0 = 0``."""
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    return -(log_p.exp() * log_p).nan_to_num(nan=0.0).sum(dim=-1)
+
+
+@register_method("class-entropy")
+class ClassEntropy(UncertaintyMethod):
+    """``u = H(softmax(logits))`` in nats, in ``[0, log C]``."""
+
+    needs_logits = True
+
+    def uncertainty(self, embedding: torch.Tensor, logits: Optional[torch.Tensor]) -> torch.Tensor:
+        return softmax_entropy(logits)
+
+
+@register_method("max-prob")
+class MaxProb(UncertaintyMethod):
+    """``u = 1 - max_c softmax(logits)_c``, in ``[0, 1 - 1/C]``."""
+
+    needs_logits = True
+
+    def uncertainty(self, embedding: torch.Tensor, logits: Optional[torch.Tensor]) -> torch.Tensor:
+        return 1.0 - torch.softmax(logits.float(), dim=-1).amax(dim=-1)
+
+
+@register_method("embed-norm")
+class EmbedNorm(UncertaintyMethod):
+    """``u = 1 / max(||e||_2, 1e-12)``: a large embedding norm means certainty."""
+
+    def uncertainty(self, embedding: torch.Tensor, logits: Optional[torch.Tensor]) -> torch.Tensor:
+        return 1.0 / embedding.float().norm(dim=-1).clamp_min(MIN_NORM)
+
+
+@register_method("constant")
+class Constant(UncertaintyMethod):
+    """``u = value`` for every sample: the uninformative baseline (AUROC 0.5 through ties)."""
+
+    def __init__(self, embed_dim: int, num_classes: int = 0, *, value: float = 1.0) -> None:
+        super().__init__(embed_dim, num_classes)
+        self.value = float(value)
+
+    def uncertainty(self, embedding: torch.Tensor, logits: Optional[torch.Tensor]) -> torch.Tensor:
+        return embedding.new_full((embedding.shape[0],), self.value, dtype=torch.float32)

@@ -1,0 +1,66 @@
+"""``pred-net``: a small MLP that predicts the uncertainty from the embedding (URL / PVU head)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional, Union
+
+import torch
+from torch import nn
+
+from ._registry import register_method
+from .base import UncertaintyMethod
+
+EPS = 1e-6
+
+
+@register_method("pred-net")
+class PredNet(UncertaintyMethod):
+    """``u = scale * (softplus(MLP(e)) + 1e-6)``, strictly positive.
+
+    MLP = ``depth`` x [Linear -> LeakyReLU(0.01)] then Linear(width, 1); PyTorch's default
+    initialisation. Layer ``i`` of the original code's ``unc_module`` is ``net.i`` here.
+
+    Args:
+        width: hidden width (original default 512; the URL paper used 1024).
+        depth: number of hidden layers (original default 2; URL used 3).
+        negative_slope: LeakyReLU slope.
+
+    ``scale`` is a saved buffer (1.0 by default); :meth:`set_mean_uncertainty` sets it so that the
+    mean uncertainty over some embeddings equals a target (the original ``--unc_start_value``).
+    """
+
+    def __init__(
+        self, embed_dim: int, num_classes: int = 0, *, width: int = 512, depth: int = 2, negative_slope: float = 0.01
+    ) -> None:
+        super().__init__(embed_dim, num_classes)
+        if width < 1 or depth < 0:
+            raise ValueError(f"pred-net needs width >= 1 and depth >= 0, got width={width}, depth={depth}")
+        layers, in_dim = [], embed_dim
+        for _ in range(depth):
+            layers += [nn.Linear(in_dim, width), nn.LeakyReLU(negative_slope)]
+            in_dim = width
+        layers += [nn.Linear(in_dim, 1), nn.Softplus()]
+        self.net = nn.Sequential(*layers)
+        self.register_buffer("scale", torch.ones(()))
+
+    def uncertainty(self, embedding: torch.Tensor, logits: Optional[torch.Tensor]) -> torch.Tensor:
+        return (self.net(embedding).squeeze(-1) + EPS) * self.scale
+
+    @torch.no_grad()
+    def set_mean_uncertainty(self, embeddings: Union[torch.Tensor, Iterable[torch.Tensor]], target: float) -> float:
+        """Rescale so that the mean uncertainty over ``embeddings`` ([N, D] or batches of them) is ``target``.
+
+        Returns the new scale. ``ValueError`` if ``target <= 0`` or there are no embeddings.
+        """
+        if not target > 0:
+            raise ValueError(f"target mean uncertainty must be > 0, got {target}")
+        batches = [embeddings] if isinstance(embeddings, torch.Tensor) else embeddings
+        total, count = 0.0, 0
+        for e in batches:
+            raw = self.net(e.to(self.scale.device)).squeeze(-1) + EPS
+            total += float(raw.double().sum())
+            count += raw.numel()
+        if count == 0:
+            raise ValueError("set_mean_uncertainty needs at least one embedding")
+        self.scale.fill_(target * count / total)
+        return float(self.scale)
