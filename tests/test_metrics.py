@@ -130,6 +130,10 @@ def test_nearest_neighbor_cuda_if_available():
         pytest.skip("no CUDA device")
     x, labels = torch.randn(500, 32), torch.randint(0, 5, (500,))
     assert torch.equal(M.nearest_neighbor_correct(x.cuda(), labels.cuda()), M.nearest_neighbor_correct(x, labels))
+    on_gpu, on_cpu = M.Evaluator(device="cuda"), M.Evaluator()
+    for ev in (on_gpu, on_cpu):
+        ev.update(x.cuda(), torch.rand(500).cuda(), labels.cuda())
+    assert on_gpu.compute() == on_cpu.compute()
 
 
 def test_faiss_backend_optional():

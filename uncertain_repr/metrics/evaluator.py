@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Optional
+from typing import Dict, List, Literal, Optional, Union
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ class Evaluator:
 
     Args:
         metric, chunk_size, backend: 1-NN settings, see :func:`nearest_neighbor_correct`.
+        device: where the 1-NN matrix products run at ``compute()`` (default: CPU), e.g. "cuda".
     """
 
     def __init__(
@@ -39,10 +40,12 @@ class Evaluator:
         metric: Metric = "cosine",
         chunk_size: Optional[int] = None,
         backend: Literal["torch", "faiss"] = "torch",
+        device: Union[str, torch.device, None] = None,
     ) -> None:
         self.metric = metric
         self.chunk_size = chunk_size
         self.backend = backend
+        self.device = torch.device("cpu") if device is None else torch.device(device)
         self.reset()
 
     def reset(self) -> None:
@@ -138,7 +141,7 @@ class Evaluator:
         d = self._gathered()
         emb, unc, labels = d["embeddings"], d["uncertainties"], d["labels"]
         correct = nearest_neighbor_correct(
-            emb, labels, metric=self.metric, chunk_size=self.chunk_size, backend=self.backend
+            emb.to(self.device), labels, metric=self.metric, chunk_size=self.chunk_size, backend=self.backend
         )
         unc_np = unc.double().numpy()
         out: Dict[str, float] = {
@@ -169,8 +172,8 @@ class Evaluator:
         return {
             "auroc_ood": auroc_ood(ind["uncertainties"], ood_d["uncertainties"]),
             "auroc_correct_mixed": r_auroc_mixed(
-                ind["uncertainties"], ind["embeddings"], ind["labels"],
-                ood_d["uncertainties"], ood_d["embeddings"], ood_d["labels"],
+                ind["uncertainties"], ind["embeddings"].to(self.device), ind["labels"],
+                ood_d["uncertainties"], ood_d["embeddings"].to(self.device), ood_d["labels"],
                 metric=self.metric, chunk_size=self.chunk_size, backend=self.backend,
             ),
         }
