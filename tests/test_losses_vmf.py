@@ -20,7 +20,8 @@ def _mp_log_c(dim: int, kappa: float) -> float:
     with mpmath.workdps(40):
         v = mpmath.mpf(dim) / 2 - 1
         k = mpmath.mpf(kappa)
-        return float(v * mpmath.log(k) - mpmath.mpf(dim) / 2 * mpmath.log(2 * mpmath.pi) - mpmath.log(mpmath.besseli(v, k)))
+        log_c = v * mpmath.log(k) - mpmath.mpf(dim) / 2 * mpmath.log(2 * mpmath.pi) - mpmath.log(mpmath.besseli(v, k))
+        return float(log_c)
 
 
 def _mp_mean_resultant(dim: int, kappa: float) -> float:

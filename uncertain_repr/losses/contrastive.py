@@ -19,7 +19,9 @@ from .vmf import sample_vmf
 __all__ = ["InfoNCE", "MCInfoNCE"]
 
 
-def pair_masks(target: torch.Tensor, batch: int, supervised: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_masks(
+    target: torch.Tensor, batch: int, supervised: bool, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Boolean [B, B] masks (positives, negatives), both with a False diagonal."""
     if supervised:
         if not torch.is_tensor(target) or target.is_floating_point() or target.is_complex():

@@ -62,24 +62,25 @@ def _log_iv_series(v: float, k: np.ndarray, n_terms: int = 8) -> np.ndarray:
     return v * log_half_k + special.logsumexp(terms, axis=0)
 
 
-def _log_iv_numpy(v: float, k: np.ndarray) -> np.ndarray:
-    """log I_v(k) for v >= 0 and k > 0 (float64 numpy)."""
-    with np.errstate(divide="ignore"):
-        out = np.log(special.ive(v, k)) + k
-    bad = ~(special.ive(v, k) > _IVE_TINY)
-    if bad.any():
+def _log_iv_numpy(v: float, k: np.ndarray, ive_v: np.ndarray | None = None) -> np.ndarray:
+    """log I_v(k) for v >= 0 and k > 0 (float64 numpy); ``ive_v`` = ive(v, k) if already computed."""
+    ive_v = special.ive(v, k) if ive_v is None else ive_v
+    ok = ive_v > _IVE_TINY
+    out = np.empty_like(k)
+    out[ok] = np.log(ive_v[ok]) + k[ok]
+    if not ok.all():
         fallback = _log_iv_debye if v >= _DEBYE_MIN_ORDER else _log_iv_series
-        out[bad] = fallback(v, k[bad])
+        out[~ok] = fallback(v, k[~ok])
     return out
 
 
-def _bessel_ratio_numpy(v: float, k: np.ndarray) -> np.ndarray:
-    """I_{v+1}(k) / I_v(k) for k > 0 (float64 numpy)."""
-    num, den = special.ive(v + 1.0, k), special.ive(v, k)
-    ok = (num > _IVE_TINY) & (den > _IVE_TINY)
+def _bessel_ratio_numpy(v: float, k: np.ndarray, ive_v: np.ndarray) -> np.ndarray:
+    """I_{v+1}(k) / I_v(k) for k > 0 (float64 numpy), given ive_v = ive(v, k)."""
+    num = special.ive(v + 1.0, k)
+    ok = (num > _IVE_TINY) & (ive_v > _IVE_TINY)
     out = np.empty_like(k)
-    out[ok] = num[ok] / den[ok]
-    if (~ok).any():
+    out[ok] = num[ok] / ive_v[ok]
+    if not ok.all():
         out[~ok] = np.exp(_log_iv_numpy(v + 1.0, k[~ok]) - _log_iv_numpy(v, k[~ok]))
     return out
 
@@ -90,16 +91,16 @@ class _LogBesselIv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kappa: torch.Tensor, v: float) -> torch.Tensor:  # type: ignore[override]
         k = kappa.detach().to("cpu", torch.float64).numpy()
+        ive_v = special.ive(v, k)
         ctx.save_for_backward(kappa)
-        ctx.v = v
-        return torch.from_numpy(_log_iv_numpy(v, k)).to(kappa.device, kappa.dtype)
+        ctx.v, ctx.k, ctx.ive_v = v, k, ive_v
+        return torch.from_numpy(_log_iv_numpy(v, k, ive_v)).to(kappa.device, kappa.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         (kappa,) = ctx.saved_tensors
-        k = kappa.detach().to("cpu", torch.float64).numpy()
-        deriv = _bessel_ratio_numpy(ctx.v, k) + ctx.v / k
+        deriv = _bessel_ratio_numpy(ctx.v, ctx.k, ctx.ive_v) + ctx.v / ctx.k
         return grad * torch.from_numpy(deriv).to(kappa.device, kappa.dtype), None
 
 
