@@ -1,4 +1,7 @@
-"""Reading image files into model-ready batches with the model's own timm transforms."""
+"""Reading image files into model-ready batches with the model's own timm transforms.
+
+``eval_transform`` lives in :mod:`uncertain_repr.data.transforms`; it is re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +9,10 @@ from pathlib import Path
 from typing import Callable, List, Sequence, Union
 
 import torch
-from torch import nn
 
+from .data.transforms import eval_transform
 
-def eval_transform(model: nn.Module) -> Callable:
-    """timm's eval transform for ``model``'s resolved data config (resize, center crop, normalise)."""
-    import timm.data
-
-    return timm.data.create_transform(**timm.data.resolve_model_data_config(model), is_training=False)
+__all__ = ["eval_transform", "load_images"]
 
 
 def load_images(paths: Sequence[Union[str, Path]], transform: Callable) -> torch.Tensor:

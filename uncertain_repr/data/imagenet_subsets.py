@@ -1,0 +1,73 @@
+"""Small real ImageNet-derived sets with ImageNet-1k class indices (a 1000-class head applies).
+
+* ``tar/tiny_imagenet200``: ``tiny_imagenet200/index.csv`` (``path, split, class_index, ...``)
+  + ``tiny_imagenet200.tar`` (or the extracted files); splits ``train`` and ``validation``.
+* ``soft/imagenet_val1300``: 1,300 ILSVRC-2012 validation images, ``imagenet_val1300/index.csv``
+  + ``imagenet_val1300.tar``; split ``validation`` (``test`` is the same 1,300 images).
+  ``soft_labels [N, 1000]`` is the ImageNet-ReaL multi-label set as one vote per valid label
+  (an all-zero row where ReaL has no valid label); ``metadata["real_soft_entropy"]`` holds the
+  entropy (nats) of the ReaL raters' soft label, NaN where unknown.
+
+``root`` is the folder holding ``tiny_imagenet200/`` (``imagenet_val1300/``) or that folder itself.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+from .dataset import ImageDataset
+from .registry import register_dataset
+from .sources import indexed_images
+
+NUM_IMAGENET_CLASSES = 1000
+
+
+def _read_index(root: Path, folder_name: str, columns: tuple) -> tuple:
+    folder = root if (root / "index.csv").is_file() and root.name == folder_name else root / folder_name
+    index = folder / "index.csv"
+    if not index.is_file():
+        raise FileNotFoundError(f"{folder_name} index not found: {index}")
+    with open(index, newline="") as f:
+        rows: List[Dict[str, str]] = list(csv.DictReader(f))
+    missing = [c for c in columns if rows and c not in rows[0]]
+    if not rows or missing:
+        raise ValueError(f"{index}: expected a header with columns {list(columns)} and rows, missing {missing}")
+    return folder, rows
+
+
+@register_dataset("tar/tiny_imagenet200", ("train", "validation"))
+def tiny_imagenet200(root: Path, split: str) -> ImageDataset:
+    folder, rows = _read_index(root, "tiny_imagenet200", ("path", "split", "class_index", "wnid"))
+    wanted = "val" if split == "validation" else "train"
+    rows = [r for r in rows if r["split"] == wanted]
+    return ImageDataset(
+        indexed_images(folder, "tiny_imagenet200.tar", [r["path"] for r in rows]),
+        [int(r["class_index"]) for r in rows],
+        name="tar/tiny_imagenet200",
+        split=split,
+        num_classes=NUM_IMAGENET_CLASSES,
+    )
+
+
+@register_dataset("soft/imagenet_val1300", ("validation", "test"))
+def imagenet_val1300(root: Path, split: str) -> ImageDataset:
+    folder, rows = _read_index(root, "imagenet_val1300", ("path", "class_index", "real_labels", "real_soft_entropy"))
+    votes = np.zeros((len(rows), NUM_IMAGENET_CLASSES), dtype=np.float32)
+    for i, r in enumerate(rows):
+        for label in r["real_labels"].split():
+            votes[i, int(label)] = 1.0
+    entropy = [float(r["real_soft_entropy"]) if r["real_soft_entropy"].strip() else float("nan") for r in rows]
+    return ImageDataset(
+        indexed_images(folder, "imagenet_val1300.tar", [r["path"] for r in rows]),
+        [int(r["class_index"]) for r in rows],
+        name="soft/imagenet_val1300",
+        split=split,
+        num_classes=NUM_IMAGENET_CLASSES,
+        soft_labels=votes,
+        metadata={"real_soft_entropy": torch.tensor(entropy, dtype=torch.float64)},
+    )

@@ -1,0 +1,121 @@
+"""Image transforms from timm: eval (model's own config or the URL legacy preset), train, SSL.
+
+``model_or_data_config`` is a model (timm, :class:`~uncertain_repr.Uncertainizer` or any module
+with a ``pretrained_cfg``) or a data-config dict (``input_size``, ``interpolation``, ``mean``,
+``std``, ``crop_pct``, ...; missing keys take timm's defaults).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+
+from torch import nn
+
+# The preprocessing every original URL/PVU run used (url-spec §0.2, §4.6, §9 item 1).
+LEGACY_DATA_CONFIG: Dict[str, Any] = {
+    "input_size": (3, 224, 224),
+    "interpolation": "bicubic",
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "crop_pct": 0.875,
+    "crop_mode": "center",
+}
+
+ModelOrConfig = Union[nn.Module, Mapping[str, Any], None]
+
+
+def resolve_data_config(
+    model_or_data_config: ModelOrConfig = None, *, legacy: bool = False, img_size: Optional[int] = None
+) -> Dict[str, Any]:
+    """The data config to build transforms from.
+
+    ``legacy=True`` ignores the model and returns :data:`LEGACY_DATA_CONFIG`; ``img_size``
+    overrides the square input size (the original's ``--img-size``, e.g. 256 for ViT-M).
+    """
+    import timm.data
+
+    if legacy:
+        config = dict(LEGACY_DATA_CONFIG)
+    elif isinstance(model_or_data_config, nn.Module):
+        config = timm.data.resolve_model_data_config(model_or_data_config)
+    elif isinstance(model_or_data_config, Mapping):
+        config = timm.data.resolve_data_config(pretrained_cfg=dict(model_or_data_config))
+    else:
+        raise TypeError(
+            "model_or_data_config must be an nn.Module or a data-config dict (or pass legacy=True), "
+            f"got {type(model_or_data_config).__name__}"
+        )
+    if img_size is not None:
+        if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
+            raise ValueError(f"img_size must be a positive int, got {img_size!r}")
+        config["input_size"] = (config["input_size"][0], img_size, img_size)
+    return config
+
+
+def _size_and_norm(config: Mapping[str, Any]) -> Dict[str, Any]:
+    return {"input_size": config["input_size"], "mean": config["mean"], "std": config["std"]}
+
+
+def eval_transform(
+    model_or_data_config: ModelOrConfig = None, *, legacy: bool = False, img_size: Optional[int] = None
+) -> Callable:
+    """PIL image -> normalised ``[C, H, W]``: resize to ``size / crop_pct``, center crop, normalise."""
+    import timm.data
+
+    config = resolve_data_config(model_or_data_config, legacy=legacy, img_size=img_size)
+    return timm.data.create_transform(
+        **_size_and_norm(config),
+        interpolation=config["interpolation"],
+        crop_pct=config["crop_pct"],
+        crop_mode=config.get("crop_mode"),
+        is_training=False,
+    )
+
+
+def train_transform(
+    model_or_data_config: ModelOrConfig = None,
+    *,
+    legacy: bool = False,
+    img_size: Optional[int] = None,
+    scale: Tuple[float, float] = (0.08, 1.0),
+    hflip: float = 0.5,
+    color_jitter: float = 0.4,
+    blur_prob: float = 0.0,
+) -> Callable:
+    """Supervised training augmentation (url-spec §4.6): RandomResizedCrop(``scale``, ratio 3/4-4/3,
+    bilinear or bicubic at random), horizontal flip, ColorJitter(0.4, 0.4, 0.4), optional blur."""
+    import timm.data
+
+    return timm.data.create_transform(
+        **_size_and_norm(resolve_data_config(model_or_data_config, legacy=legacy, img_size=img_size)),
+        is_training=True,
+        scale=scale,
+        hflip=hflip,
+        color_jitter=color_jitter,
+        gaussian_blur_prob=blur_prob,
+        interpolation="random",
+    )
+
+
+def ssl_transform(
+    model_or_data_config: ModelOrConfig = None, *, legacy: bool = False, img_size: Optional[int] = None
+) -> Callable:
+    """One self-supervised view (url-spec §4.6): RandomResizedCrop(0.08-1), hflip, ColorJitter
+    (0.4, 0.4, 0.2, 0.1) w.p. 0.8, grayscale w.p. 0.2, Gaussian blur always. Use with :class:`TwoViews`.
+
+    timm's blur has a fixed 23-pixel kernel with sigma in (0.1, 2); the original drew sigma from
+    U(0.1, 2) with PIL and flipped last (here the flip comes first; the distribution is the same).
+    """
+    import timm.data
+
+    return timm.data.create_transform(
+        **_size_and_norm(resolve_data_config(model_or_data_config, legacy=legacy, img_size=img_size)),
+        is_training=True,
+        scale=(0.08, 1.0),
+        hflip=0.5,
+        color_jitter=(0.4, 0.4, 0.2, 0.1),
+        color_jitter_prob=0.8,
+        grayscale_prob=0.2,
+        gaussian_blur_prob=1.0,
+        interpolation="random",
+    )
