@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 from types import SimpleNamespace
 
@@ -406,3 +407,21 @@ def test_nivmf_checks_classifier_shape():
 def test_losspred_order_bad_hparams(kwargs, match):
     with pytest.raises(ValueError, match=match):
         L.LossPredOrder(**kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    out, y = batch(b=6, d=8, c=3, dtype=F64)
+    dev = torch.device("cuda")
+    gpu_classifier = copy.deepcopy(out.classifier).to(dev)
+    gpu = LossBatch(out.embedding.to(dev), out.uncertainty.to(dev), out.logits.to(dev), gpu_classifier)
+    for name in L.list_losses():
+        kw = {"num_classes": 3, "embed_dim": 8} if name == "nivmf" else {}
+        if name in ("nivmf", "mcinfonce", "hib"):  # the same CPU generator stream on both devices
+            kw["generator"] = torch.Generator().manual_seed(0)
+        want = L.create(name, **kw).double()(out, y)
+        if "generator" in kw:
+            kw["generator"] = torch.Generator().manual_seed(0)
+        got = L.create(name, **kw).double().to(dev)(gpu, y.to(dev))
+        assert got.device.type == "cuda", name
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-9, atol=1e-9, msg=name)
