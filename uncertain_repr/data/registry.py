@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
-from .dataset import ImageDataset
+from .dataset import ON_ERROR, ImageDataset
 
 SPLIT_SYNONYMS = {
     "val": "validation",
@@ -86,6 +86,8 @@ def create_dataset(
         extra = {"name": rest}
     if entry is None:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     canonical = canonical_split(split)
     if canonical not in entry.splits:
         raise ValueError(f"split for {name} must be one of {list(entry.splits)}, got {split!r}")
