@@ -1,0 +1,388 @@
+"""``run()``: the URL benchmark of one model on the datasets a user has, zero-shot; ``recompute()`` from saved outputs."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..data import create_loader
+from ..model import Uncertainizer
+from ..version import __version__
+from .collect import collect, resolve_methods
+from .outputs import DatasetOutputs, file_name, gather, load_npz, save_npz, write_json
+from .scoring import flatten, mixed_selection, score_dataset, score_mixed, seeded_subset
+
+PathLike = Union[str, os.PathLike]
+DatasetSpec = Union[str, Tuple[str, Dataset]]
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class _Entry:
+    """One dataset of a run: its name, role and the torch dataset to read (or ``None`` once done)."""
+
+    name: str
+    role: str  # "upstream" or "downstream"
+    dataset: Dataset
+    classify: bool
+    source: str  # "named" (opened from data_dir) or "given"
+
+
+# ------------------------------------------------------------------------------------------ model
+def load_benchmark_model(model: Union[PathLike, Uncertainizer], method: Optional[str] = None) -> Tuple[Uncertainizer, str]:
+    """An ``Uncertainizer`` and a description of where it came from.
+
+    ``model`` is an ``Uncertainizer``; or a pretrained name / checkpoint folder for
+    ``ur.load_model``; or, with ``method``, a timm name built with its pretrained weights as
+    ``Uncertainizer(name, method, pretrained=True)``.
+    """
+    if isinstance(model, Uncertainizer):
+        if method is not None:
+            raise ValueError("method= is only for timm model names; this Uncertainizer already has a method")
+        return model, f"{type(model.backbone).__name__} ({model.backbone_name or 'custom backbone'}) + {model.method_name}"
+    if isinstance(model, nn.Module):
+        raise TypeError(
+            f"model must be an Uncertainizer, a model name or a checkpoint folder, got {type(model).__name__}; "
+            "wrap a plain network with ur.Uncertainizer(net, method, features=..., classifier=...)"
+        )
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be an Uncertainizer, a model name or a checkpoint folder, got {type(model).__name__}")
+    name = os.fspath(model)
+    if method is not None:
+        if Path(name).is_dir():
+            raise ValueError(f"method= is for timm names; the checkpoint folder {name} brings its own method")
+        return Uncertainizer(name, method, pretrained=True), f"{name} + {method} (timm pretrained weights)"
+    hub = importlib.import_module("uncertain_repr.hub")
+    return hub.load_model(name), name
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 over the names and raw bytes of every tensor of ``model.state_dict()``, in key order."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ data
+def _open_named(name: str, data_dir: Optional[PathLike], split: str, model: Uncertainizer, *, legacy: bool, crops: bool, seed: int) -> Dataset:
+    """A named dataset from ``data_dir`` with the model's eval transform (and seeded crops)."""
+    if data_dir is None:
+        raise ValueError(f"data_dir is needed to open the named dataset {name!r}")
+    from .. import data
+
+    transform = data.eval_transform(model, legacy=legacy)
+    dataset = data.create_dataset(name, data_dir, split, transform=transform)
+    return data.WithCrops(dataset, seed=seed) if crops else dataset
+
+
+def _entries(
+    datasets: Union[Sequence[DatasetSpec], Mapping[str, Dataset]],
+    upstream: Optional[DatasetSpec],
+    classify: Optional[Sequence[str]],
+    open_named,
+) -> List[_Entry]:
+    specs = list(datasets.items()) if isinstance(datasets, Mapping) else list(datasets)
+    if isinstance(datasets, str):
+        raise TypeError("datasets must be a list of names (or (name, dataset) pairs), not one string")
+    if not specs:
+        raise ValueError("datasets must name at least one dataset")
+    roles = ([(upstream, "upstream")] if upstream is not None else []) + [(s, "downstream") for s in specs]
+    entries, names = [], []
+    for spec, role in roles:
+        name, given = (spec, None) if isinstance(spec, str) else tuple(spec)
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a dataset is a name or a (name, torch Dataset) pair, got {spec!r}")
+        names.append(name)
+        entries.append((name, role, given))
+    if len(set(names)) != len(names):
+        raise ValueError(f"each dataset may appear once (upstream included), got {names}")
+    upstream_name = entries[0][0] if upstream is not None else None
+    classify_set = set([upstream_name] if classify is None and upstream_name else classify or [])
+    unknown = classify_set - set(names)
+    if unknown:
+        raise ValueError(f"classify names datasets that are not evaluated: {sorted(unknown)}")
+    # Open every dataset before the first forward pass: a bad name or folder fails in seconds, not after hours.
+    return [
+        _Entry(name, role, given if given is not None else open_named(name, role), name in classify_set,
+               "given" if given is not None else "named")
+        for name, role, given in entries
+    ]
+
+
+class _Subset(Dataset):
+    """The items at ``positions`` of ``dataset``, each with its dataset position as ``"index"``."""
+
+    def __init__(self, dataset: Dataset, positions: np.ndarray) -> None:
+        self.dataset, self.positions = dataset, positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        position = int(self.positions[i])
+        item = self.dataset[position]
+        if not isinstance(item, Mapping) or "image" not in item or "label" not in item:
+            raise TypeError(f"dataset items must be dicts with 'image' and 'label', got {type(item).__name__}")
+        return {**item, "index": position}
+
+
+def _rank_world() -> Tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+# ------------------------------------------------------------------------------------------ run
+def run(
+    model: Union[PathLike, Uncertainizer],
+    datasets: Union[Sequence[DatasetSpec], Mapping[str, Dataset]],
+    data_dir: Optional[PathLike] = None,
+    *,
+    split: str = "test",
+    upstream: Optional[DatasetSpec] = None,
+    upstream_split: Optional[str] = None,
+    method: Optional[str] = None,
+    methods: Optional[Sequence[str]] = None,
+    classify: Optional[Sequence[str]] = None,
+    out: Optional[PathLike] = None,
+    max_samples: Optional[int] = None,
+    batch_size: int = 64,
+    num_workers: Optional[int] = None,
+    device: Union[str, torch.device] = "cpu",
+    legacy_preprocessing: bool = False,
+    crops: bool = True,
+    save_embeddings: bool = False,
+    plots: bool = False,
+    seed: int = 0,
+    mixed_max_samples: int = 50_000,
+    progress: Optional[bool] = None,
+    command: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Evaluate ``model`` zero-shot on ``datasets`` with the URL benchmark's metrics.
+
+    Args:
+        model: an ``Uncertainizer``, a pretrained name or checkpoint folder (``ur.load_model``),
+            or a timm name together with ``method``.
+        datasets: downstream dataset names (``"repr/cub"``, ``"soft/cifar10h"``, ...) opened from
+            ``data_dir``, or ``(name, dataset)`` pairs / a ``{name: dataset}`` mapping of torch
+            datasets whose items are dicts with ``image`` (a transformed tensor), ``label`` and
+            optionally ``soft_labels``, ``image_cropped`` + ``crop_fraction``.
+        data_dir: root folder of the named datasets.
+        num_workers: data loader workers (default: ``create_loader``'s, min(4, CPUs)).
+        split: split of the downstream sets; ``upstream_split`` (default: ``split``) of ``upstream``.
+        upstream: the in-distribution set (e.g. ``"folder/imagenet"``): gets ``top1``/``top5``
+            and is the ID half of ``auroc_ood``/``auroc_correct_mixed`` on each downstream set.
+        methods: evaluate several uncertainty methods from one backbone pass (the model's own
+            method and/or methods without parameters); default: the model's own.
+        classify: datasets whose labels are the classifier's classes (``top1``, ``top5``,
+            ``auroc_classification``); default: the upstream set only.
+        out: folder for ``results.json``, ``results.csv``, ``report.md`` (+ ``plots/``,
+            ``embeddings/``); nothing is written without it.
+        max_samples: evaluate a seeded random subset of at most this many images per dataset.
+        crops: also evaluate seeded random center crops (``croppedHasBiggerUnc``,
+            ``rcorr_crop_unc``); doubles the cost. Named datasets only.
+        save_embeddings: write ``embeddings/<dataset>.npz`` per dataset, for :func:`recompute`.
+        plots: write PNG plots and embed them in ``report.md`` (needs matplotlib).
+        seed: seeds crops, ``max_samples`` subsets and the mixed ID+OOD subsets.
+        mixed_max_samples: cap of the equal ID and OOD subset sizes (the original's 50,000).
+        progress: tqdm bars per dataset; default: on rank 0 when stderr is a terminal.
+        command: the command line that started the run, recorded in ``meta``.
+
+    Returns:
+        ``{"meta": {...}, "datasets": [...], "metrics": {method: {"<dataset>_<metric>": value,
+        "avg_downstream_<metric>": value}}}``; undefined metrics are ``None``. Under
+        torch.distributed every rank computes its shard and returns the same result; rank 0 writes.
+    """
+    started = time.time()
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
+    if mixed_max_samples < 1:
+        raise ValueError(f"mixed_max_samples must be >= 1, got {mixed_max_samples}")
+    if (save_embeddings or plots) and out is None:
+        raise ValueError("save_embeddings and plots write files: pass out= (a folder)")
+    if plots:
+        from .plots import require_matplotlib
+
+        require_matplotlib()
+    rank, world = _rank_world()
+    device = torch.device(device)
+    net, description = load_benchmark_model(model, method)
+    net = net.to(device).eval()
+    evaluated_methods = resolve_methods(net, methods)
+    for m in evaluated_methods:
+        m.to(device)
+    splits = {"upstream": upstream_split or split, "downstream": split}
+
+    def open_named(name: str, role: str) -> Dataset:
+        return _open_named(name, data_dir, splits[role], net, legacy=legacy_preprocessing, crops=crops, seed=seed)
+
+    entries = _entries(datasets, upstream, classify, open_named)
+    show = (rank == 0 and sys.stderr.isatty()) if progress is None else (progress and rank == 0)
+    out_dir = None if out is None else Path(out)
+
+    per_dataset: Dict[str, Dict[str, Dict[str, float]]] = {m.name: {} for m in evaluated_methods}
+    upstream_outputs: Optional[DatasetOutputs] = None
+    upstream_all: Optional[np.ndarray] = None
+    plot_data = []
+    data_meta = []
+    for entry in entries:
+        if len(entry.dataset) == 0:
+            raise ValueError(f"dataset {entry.name!r} ({splits[entry.role]} split) is empty")
+        evaluated = np.arange(len(entry.dataset))
+        if max_samples is not None and max_samples < len(evaluated):
+            evaluated = seeded_subset(evaluated, max_samples, seed=seed, dataset=entry.name, purpose="max-samples")
+        loader = create_loader(_Subset(entry.dataset, evaluated), batch_size, shuffle=False, num_workers=num_workers)
+        local = collect(
+            net, evaluated_methods, loader, dataset=entry.name, keep_logits=entry.classify,
+            device=device, progress=show, total=len(loader),
+        )
+        for m in evaluated_methods:
+            per_dataset[m.name][entry.name] = score_dataset(local, m.name, classify=entry.classify, device=device)
+        if entry.role == "upstream":
+            upstream_outputs, upstream_all = replace(local, logits=None), evaluated
+        elif upstream_outputs is not None:
+            id_chosen, ood_chosen = mixed_selection(
+                upstream_all, evaluated, id_name=upstream_outputs.name, ood_name=entry.name,
+                seed=seed, max_samples=mixed_max_samples,
+            )
+            for m in evaluated_methods:
+                per_dataset[m.name][entry.name].update(
+                    score_mixed(upstream_outputs, local, m.name, id_chosen=id_chosen, ood_chosen=ood_chosen, device=device)
+                )
+        if save_embeddings or plots:
+            full = gather(local)
+            if rank == 0 and save_embeddings:
+                save_npz(full, out_dir / "embeddings" / f"{file_name(entry.name)}.npz")
+            if rank == 0 and plots:
+                from .plots import PlotData
+
+                plot_data.append(PlotData.from_outputs(full, role=entry.role))
+        data_meta.append({
+            "name": entry.name, "role": entry.role, "split": splits[entry.role] if entry.source == "named" else None,
+            "source": entry.source, "num_samples": int(len(evaluated)), "dataset_size": len(entry.dataset),
+            "classify": entry.classify, "crops": "crop_fractions" in local.arrays() or None,
+        })
+
+    downstream = [e.name for e in entries if e.role == "downstream"]
+    result = {
+        "meta": _meta(net, description, evaluated_methods, entries, data_meta, locals_=dict(
+            data_dir=None if data_dir is None else os.fspath(data_dir), legacy_preprocessing=legacy_preprocessing,
+            max_samples=max_samples, mixed_max_samples=mixed_max_samples, seed=seed, batch_size=batch_size,
+            device=str(device), world_size=world, command=command, elapsed_s=round(time.time() - started, 1),
+        )),
+        "datasets": [e.name for e in entries],
+        "upstream": entries[0].name if upstream is not None else None,
+        "metrics": {name: _json_floats(flatten(values, downstream)) for name, values in per_dataset.items()},
+    }
+    if out_dir is not None and rank == 0:
+        from .results import write_results
+
+        write_results(result, out_dir, plot_data=plot_data if plots else None)
+        if save_embeddings:
+            write_json({"result": result, "files": {e.name: f"{file_name(e.name)}.npz" for e in entries}},
+                       out_dir / "embeddings" / MANIFEST)
+    return result
+
+
+def _json_floats(flat: Mapping[str, Any]) -> Dict[str, Optional[float]]:
+    """NaN (an undefined metric) -> ``None``, so that the results are strict JSON."""
+    return {k: (None if v is None or not np.isfinite(v) else float(v)) for k, v in flat.items()}
+
+
+def _meta(net: Uncertainizer, description: str, methods, entries, data_meta, locals_: Dict[str, Any]) -> Dict[str, Any]:
+    import timm
+
+    data_config = None
+    try:
+        data_config = {k: (list(v) if isinstance(v, tuple) else v)
+                       for k, v in timm.data.resolve_model_data_config(net).items()}
+    except Exception:  # a custom backbone without a pretrained_cfg has no resolvable config
+        data_config = None
+    return {
+        "model": description,
+        "model_config": net.config,
+        "methods": [m.name for m in methods],
+        "weights_sha256": weights_sha256(net),
+        "num_parameters": sum(p.numel() for p in net.parameters()),
+        "data": {"datasets": data_meta, "model_data_config": data_config},
+        **locals_,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {
+            "uncertain_repr": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "numpy": np.__version__, "python": platform.python_version(),
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------------ recompute
+def recompute(npz_dir: PathLike, *, out: Optional[PathLike] = None, plots: bool = False) -> Dict[str, Any]:
+    """The metrics of a run, recomputed from its ``embeddings/`` folder (``save_embeddings=True``) without the model.
+
+    Returns the same structure as :func:`run` (its ``meta`` is the original run's, plus
+    ``recomputed_from``); writes results (and plots) only if ``out`` is given.
+    """
+    npz_dir = Path(npz_dir)
+    manifest_path = npz_dir / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{npz_dir} has no {MANIFEST}; pass the embeddings/ folder of a run with save_embeddings=True")
+    import json
+
+    manifest = json.loads(manifest_path.read_text())
+    original = manifest["result"]
+    if plots:
+        if out is None:
+            raise ValueError("plots write files: pass out= (a folder)")
+        from .plots import PlotData, require_matplotlib
+
+        require_matplotlib()
+    meta = original["meta"]
+    seed, mixed_max = meta["seed"], meta["mixed_max_samples"]
+    upstream_name = original["upstream"]
+    roles = {d["name"]: d for d in meta["data"]["datasets"]}
+    per_dataset: Dict[str, Dict[str, Dict[str, float]]] = {m: {} for m in meta["methods"]}
+    upstream_outputs, plot_data = None, []
+    for name in original["datasets"]:
+        outputs = load_npz(npz_dir / manifest["files"][name])
+        if outputs.name != name or list(outputs.methods) != meta["methods"]:
+            raise ValueError(f"{manifest['files'][name]} holds {outputs.name!r} / {list(outputs.methods)}, "
+                             f"the manifest expects {name!r} / {meta['methods']}")
+        for m in meta["methods"]:
+            per_dataset[m][name] = score_dataset(outputs, m, classify=roles[name]["classify"])
+        if name == upstream_name:
+            upstream_outputs = outputs
+        elif upstream_outputs is not None:
+            id_chosen, ood_chosen = mixed_selection(
+                upstream_outputs.indices, outputs.indices, id_name=upstream_name, ood_name=name,
+                seed=seed, max_samples=mixed_max,
+            )
+            for m in meta["methods"]:
+                per_dataset[m][name].update(score_mixed(upstream_outputs, outputs, m, id_chosen=id_chosen, ood_chosen=ood_chosen))
+        if plots:
+            plot_data.append(PlotData.from_outputs(outputs, role=roles[name]["role"]))
+    downstream = [n for n in original["datasets"] if n != upstream_name]
+    result = dict(original, meta=dict(meta, recomputed_from=os.fspath(npz_dir)),
+                  metrics={m: _json_floats(flatten(v, downstream)) for m, v in per_dataset.items()})
+    if out is not None:
+        from .results import write_results
+
+        write_results(result, Path(out), plot_data=plot_data if plots else None)
+    return result

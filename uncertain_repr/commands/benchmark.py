@@ -1,0 +1,127 @@
+"""``uncertain-repr benchmark``: the URL benchmark of a model on the datasets you have, zero-shot."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+HELP = "evaluate a model zero-shot on URL benchmark datasets (or compare/recompute results)"
+
+
+def _names(text: str) -> list:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("expected comma-separated names, e.g. repr/cub,repr/cars")
+    return names
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    mode = parser.add_argument_group("what to do (one of)")
+    mode.add_argument("--model", help="pretrained name, checkpoint folder, or timm name (with --method)")
+    mode.add_argument("--compare", nargs="+", metavar="RESULTS", help="results.json files (or run folders) to show side by side")
+    mode.add_argument("--from-npz", metavar="DIR", help="recompute the metrics from a run's embeddings/ folder, without the model")
+    parser.add_argument("--method", help="uncertainty method for a timm --model name (built with its pretrained weights)")
+    parser.add_argument("--methods", type=_names, help="several methods from one backbone pass, e.g. class-entropy,embed-norm,max-prob")
+    parser.add_argument("--datasets", type=_names, help="downstream datasets, e.g. repr/cub,repr/cars,soft/cifar10h")
+    parser.add_argument("--data-dir", help="folder holding the datasets")
+    parser.add_argument("--split", default="test", help="split of the downstream datasets (default: %(default)s)")
+    parser.add_argument("--upstream", help="in-distribution dataset, e.g. folder/imagenet (adds auroc_ood, auroc_correct_mixed)")
+    parser.add_argument("--upstream-split", help="split of the upstream dataset (default: --split)")
+    parser.add_argument("--classify", type=_names, help="datasets whose labels are the classifier's classes (default: the upstream set)")
+    parser.add_argument("--out", help="folder for results.json, results.csv, report.md (nothing is written without it)")
+    parser.add_argument("--max-samples", type=_positive, help="seeded random subset of at most N images per dataset")
+    parser.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--num-workers", type=int, help="data loader workers (default: min(4, CPUs))")
+    parser.add_argument("--device", default="cpu", help="torch device; under torchrun cuda means cuda:LOCAL_RANK (default: %(default)s)")
+    parser.add_argument("--legacy-preprocessing", action="store_true", help="the original benchmark's preprocessing instead of the model's own")
+    parser.add_argument("--no-crops", action="store_true", help="skip the crop test (croppedHasBiggerUnc, rcorr_crop_unc): half the cost")
+    parser.add_argument("--save-embeddings", action="store_true", help="write embeddings/<dataset>.npz (needs --out)")
+    parser.add_argument("--plots", action="store_true", help="write PNG plots into the report (needs --out and matplotlib)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds crops and random subsets (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
+
+
+def _init_distributed(device: str):
+    """Join the torchrun process group if launched by torchrun; returns the device of this rank."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if device.startswith("cuda"):
+            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local_rank)
+            dist.init_process_group("nccl")
+            return f"cuda:{local_rank}"
+        dist.init_process_group("gloo")
+    return device
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as it was given (options in canonical form), for the run's record."""
+    words = ["uncertain-repr", "benchmark"]
+    for key, value in vars(args).items():
+        if key in ("command", "run") or value in (None, False) or (key, value) in DEFAULTS:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            words.append(flag)
+        else:
+            words += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return " ".join(map(shlex.quote, words))
+
+
+DEFAULTS = {("split", "test"), ("batch_size", 64), ("device", "cpu"), ("seed", 0)}
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from .. import benchmark
+
+    modes = [m for m in ("model", "compare", "from_npz") if getattr(args, m)]
+    if len(modes) != 1:
+        raise ValueError("give exactly one of --model, --compare, --from-npz")
+    try:
+        if args.compare:
+            results = [benchmark.load_results(p) for p in args.compare]
+            print(json.dumps(results, indent=2) if args.json else benchmark.compare_table(results, labels=args.compare))
+            return 0
+        if args.from_npz:
+            result = benchmark.recompute(args.from_npz, out=args.out, plots=args.plots)
+        else:
+            if not args.datasets:
+                raise ValueError("--datasets is required with --model")
+            import torch.distributed as dist
+
+            device = _init_distributed(args.device)
+            try:
+                result = benchmark.run(
+                    args.model, args.datasets, args.data_dir, split=args.split, upstream=args.upstream,
+                    upstream_split=args.upstream_split, method=args.method, methods=args.methods,
+                    classify=args.classify, out=args.out, max_samples=args.max_samples, batch_size=args.batch_size,
+                    num_workers=args.num_workers, device=device, legacy_preprocessing=args.legacy_preprocessing,
+                    crops=not args.no_crops, save_embeddings=args.save_embeddings, plots=args.plots, seed=args.seed,
+                    command=_command_line(args),
+                )
+                rank = dist.get_rank() if dist.is_initialized() else 0
+            finally:
+                if dist.is_initialized():
+                    dist.destroy_process_group()
+            if rank != 0:
+                return 0
+    except ImportError as err:  # e.g. --plots without matplotlib
+        print(f"uncertain-repr benchmark: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else benchmark.format_table(result))
+    if args.out:
+        print(f"\nwritten to {args.out}/ (results.json, results.csv, report.md)", file=sys.stderr)
+    return 0
