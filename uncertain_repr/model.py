@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, Union
 
 import torch
@@ -148,7 +150,7 @@ class Uncertainizer(nn.Module):
                 "pass classifier= (or a timm model with num_classes > 0)"
             )
         self.method = method
-        self.method.attach(self.backbone)
+        self.method.attach(self.backbone, self.classifier)
         self._trainable = dict.fromkeys(PARTS, True)
 
     # ---------------------------------------------------------------- structure
@@ -230,6 +232,19 @@ class Uncertainizer(nn.Module):
             "num_classes": self.num_classes,
         }
 
+    # ---------------------------------------------------------------- checkpoints
+    def save_pretrained(self, path: Union[str, os.PathLike], **kwargs: Any) -> Path:
+        """Write a checkpoint folder (timm backbones only); see :func:`uncertain_repr.hub.save_pretrained`."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, path, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Upload a checkpoint folder to the Hugging Face Hub; see :func:`uncertain_repr.hub.push_to_hub`."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
+
     # ---------------------------------------------------------------- forward
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         if self._features is not None:
@@ -260,7 +275,17 @@ class Uncertainizer(nn.Module):
             embedding = self.forward_embedding(x)
         else:
             check_embedding(embedding, dim=self.embed_dim)
-        uncertainty, logits = self.method(embedding, self.classifier, stopgrad=self.stopgrad)
+            if self.method.needs_images:
+                raise ValueError(
+                    f"method {self.method_name!r} reads the backbone on the images, so it cannot run on "
+                    "cached embeddings; call the model on images x instead of embedding="
+                )
+        if self.method.needs_images:
+            uncertainty, logits = self.method(
+                embedding, self.classifier, stopgrad=self.stopgrad, reembed=lambda: self._embed(x)
+            )
+        else:
+            uncertainty, logits = self.method(embedding, self.classifier, stopgrad=self.stopgrad)
         return UncertainOutput(embedding, uncertainty.float().reshape(embedding.shape[0]), logits)
 
     # ---------------------------------------------------------------- freezing

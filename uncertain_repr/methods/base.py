@@ -23,14 +23,22 @@ class UncertaintyMethod(nn.Module):
 
     name: ClassVar[str] = ""
     needs_logits: ClassVar[bool] = False
+    #: True when the method reads the backbone itself (hooked layers, stochastic re-runs): the model
+    #: then refuses cached embeddings and calls ``forward(..., reembed=fn)``, where ``fn()`` runs the
+    #: backbone on the same images again and returns a fresh embedding ``[B, D]``.
+    needs_images: bool = False
 
     def __init__(self, embed_dim: int, num_classes: int = 0) -> None:
         super().__init__()
         self.embed_dim = int(embed_dim)
         self.num_classes = int(num_classes)
 
-    def attach(self, backbone: nn.Module) -> None:
-        """Called once by ``Uncertainizer`` with the backbone (e.g. to register hooks). Default: nothing."""
+    def attach(self, backbone: nn.Module, classifier: Optional[nn.Module] = None) -> None:
+        """Called once by ``Uncertainizer`` with the backbone and its classifier (or ``None``), e.g. to
+        register hooks or to initialise heads from the classifier. Default: nothing.
+
+        Whatever it changes must be deterministic, so that rebuilding a model and loading its
+        state dict finds the same keys."""
 
     def uncertainty(self, embedding: torch.Tensor, logits: Optional[torch.Tensor]) -> torch.Tensor:
         """Uncertainty ``[B]`` from ``embedding [B, D]`` and ``logits [B, C]`` (or ``None``)."""
