@@ -202,6 +202,10 @@ def test_loader_with_workers_reads_tar_per_process(shared_data):
     got = [b for b in urd.create_loader(ds, 8, shuffle=False, num_workers=2)]
     assert torch.cat([b["index"] for b in got]).tolist() == list(range(24))
     assert torch.equal(got[2]["image"][3], ds[19]["image"])
+    import pickle  # spawn-started workers receive a pickled dataset: the open handle is not part of it
+
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone.images._file is None and torch.equal(clone[5]["image"], ds[5]["image"])
 
 
 def _distributed_worker(rank, world, init_file, out_dir):
