@@ -4,8 +4,10 @@
 """
 
 from . import metrics
+from .hub import load_model
 from .methods import UncertaintyMethod, list_methods, register_method
 from .model import UncertainOutput, Uncertainizer
+from .pretrained import list_pretrained
 from .version import __version__
 
 __all__ = [
@@ -14,6 +16,8 @@ __all__ = [
     "UncertaintyMethod",
     "__version__",
     "list_methods",
+    "list_pretrained",
+    "load_model",
     "losses",
     "metrics",
     "register_method",

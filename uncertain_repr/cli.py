@@ -9,7 +9,7 @@ from typing import List, Optional
 
 from .version import __version__
 
-COMMANDS = ("predict", "benchmark")
+COMMANDS = ("predict", "benchmark", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

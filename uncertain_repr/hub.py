@@ -1,0 +1,485 @@
+"""Checkpoint folders (one folder = one Hugging Face Hub repo): ``save_pretrained``, ``load_model``, ``push_to_hub``.
+
+Layout of a folder::
+
+    config.json                    timm's config (architecture, num_classes, num_features, model_args,
+                                   pretrained_cfg) + an "uncertain_repr" block (method, method_args, ...)
+    model.safetensors              the backbone under plain timm keys: timm.create_model("local-dir:<folder>")
+    uncertainty_head.safetensors   the method's parameters and buffers
+    README.md                      the model card
+
+Writes are atomic (a temporary folder next to the target, renamed into place). Loading is strict:
+every key of both weight files must match the model rebuilt from ``config.json``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .pretrained import (
+    PREPROCESSING_PRESETS,
+    PretrainedEntry,
+    get_pretrained,
+    is_pretrained,
+    legacy_data_config,
+    list_pretrained,
+)
+from .version import __version__
+
+CONFIG_NAME = "config.json"
+BACKBONE_WEIGHTS = "model.safetensors"
+HEAD_WEIGHTS = "uncertainty_head.safetensors"
+MODEL_CARD = "README.md"
+CHECKPOINT_FILES = (CONFIG_NAME, BACKBONE_WEIGHTS, HEAD_WEIGHTS, MODEL_CARD)
+CONFIG_KEY = "uncertain_repr"
+FORMAT_VERSION = 1
+HUB_PREFIX = "hf-hub:"
+LOCAL_PREFIX = "local-dir:"
+LIBRARY_NAME = "uncertain-repr"
+_REQUIRED_BLOCK_KEYS = ("format_version", "method", "method_args", "stopgrad", "embed_dim", "num_classes")
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass
+class ModelCard:
+    """What the generated ``README.md`` says beyond the config; every field is optional.
+
+    ``training`` (provenance: source file, epoch, loss, ...) is also stored in ``config.json``.
+    """
+
+    title: Optional[str] = None
+    description: str = ""
+    license: str = "apache-2.0"
+    license_note: str = ""
+    paper: str = ""
+    source: str = ""
+    metrics: Dict[str, float] = field(default_factory=dict)
+    training: Dict[str, Any] = field(default_factory=dict)
+    tags: Tuple[str, ...] = ()
+
+
+# ------------------------------------------------------------------------------------------ saving
+def save_pretrained(model: nn.Module, path: PathLike, *, card: Optional[ModelCard] = None) -> Path:
+    """Write ``model`` (an ``Uncertainizer`` on a timm backbone) as a checkpoint folder at ``path``.
+
+    An existing ``path`` is replaced only if it holds nothing but checkpoint files. Returns ``path``.
+    """
+    path = Path(path)
+    check_saveable(model)
+    with atomic_folder(path) as tmp:
+        write_checkpoint(model, tmp, card=card, load_name=os.fspath(path))
+    return path
+
+
+def check_saveable(model: nn.Module) -> None:
+    """``TypeError``/``ValueError`` if ``model`` cannot be rebuilt from a config (custom parts, bad args)."""
+    from .methods import get_method_class
+    from .model import Uncertainizer
+
+    if not isinstance(model, Uncertainizer):
+        raise TypeError(f"model must be an Uncertainizer, got {type(model).__name__}")
+    backbone = model.backbone
+    arch = (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture")
+    if arch is None or not callable(getattr(backbone, "forward_head", None)):
+        raise ValueError(
+            f"only timm backbones can be saved as a checkpoint folder, got {type(backbone).__name__}; "
+            "save model.state_dict() with safetensors yourself"
+        )
+    if model._features is not None or model.extra_classifier is not None:
+        raise ValueError("a model built with features= or classifier= cannot be rebuilt from a config; not saveable")
+    cls = type(model.method)
+    try:
+        registered = get_method_class(model.method_name)
+    except ValueError:
+        registered = None
+    if registered is not cls:
+        raise ValueError(
+            f"method {cls.__name__} is not registered under its name {model.method_name!r}; "
+            "decorate it with @uncertain_repr.register_method(name) so it can be rebuilt"
+        )
+    for what, args in (("method_args", model.method_args), ("backbone_args", model.backbone_args)):
+        for key, value in args.items():
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{what}[{key!r}] = {value!r} is not JSON-serialisable; cannot save it") from None
+
+
+def write_checkpoint(
+    model: nn.Module, folder: Path, *, card: Optional[ModelCard] = None, load_name: str = "path/to/checkpoint"
+) -> None:
+    """Write the four checkpoint files into the existing (empty) ``folder``; ``load_name`` goes into the card."""
+    import safetensors.torch
+    import timm.models
+
+    check_saveable(model)
+    card = card or ModelCard()
+    block = {
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        **model.config,
+        **({"training": card.training} if card.training else {}),
+    }
+    json.dumps(block)  # fail before writing anything if provenance is not JSON
+    timm.models.save_for_hf(model.backbone, folder, model_config={CONFIG_KEY: block}, safe_serialization=True)
+    head = {k: v.detach().contiguous() for k, v in model.method.state_dict().items()}
+    safetensors.torch.save_file(head, folder / HEAD_WEIGHTS, metadata={"format": "pt"})
+    config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+    (folder / MODEL_CARD).write_text(render_model_card(config, card, load_name), encoding="utf-8")
+
+
+def _check_replaceable(path: Path) -> None:
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ValueError(f"path {path} exists and is not a folder; refusing to replace it")
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in CHECKPOINT_FILES)
+    if foreign:
+        raise ValueError(
+            f"path {path} exists and holds files that are not part of a checkpoint ({', '.join(foreign[:10])}); "
+            "refusing to replace it: choose a new or empty folder"
+        )
+
+
+def _fsync_tree(folder: Path) -> None:
+    for file in folder.iterdir():
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``path``; on success it replaces ``path`` in one rename.
+
+    On any error the temporary folder is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    _check_replaceable(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        yield tmp
+        _fsync_tree(tmp)
+        _check_replaceable(path)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ model card
+def _yaml_list(name: str, values) -> str:
+    return f"{name}:\n" + "".join(f"- {json.dumps(v)}\n" for v in values)
+
+
+def _table(rows: Mapping[str, Any]) -> str:
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows.items()]
+    return "\n".join(lines) + "\n"
+
+
+def render_model_card(config: Dict[str, Any], card: ModelCard, load_name: str) -> str:
+    """The ``README.md`` of a checkpoint: YAML front matter (license, library_name, tags) and a description."""
+    block = config[CONFIG_KEY]
+    pretrained_cfg = config.get("pretrained_cfg", {})
+    arch = config["architecture"] + (f".{pretrained_cfg['tag']}" if pretrained_cfg.get("tag") else "")
+    tags = dict.fromkeys([LIBRARY_NAME, "timm", "uncertainty-quantification", block["method"], *card.tags])
+    timm_name = load_name if load_name.startswith(HUB_PREFIX) else LOCAL_PREFIX + load_name
+    method_args = ", ".join(f"{k}={v!r}" for k, v in block["method_args"].items())
+    details = {
+        "Backbone (timm)": f"`{arch}`",
+        "Embedding width D": block["embed_dim"],
+        "Classifier classes": block["num_classes"],
+        "Uncertainty method": f"`{block['method']}`" + (f" ({method_args})" if method_args else ""),
+        "Stop-gradient into the backbone": "yes" if block["stopgrad"] else "no",
+    }
+    if card.paper:
+        details["Paper"] = card.paper
+    if card.source:
+        details["Source of the weights"] = card.source
+    preprocessing = {
+        k: pretrained_cfg[k] for k in ("input_size", "interpolation", "crop_pct", "mean", "std") if k in pretrained_cfg
+    }
+    parts = [
+        "---\n",
+        f"license: {json.dumps(card.license)}\n",
+        f"library_name: {LIBRARY_NAME}\n",
+        "pipeline_tag: image-feature-extraction\n",
+        _yaml_list("tags", tags),
+        "---\n\n",
+        f"# {card.title or arch + ' + ' + block['method']}\n\n",
+        f"{card.description}\n\n" if card.description else "",
+        "An uncertainty-aware image representation: `embedding, uncertainty = model(images)` gives a "
+        "`[B, D]` embedding and a `[B]` uncertainty (higher = more uncertain).\n\n",
+        "## Model details\n\n",
+        _table(details),
+        "\n## How to use\n\n```python\nimport timm.data\nimport uncertain_repr as ur\n\n",
+        f"model = ur.load_model({load_name!r})\n",
+        "transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))\n",
+        "embedding, uncertainty = model(transform(image).unsqueeze(0))\n```\n\n",
+        f"The backbone alone loads with timm: `timm.create_model({timm_name!r}, pretrained=True)`.\n\n",
+        "## Preprocessing (the model's `pretrained_cfg`)\n\n",
+        _table({k: f"`{v}`" for k, v in preprocessing.items()}),
+    ]
+    if card.training:
+        parts += ["\n## Training and provenance\n\n", _table({k: f"`{v}`" for k, v in card.training.items()})]
+    if card.metrics:
+        parts += ["\n## Metrics\n\n", "| metric | value |\n|---|---|\n"]
+        parts += [f"| {k} | {v:.4f} |\n" if isinstance(v, float) else f"| {k} | {v} |\n"
+                  for k, v in card.metrics.items()]
+    parts += ["\n## License\n\n", f"{card.license}. {card.license_note}".rstrip() + "\n"]
+    return "".join(parts)
+
+
+# ------------------------------------------------------------------------------------------ loading
+def read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
+    """All tensors of ``path`` on the CPU; ``ValueError`` naming the file if it is truncated or corrupt."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    try:
+        return safetensors.torch.load_file(path, device="cpu")
+    except SafetensorError as err:
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
+
+
+def load_state_strict(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load ``tensors`` into ``module``; ``ValueError`` listing missing, unexpected and mis-shaped keys."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    mismatched = [
+        f"{k} (file {tuple(tensors[k].shape)}, model {tuple(expected[k].shape)})"
+        for k in sorted(set(expected) & set(tensors))
+        if tensors[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        found = (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
+        problems = [f"{label}: {', '.join(keys)}" for label, keys in found if keys]
+        raise ValueError(f"{source} does not match the model: " + "; ".join(problems))
+    module.load_state_dict(tensors, strict=True)
+
+
+def read_config(folder: Path) -> Dict[str, Any]:
+    """``config.json`` of a checkpoint folder, with its ``uncertain_repr`` block checked."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {folder} is not a checkpoint folder")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    block = config.get(CONFIG_KEY)
+    if not isinstance(block, dict):
+        raise ValueError(
+            f"{path} has no {CONFIG_KEY!r} block: it is a plain timm checkpoint; load its backbone with "
+            f"timm.create_model('local-dir:{folder}', pretrained=True) and wrap it in ur.Uncertainizer"
+        )
+    missing = [k for k in _REQUIRED_BLOCK_KEYS if k not in block]
+    if missing:
+        raise ValueError(f"{path}: the {CONFIG_KEY!r} block lacks {', '.join(missing)}")
+    if block["format_version"] > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has checkpoint format {block['format_version']}, newer than this uncertain_repr "
+            f"{__version__} reads ({FORMAT_VERSION}); upgrade uncertain_repr"
+        )
+    return config
+
+
+def load_folder(folder: PathLike) -> nn.Module:
+    """Rebuild the ``Uncertainizer`` stored in a local checkpoint folder (CPU, eval mode)."""
+    import timm
+
+    from .model import Uncertainizer
+
+    folder = Path(folder)
+    block = read_config(folder)[CONFIG_KEY]
+    for name in (BACKBONE_WEIGHTS, HEAD_WEIGHTS):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} not found: the checkpoint folder is incomplete")
+    backbone_args = dict(block.get("backbone_args") or {})
+    backbone = timm.create_model(f"{LOCAL_PREFIX}{folder}", pretrained=False, **backbone_args)
+    model = Uncertainizer(
+        backbone, block["method"], stopgrad=block["stopgrad"], embed_dim=block["embed_dim"], **block["method_args"]
+    )
+    if model.num_classes != block["num_classes"]:
+        raise ValueError(
+            f"{folder / CONFIG_NAME}: the rebuilt backbone has {model.num_classes} classes, the config says "
+            f"{block['num_classes']}"
+        )
+    model.backbone_name = block.get("backbone")
+    model.backbone_args = backbone_args
+    load_state_strict(model.backbone, read_safetensors(folder / BACKBONE_WEIGHTS), str(folder / BACKBONE_WEIGHTS))
+    load_state_strict(model.method, read_safetensors(folder / HEAD_WEIGHTS), str(folder / HEAD_WEIGHTS))
+    return model.eval()
+
+
+def conversion_instructions(entry: PretrainedEntry) -> str:
+    """How to obtain and convert the original weights of a registered model that has no downloadable copy."""
+    return (
+        f"{entry.name!r} cannot be downloaded automatically: its weights are published as {entry.source_note}. "
+        "To use it:\n"
+        f"  1. download that file from {entry.source_url}\n"
+        f"  2. uncertain-repr convert path/to/original.pth.tar pvu/{entry.name} --arch {entry.name}\n"
+        f"  3. model = uncertain_repr.load_model('pvu/{entry.name}')\n"
+        f"Paper: {entry.paper}. License: {entry.license}. {entry.license_note}"
+    )
+
+
+def _split_revision(repo: str, revision: Optional[str]) -> Tuple[str, Optional[str]]:
+    repo_id, sep, rev = repo.partition("@")
+    if not repo_id or (sep and not rev) or "@" in rev:
+        raise ValueError(f"a Hub checkpoint is named 'hf-hub:org/name[@revision]', got {HUB_PREFIX + repo!r}")
+    if sep and revision is not None and revision != rev:
+        raise ValueError(f"two revisions given: {rev!r} in the name and revision={revision!r}")
+    return repo_id, rev or revision
+
+
+def _download(repo: str, revision: Optional[str], cache_dir: Optional[PathLike]) -> Path:
+    from huggingface_hub import snapshot_download
+
+    repo_id, revision = _split_revision(repo, revision)
+    return Path(
+        snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            allow_patterns=list(CHECKPOINT_FILES),
+            library_name=LIBRARY_NAME,
+            library_version=__version__,
+        )
+    )
+
+
+def resolve_checkpoint(
+    name_or_path: PathLike, *, revision: Optional[str] = None, cache_dir: Optional[PathLike] = None
+) -> Path:
+    """The local checkpoint folder for a registered name, ``hf-hub:org/name[@rev]`` or a folder path."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"name_or_path must be a str or path, got {type(name_or_path).__name__}")
+    text = os.fspath(name_or_path)
+    if text.startswith(HUB_PREFIX):
+        return _download(text[len(HUB_PREFIX) :], revision, cache_dir)
+    if isinstance(name_or_path, str) and is_pretrained(text):
+        entry = get_pretrained(text)
+        if entry.hf_hub_id is not None:
+            return _download(entry.hf_hub_id, revision, cache_dir)
+        if revision is not None:
+            raise ValueError(f"revision= applies to Hub checkpoints only; {text!r} has no Hub repo")
+        if entry.package_files is not None:
+            return Path(__file__).parent / entry.package_files
+        raise FileNotFoundError(conversion_instructions(entry))
+    if revision is not None:
+        raise ValueError(f"revision= applies to Hub checkpoints only ('hf-hub:org/name'), not to {text!r}")
+    path = Path(text[len(LOCAL_PREFIX) :] if text.startswith(LOCAL_PREFIX) else text)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(
+            f"{path} is a file; load_model needs a checkpoint folder (for a checkpoint of the original "
+            "research code run `uncertain-repr convert`)"
+        )
+    if os.sep in text or "/" in text or text.startswith(LOCAL_PREFIX):
+        raise FileNotFoundError(f"no checkpoint folder {path}; for a Hub repo write 'hf-hub:{text}'")
+    close = difflib.get_close_matches(text, list_pretrained(), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; registered: {', '.join(list_pretrained())}"
+    raise ValueError(f"{text!r} is not a registered pretrained model, a folder, or 'hf-hub:org/name'{hint}")
+
+
+def set_preprocessing(model: nn.Module, preset: str) -> None:
+    """Make ``preset`` (``model`` or ``legacy``) the backbone's ``pretrained_cfg`` (what timm's transforms read)."""
+    if preset not in PREPROCESSING_PRESETS:
+        raise ValueError(f"preprocessing must be one of {PREPROCESSING_PRESETS}, got {preset!r}")
+    if preset == "legacy":
+        cfg = {**model.backbone.pretrained_cfg, **legacy_data_config(model)}
+        model.backbone.pretrained_cfg = model.backbone.default_cfg = cfg
+
+
+def load_model(
+    name_or_path: PathLike,
+    *,
+    device: Optional[Union[str, torch.device]] = None,
+    revision: Optional[str] = None,
+    cache_dir: Optional[PathLike] = None,
+    preprocessing: str = "model",
+) -> nn.Module:
+    """Load a pretrained ``Uncertainizer`` (eval mode): ``embedding, uncertainty = model(x)``.
+
+    Args:
+        name_or_path: a registered name (:func:`list_pretrained`), ``hf-hub:org/name[@revision]``
+            (downloaded through the Hugging Face cache; works offline once cached), or a local
+            checkpoint folder (``local-dir:`` prefix optional).
+        device: where to put the model (default: CPU).
+        revision: Hub branch, tag or commit (same as ``@revision`` in the name).
+        cache_dir: Hugging Face cache folder (default: ``HF_HUB_CACHE``).
+        preprocessing: ``"model"`` keeps the checkpoint's own ``pretrained_cfg``; ``"legacy"``
+            sets the original research code's eval preprocessing (ImageNet mean/std, bicubic,
+            crop 0.875, 224 px), which all published URL/PVU numbers used.
+    """
+    if preprocessing not in PREPROCESSING_PRESETS:
+        raise ValueError(f"preprocessing must be one of {PREPROCESSING_PRESETS}, got {preprocessing!r}")
+    model = load_folder(resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir))
+    set_preprocessing(model, preprocessing)
+    return model if device is None else model.to(device)
+
+
+# ------------------------------------------------------------------------------------------ Hub upload
+def push_to_hub(
+    model: nn.Module,
+    repo_id: str,
+    *,
+    token: Optional[str] = None,
+    private: bool = False,
+    revision: Optional[str] = None,
+    create_pr: bool = False,
+    commit_message: str = "Upload uncertain_repr checkpoint",
+    card: Optional[ModelCard] = None,
+) -> Any:
+    """Upload ``model`` as a checkpoint folder to the Hub repo ``repo_id`` (created if needed).
+
+    Returns ``huggingface_hub``'s commit info. The folder is written by :func:`save_pretrained`
+    into a temporary directory, removed afterwards.
+    """
+    from huggingface_hub import HfApi
+
+    check_saveable(model)
+    api = HfApi(token=token, library_name=LIBRARY_NAME, library_version=__version__)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory(prefix="uncertain_repr-push-") as tmp:
+        folder = Path(tmp) / "checkpoint"
+        folder.mkdir()
+        write_checkpoint(model, folder, card=card, load_name=HUB_PREFIX + repo_id)
+        return api.upload_folder(
+            repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision, create_pr=create_pr
+        )

@@ -1,0 +1,172 @@
+"""Registry of pretrained uncertainty models (one :class:`PretrainedEntry` per name) and preprocessing presets.
+
+An entry says where a checkpoint comes from (a Hugging Face Hub repo, files shipped inside this
+package, or only an original research-code file that the user converts), what it is (timm
+architecture, embedding width, method) and under which terms it may be used. ``load_model(name)``
+(:mod:`uncertain_repr.hub`) reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+from torch import nn
+
+PVU_PAPER = "arXiv:2402.16569"
+PVU_PAPER_TITLE = "Pretrained Visual Uncertainties (Kirchhof et al., 2024)"
+PVU_SOURCE_URL = "https://drive.google.com/drive/folders/1W3u0xS_kOvirv1EgRpg-Ug4UIwnHPV6Z"
+IMAGENET21K_NOTE = (
+    "The code is Apache-2.0. The weights were trained on ImageNet-21k and inherit its terms of "
+    "access (non-commercial research and educational use); check them before any other use."
+)
+
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+LEGACY_IMG_SIZE = 224
+
+PREPROCESSING_PRESETS = ("model", "legacy")
+"""``model``: the backbone's own timm ``pretrained_cfg`` (the default). ``legacy``: what the original
+research code actually used for every published number (its wrapper hid ``pretrained_cfg``, so timm
+fell back to ImageNet mean/std, bicubic, crop 0.875, 224 px)."""
+
+
+@dataclass(frozen=True)
+class PretrainedEntry:
+    """One registered pretrained uncertainty model (the analogue of timm's ``pretrained_cfg``).
+
+    Attributes:
+        name: registered name, e.g. ``vit_base_patch16_224.pvu``.
+        architecture: timm model name with tag, e.g. ``vit_base_patch16_224.augreg_in21k``.
+        num_classes: classes of the backbone's classifier.
+        embed_dim: width ``D`` of the embedding.
+        method: uncertainty method of the checkpoint.
+        preprocessing: the preset the weights were trained and evaluated with (see
+            :data:`PREPROCESSING_PRESETS`); ``load_model`` uses the model's own config unless asked.
+        license: SPDX id of the license of the code/weights container (``apache-2.0``).
+        license_note: what the weights inherit from their training data.
+        paper: where the model is described.
+        description: one sentence for listings and model cards.
+        source_url: where the original weights are published.
+        source_note: which file to take from ``source_url`` and what it contains.
+        hf_hub_id: a Hugging Face Hub repo holding a converted checkpoint (``org/name[@revision]``).
+        package_files: a checkpoint folder shipped inside this package, relative to the
+            ``uncertain_repr`` package directory.
+        tags: extra Hub tags for the model card.
+    """
+
+    name: str
+    architecture: str
+    num_classes: int
+    embed_dim: int
+    method: str = "pred-net"
+    preprocessing: str = "model"
+    license: str = "apache-2.0"
+    license_note: str = ""
+    paper: str = ""
+    description: str = ""
+    source_url: str = ""
+    source_note: str = ""
+    hf_hub_id: Optional[str] = None
+    package_files: Optional[str] = None
+    tags: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.preprocessing not in PREPROCESSING_PRESETS:
+            raise ValueError(
+                f"entry {self.name!r}: preprocessing must be one of {PREPROCESSING_PRESETS}, got {self.preprocessing!r}"
+            )
+        if self.hf_hub_id is not None and self.package_files is not None:
+            raise ValueError(f"entry {self.name!r}: give hf_hub_id or package_files, not both")
+
+    @property
+    def downloadable(self) -> bool:
+        """Whether ``load_model(name)`` can get the weights without a manual conversion."""
+        return self.hf_hub_id is not None or self.package_files is not None
+
+
+_PRETRAINED: Dict[str, PretrainedEntry] = {}
+
+
+def register_pretrained(entry: PretrainedEntry) -> PretrainedEntry:
+    """Add ``entry`` to the registry; ``ValueError`` if another entry has the same name."""
+    if not isinstance(entry, PretrainedEntry):
+        raise TypeError(f"register_pretrained expects a PretrainedEntry, got {type(entry).__name__}")
+    if entry.name in _PRETRAINED and _PRETRAINED[entry.name] != entry:
+        raise ValueError(f"a pretrained model named {entry.name!r} is already registered")
+    _PRETRAINED[entry.name] = entry
+    return entry
+
+
+def list_pretrained() -> List[str]:
+    """Names of all registered pretrained models, sorted (``ur.load_model(name)`` accepts them)."""
+    return sorted(_PRETRAINED)
+
+
+def is_pretrained(name: str) -> bool:
+    """Whether ``name`` is a registered pretrained model."""
+    return name in _PRETRAINED
+
+
+def get_pretrained(name: str) -> PretrainedEntry:
+    """The entry registered under ``name``; ``ValueError`` listing the known names otherwise."""
+    try:
+        return _PRETRAINED[name]
+    except KeyError:
+        raise ValueError(f"unknown pretrained model {name!r}; known: {', '.join(list_pretrained())}") from None
+
+
+def legacy_data_config(model: nn.Module) -> Dict[str, Any]:
+    """The original research code's eval preprocessing for ``model``, as a timm data config.
+
+    ImageNet mean/std, bicubic, centre crop 0.875 and 224 px (a fixed-size backbone of another
+    size keeps its own size, as the original runs passed ``--img-size`` for those). Use it with
+    ``timm.data.create_transform(**legacy_data_config(model))`` to reproduce published numbers, or
+    ``load_model(name, preprocessing="legacy")`` to make it the model's ``pretrained_cfg``.
+    """
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    channels, *size = cfg.get("input_size", (3, LEGACY_IMG_SIZE, LEGACY_IMG_SIZE))
+    if not cfg.get("fixed_input_size", False):
+        size = [LEGACY_IMG_SIZE, LEGACY_IMG_SIZE]
+    return {
+        "input_size": (channels, *size),
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "crop_pct": 0.875,
+        "crop_mode": "center",
+    }
+
+
+def _pvu_entry(size: str, architecture: str, embed_dim: int) -> PretrainedEntry:
+    return PretrainedEntry(
+        name=f"{architecture.split('.')[0]}.pvu",
+        architecture=architecture,
+        num_classes=21843,
+        embed_dim=embed_dim,
+        method="pred-net",
+        preprocessing="legacy",
+        license="apache-2.0",
+        license_note=IMAGENET21K_NOTE,
+        paper=PVU_PAPER,
+        description=(
+            f"ViT-{size} (AugReg ImageNet-21k) with a pred-net uncertainty head trained on ImageNet-21k-W: "
+            f"{PVU_PAPER_TITLE}."
+        ),
+        source_url=PVU_SOURCE_URL,
+        source_note=(
+            f"the ViT-{size} checkpoint (a .pth.tar file of the original training code) in the Google Drive "
+            "folder of the PVU release; no Hugging Face Hub repository is known to hold them"
+        ),
+        tags=("pvu", "imagenet-21k"),
+    )
+
+
+for _size, _arch, _dim in (
+    ("Tiny", "vit_tiny_patch16_224.augreg_in21k", 192),
+    ("Small", "vit_small_patch16_224.augreg_in21k", 384),
+    ("Base", "vit_base_patch16_224.augreg_in21k", 768),
+    ("Large", "vit_large_patch16_224.augreg_in21k", 1024),
+):
+    register_pretrained(_pvu_entry(_size, _arch, _dim))
+del _size, _arch, _dim
