@@ -1,0 +1,94 @@
+"""Per-epoch checkpoints (Hub layout, for users) and the resume file (for continuing a run exactly).
+
+``checkpoint-{epoch}/`` folders are written by ``model.save_pretrained`` into a temp folder that is
+renamed when complete. ``resume.pt`` holds only plain tensors, numbers and strings (loadable with
+``torch.load(weights_only=True)``): the trained part of the model, the loss's state, optimizer,
+scheduler and grad-scaler states, the epoch, the history of summary rows and all RNG states. It
+is written to a temp file and renamed, after the epoch's checkpoint folder exists.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Dict
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def save_model(model: nn.Module, directory: Path) -> Path:
+    """Write ``model`` in the Hub layout to ``directory`` (atomically: temp folder + rename)."""
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    if directory.exists():  # left over from a run that was killed after writing it
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
+    return directory
+
+
+def trained_state(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The entries of ``model.state_dict()`` that training can change.
+
+    The whole model if the backbone trains; else the method's state (parameters and buffers
+    such as the ``unc_start_value`` scale) plus the classifier's if it trains.
+    """
+    parts = model.trainable_parts
+    if parts["backbone"]:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    keep = {id(t) for t in model.method.state_dict(keep_vars=True).values()}
+    if parts["classifier"] and model.classifier is not None:
+        keep |= {id(t) for t in model.classifier.state_dict(keep_vars=True).values()}
+    return {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items() if id(v) in keep}
+
+
+def load_trained_state(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
+    """Put a :func:`trained_state` back; ``ValueError`` if it names entries the model lacks."""
+    missing_here = sorted(set(state) - set(model.state_dict()))
+    if missing_here:
+        raise ValueError(f"resume state has entries the model lacks: {missing_here[:5]}")
+    model.load_state_dict(state, strict=False)
+
+
+def rng_state() -> Dict[str, Any]:
+    """torch (CPU and CUDA), numpy and Python RNG states as plain tensors and numbers."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": {"version": py_state[0], "state": torch.tensor(py_state[1], dtype=torch.int64),
+                   "gauss": py_state[2]},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore the RNG states saved by :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_resume(path: Path, state: Dict[str, Any]) -> None:
+    """``torch.save`` to a temp file, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_resume(path: Path) -> Dict[str, Any]:
+    """Read ``resume.pt`` with ``weights_only=True`` (no pickled objects)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
