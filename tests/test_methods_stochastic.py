@@ -79,7 +79,9 @@ def test_stochastic_methods_vary_across_calls_but_embedding_does_not(backbones, 
     assert not torch.allclose(first.uncertainty, second.uncertainty)
 
 
-@pytest.mark.parametrize("method,kwargs", [("mc-dropout", {"backbone_dropout": 0.1}), ("hetxl", {"c_mult": 0.5})])
+@pytest.mark.parametrize(
+    "method,kwargs", [("mc-dropout", {"backbone_dropout": 0.1, "num_samples": 2}), ("hetxl", {"c_mult": 0.5})]
+)
 def test_seed_makes_stochastic_methods_reproducible(backbones, method, kwargs):
     model = build(backbones, "test_vit", method, seed=7, **kwargs)
     x = images(2)
@@ -405,28 +407,53 @@ def test_deep_pred_net_hook_hygiene_wrap_twice_and_deepcopy(backbones):
 
 
 # ---------------------------------------------------------------- rebuild from config + state dicts (Hub layout)
-@pytest.mark.parametrize("name", BACKBONES)
-@pytest.mark.parametrize("config", CONFIGS)
-def test_rebuild_from_config_and_safetensors(backbones, tmp_path, name, config):
-    method, kwargs = CONFIGS[config]
+def trained_copy(name: str, method: str, kwargs: dict) -> ur.Uncertainizer:
+    """A model built from a timm name whose method state is no longer the initial one."""
     kwargs = {**kwargs, "seed": 0} if method in ("mc-dropout", "hetxl") else kwargs
     model = ur.Uncertainizer(name, method, **kwargs).eval()
     with torch.no_grad():
         for p in model.method.parameters():
-            p.add_(0.01 * torch.randn_like(p))  # "trained"
+            p.add_(0.01 * torch.randn_like(p))
     if method == "sngp":
         model.train()
         with torch.no_grad():
-            model(images(4))
+            model(images(4))  # updates the precision (and the spectral-norm vectors)
         model.eval()
+    return model
+
+
+def assert_same_outputs(a: ur.Uncertainizer, b: ur.Uncertainizer) -> None:
+    x = images(2)
+    with torch.no_grad():
+        out_a, out_b = a(x), b(x)
+    torch.testing.assert_close(out_b.uncertainty, out_a.uncertainty)
+    torch.testing.assert_close(out_b.logits, out_a.logits)
+
+
+ROUND_TRIPS = {**CONFIGS, "sngp-spec-norm": ("sngp", {"num_inducing": 32, "use_spec_norm": True})}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ROUND_TRIPS)
+def test_rebuild_from_config_and_safetensors(tmp_path, config):
+    method, kwargs = ROUND_TRIPS[config]
+    model = trained_copy("test_resnet", method, kwargs)
     save_file(model.backbone.state_dict(), str(tmp_path / "model.safetensors"))
     save_file(model.method.state_dict(), str(tmp_path / "uncertainty_head.safetensors"))
     cfg = model.config
     rebuilt = ur.Uncertainizer(cfg["backbone"], cfg["method"], **cfg["method_args"]).eval()
     rebuilt.backbone.load_state_dict(load_file(str(tmp_path / "model.safetensors")), strict=True)
     rebuilt.method.load_state_dict(load_file(str(tmp_path / "uncertainty_head.safetensors")), strict=True)
-    x = images(2)
-    with torch.no_grad():
-        a, b = model(x), rebuilt(x)
-    torch.testing.assert_close(b.uncertainty, a.uncertainty)
-    torch.testing.assert_close(b.logits, a.logits)
+    assert_same_outputs(model, rebuilt)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ROUND_TRIPS)
+def test_hub_save_load_round_trip(tmp_path, config):
+    hub = pytest.importorskip("uncertain_repr.hub")
+    method, kwargs = ROUND_TRIPS[config]
+    model = trained_copy("test_vit", method, kwargs)
+    hub.save_pretrained(model, tmp_path / "ckpt")
+    loaded = hub.load_model(tmp_path / "ckpt")
+    assert loaded.method_name == method and loaded.method_args == model.method_args
+    assert_same_outputs(model, loaded)
