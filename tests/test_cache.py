@@ -168,3 +168,17 @@ def test_import_uncertain_repr_stays_light():
             "'uncertain_repr.train') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_cache_command_on_real_images(shared_data, tmp_path):
+    from uncertain_repr.cli import main
+
+    root = shared_data("tiny_imagenet200").parent
+    out = tmp_path / "val.h5"
+    assert main(["cache", "--model", "test_vit", "--pretrained", "false", "--dataset", "tar/tiny_imagenet200",
+                 "--data-dir", str(root), "--split", "validation", "--max-samples", "6", "-j", "0", "-b", "4",
+                 "--output", str(out)]) == 0
+    data = CachedEmbeddings(out)
+    assert len(data) == 6 and data.manifest["augment"] is False and data.manifest["split"] == "validation"
+    assert data.manifest["dataset"] == "tar/tiny_imagenet200" and "CenterCrop" in data.manifest["transform"]
+    assert [data[i]["index"] for i in range(6)] == list(range(6))

@@ -1,0 +1,59 @@
+"""``uncertain-repr cache ...``: write a frozen backbone's embeddings of a dataset to HDF5."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..train.config import parse_bool
+
+HELP = "compute a backbone's embeddings of (augmented) images once and store them in an HDF5 cache"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", "-o", required=True, help="the .h5 file to write (rank shards next to it)")
+    parser.add_argument("--model", default="vit_base_patch16_224.augreg_in21k", help="timm backbone (default: %(default)s)")
+    parser.add_argument("--pretrained", type=parse_bool, nargs="?", const=True, default=True, metavar="BOOL",
+                        help="load the backbone's pretrained timm weights (default: true)")
+    parser.add_argument("--initial-checkpoint", "--initial_checkpoint", default="",
+                        help="use the backbone of this uncertain_repr checkpoint folder instead")
+    parser.add_argument("--dataset", required=True, help="dataset name (see uncertain_repr.data.list_datasets())")
+    parser.add_argument("--data-dir", "--data_dir", required=True, help="root folder of the dataset")
+    parser.add_argument("--split", default="train", help="split (default: %(default)s)")
+    parser.add_argument("--is_training", "--is-training", type=parse_bool, nargs="?", const=True, default=None,
+                        metavar="BOOL", help="augment with the training transform (default: split == train)")
+    parser.add_argument("--max-samples", "--max_samples", type=int, default=0,
+                        help="cache only the first N samples (0 = all; for smoke runs)")
+    parser.add_argument("--epochs", type=int, default=1, help="augmented views per image (default: %(default)s)")
+    parser.add_argument("-b", "--batch-size", "--batch_size", type=int, default=128, help="images per forward pass")
+    parser.add_argument("-j", "--workers", type=int, default=4, help="DataLoader worker processes")
+    parser.add_argument("--seed", type=int, default=0, help="augmentation seed (default: %(default)s)")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored embedding dtype")
+    parser.add_argument("--chunk-size", "--chunk_size", type=int, default=4096, help="rows per write and progress record")
+    parser.add_argument("--amp", type=parse_bool, nargs="?", const=True, default=False, metavar="BOOL",
+                        help="fp16 autocast on CUDA (default: false)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import data
+    from ..cache import build
+    from ..train import distributed as dist_utils
+    from ..train.config import TrainConfig
+    from ..train.launch import build_model
+
+    device = dist_utils.init_from_env(args.device)
+    try:
+        model = build_model(TrainConfig(model=args.model, pretrained=args.pretrained,
+                                        initial_checkpoint=args.initial_checkpoint)).to(device)
+        augment = args.split == "train" if args.is_training is None else args.is_training
+        transform = data.train_transform(model) if augment else data.eval_transform(model)
+        dataset = data.create_dataset(args.dataset, args.data_dir, args.split, transform=transform)
+        if args.max_samples:
+            dataset = dataset.subset(range(min(args.max_samples, len(dataset))))
+        path = build(model, dataset, args.output, epochs=args.epochs, augment=augment, batch_size=args.batch_size,
+                     num_workers=args.workers, seed=args.seed, dtype=args.dtype, chunk_size=args.chunk_size,
+                     amp=args.amp, device=device)
+        print(f"wrote {path}")
+    finally:
+        dist_utils.shutdown()
+    return 0

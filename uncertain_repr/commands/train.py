@@ -1,0 +1,22 @@
+"""``uncertain-repr train ...``: train an uncertainty method (flags as the original train.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "train an uncertainty method (e.g. pred-net on cached embeddings of a frozen backbone)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..train.config import add_arguments as add_train_arguments
+
+    add_train_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train.config import config_from_args
+    from ..train.launch import report, run as run_training
+
+    result = run_training(config_from_args(args))
+    print(report(result))
+    return 0
