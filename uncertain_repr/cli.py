@@ -9,7 +9,7 @@ from typing import List, Optional
 
 from .version import __version__
 
-COMMANDS = ("predict", "benchmark", "convert")
+COMMANDS = ("predict", "benchmark", "convert", "cache", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:
