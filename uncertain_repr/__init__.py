@@ -3,7 +3,7 @@
 ``embedding, uncertainty = model(x)`` with shapes ``[B, D]`` and ``[B]``; higher = more uncertain.
 """
 
-from . import metrics
+from . import losses, metrics
 from .hub import load_model
 from .methods import UncertaintyMethod, list_methods, register_method
 from .model import UncertainOutput, Uncertainizer
