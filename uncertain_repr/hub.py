@@ -325,11 +325,18 @@ def load_folder(folder: PathLike) -> nn.Module:
 
     folder = Path(folder)
     block = read_config(folder)[CONFIG_KEY]
-    for name in (BACKBONE_WEIGHTS, HEAD_WEIGHTS):
+    # A folder shipped inside the package may leave the backbone to an installed weights package.
+    package_weights = block.get("backbone_weights")
+    needed = (HEAD_WEIGHTS,) if package_weights else (BACKBONE_WEIGHTS, HEAD_WEIGHTS)
+    for name in needed:
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} not found: the checkpoint folder is incomplete")
     backbone_args = dict(block.get("backbone_args") or {})
     backbone = timm.create_model(f"{LOCAL_PREFIX}{folder}", pretrained=False, **backbone_args)
+    if package_weights:
+        from .backbone_weights import load_backbone_weights
+
+        load_backbone_weights(backbone, package_weights)
     model = Uncertainizer(
         backbone, block["method"], stopgrad=block["stopgrad"], embed_dim=block["embed_dim"], **block["method_args"]
     )
@@ -340,7 +347,10 @@ def load_folder(folder: PathLike) -> nn.Module:
         )
     model.backbone_name = block.get("backbone")
     model.backbone_args = backbone_args
-    load_state_strict(model.backbone, read_safetensors(folder / BACKBONE_WEIGHTS), str(folder / BACKBONE_WEIGHTS))
+    if not package_weights:
+        load_state_strict(
+            model.backbone, read_safetensors(folder / BACKBONE_WEIGHTS), str(folder / BACKBONE_WEIGHTS)
+        )
     load_state_strict(model.method, read_safetensors(folder / HEAD_WEIGHTS), str(folder / HEAD_WEIGHTS))
     return model.eval()
 

