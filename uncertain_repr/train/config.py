@@ -13,7 +13,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 
 @dataclasses.dataclass
@@ -22,7 +22,7 @@ class TrainConfig:
 
     # model (used by the launcher that builds the model; fit() receives a built model)
     model: str = "vit_base_patch16_224.augreg_in21k"
-    pretrained: bool = True
+    pretrained: Union[bool, str] = True
     initial_checkpoint: str = ""
     unc_module: str = "pred-net"
     unc_width: int = 512
@@ -153,7 +153,7 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- command line
 _HELP = {
     "model": "timm backbone name",
-    "pretrained": "load the backbone's pretrained timm weights",
+    "pretrained": "load the backbone's pretrained timm weights (true/false), or named package weights",
     "initial_checkpoint": "start from this uncertain_repr checkpoint folder (its backbone and method)",
     "unc_module": "uncertainty method name (see uncertain_repr.list_methods())",
     "unc_width": "pred-net hidden width",
@@ -229,6 +229,15 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def parse_pretrained(text: str) -> Union[bool, str]:
+    """``--pretrained``: true/false for timm's own weights, or the name of installed package weights
+    (see :data:`uncertain_repr.backbone_weights.PACKAGE_WEIGHTS`)."""
+    try:
+        return parse_bool(text)
+    except argparse.ArgumentTypeError:
+        return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per :class:`TrainConfig` field (``--lr-base`` and ``--lr_base`` both work), plus ``--config``."""
     parser.add_argument("--config", help="JSON file of settings (field names as keys); flags override it")
@@ -238,7 +247,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         flags = _SHORT.get(name, []) + sorted({f"--{name.replace('_', '-')}", f"--{name}"})
         kwargs: Dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS,
                                   "help": f"{_HELP[name]} (default: {default!r})"}
-        if isinstance(default, bool):
+        if name == "pretrained":
+            kwargs.update(type=parse_pretrained, nargs="?", const=True, metavar="BOOL|WEIGHTS")
+        elif isinstance(default, bool):
             kwargs.update(type=parse_bool, nargs="?", const=True, metavar="BOOL")
         elif isinstance(default, list):
             kwargs.update(nargs="+", type=int if name == "decay_milestones" else str)
