@@ -301,7 +301,11 @@ def build(
 
     done = _read_progress(progress_file) if partial.exists() else 0
     if partial.exists() and done > 0:
-        handle = h5py.File(partial, "r+")
+        try:
+            handle = h5py.File(partial, "r+")
+        except OSError as err:
+            raise ValueError(f"unfinished cache {partial} cannot be reopened (killed while writing?): {err}; "
+                             "delete it to start over") from None
         bad = _mismatches(json.loads(handle.attrs["manifest"]), {k: v for k, v in manifest.items()
                                                                   if k != "library_version"})
         if bad:
