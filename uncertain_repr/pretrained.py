@@ -23,7 +23,15 @@ IMAGENET21K_NOTE = (
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
-LEGACY_IMG_SIZE = 224
+LEGACY_DATA_CONFIG: Dict[str, Any] = {
+    "input_size": (3, 224, 224),
+    "interpolation": "bicubic",
+    "mean": IMAGENET_DEFAULT_MEAN,
+    "std": IMAGENET_DEFAULT_STD,
+    "crop_pct": 0.875,
+    "crop_mode": "center",
+}
+"""The timm data config of the original research code's eval preprocessing (url-spec §0.2, §4.6)."""
 
 PREPROCESSING_PRESETS = ("model", "legacy")
 """``model``: the backbone's own timm ``pretrained_cfg`` (the default). ``legacy``: what the original
@@ -125,17 +133,10 @@ def legacy_data_config(model: nn.Module) -> Dict[str, Any]:
     ``load_model(name, preprocessing="legacy")`` to make it the model's ``pretrained_cfg``.
     """
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    channels, *size = cfg.get("input_size", (3, LEGACY_IMG_SIZE, LEGACY_IMG_SIZE))
+    channels, *size = cfg.get("input_size", LEGACY_DATA_CONFIG["input_size"])
     if not cfg.get("fixed_input_size", False):
-        size = [LEGACY_IMG_SIZE, LEGACY_IMG_SIZE]
-    return {
-        "input_size": (channels, *size),
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "crop_pct": 0.875,
-        "crop_mode": "center",
-    }
+        size = LEGACY_DATA_CONFIG["input_size"][1:]
+    return {**LEGACY_DATA_CONFIG, "input_size": (channels, *size)}
 
 
 def _pvu_entry(size: str, architecture: str, embed_dim: int) -> PretrainedEntry:

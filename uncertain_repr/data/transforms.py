@@ -11,15 +11,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from torch import nn
 
-# The preprocessing every original URL/PVU run used (url-spec §0.2, §4.6, §9 item 1).
-LEGACY_DATA_CONFIG: Dict[str, Any] = {
-    "input_size": (3, 224, 224),
-    "interpolation": "bicubic",
-    "mean": (0.485, 0.456, 0.406),
-    "std": (0.229, 0.224, 0.225),
-    "crop_pct": 0.875,
-    "crop_mode": "center",
-}
+from ..pretrained import LEGACY_DATA_CONFIG, legacy_data_config
 
 ModelOrConfig = Union[nn.Module, Mapping[str, Any], None]
 
@@ -29,13 +21,15 @@ def resolve_data_config(
 ) -> Dict[str, Any]:
     """The data config to build transforms from.
 
-    ``legacy=True`` ignores the model and returns :data:`LEGACY_DATA_CONFIG`; ``img_size``
+    ``legacy=True`` returns the original code's preprocessing (:data:`LEGACY_DATA_CONFIG`; a
+    fixed-size model keeps its own size, see :func:`~uncertain_repr.pretrained.legacy_data_config`); ``img_size``
     overrides the square input size (the original's ``--img-size``, e.g. 256 for ViT-M).
     """
     import timm.data
 
     if legacy:
-        config = dict(LEGACY_DATA_CONFIG)
+        is_model = isinstance(model_or_data_config, nn.Module)
+        config = legacy_data_config(model_or_data_config) if is_model else dict(LEGACY_DATA_CONFIG)
     elif isinstance(model_or_data_config, nn.Module):
         config = timm.data.resolve_model_data_config(model_or_data_config)
     elif isinstance(model_or_data_config, Mapping):
