@@ -83,3 +83,28 @@ def test_resnet20_on_cifar10h_slice_matches_independent_computation(shared_data,
     assert result["metrics"]["class-entropy"]["soft/cifar10h_auroc_correct"] > 0.7
     assert result["metrics"]["class-entropy"]["soft/cifar10h_rcorr_entropy"] > 0.15
     assert 0.6 < result["metrics"]["class-entropy"]["soft/cifar10h_r1"] < 0.95
+
+
+def test_cli_on_a_checkpoint_folder(shared_data, tmp_path, capsys):
+    import uncertain_repr as ur
+    from uncertain_repr.cli import main
+
+    data_dir = shared_data("cifar10h").parent
+    shared_data("cifar10_test_jpg")
+    checkpoint = ur.hub.save_pretrained(ur.Uncertainizer("test_efficientnet", "embed-norm"), tmp_path / "ckpt")
+    argv = ["benchmark", "--model", str(checkpoint), "--datasets", "soft/cifar10h", "--data-dir", str(data_dir),
+            "--max-samples", "40", "--batch-size", "20", "--num-workers", "0", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| soft/cifar10h " in table and "rcorr_entropy" in table
+    result = benchmark.load_results(tmp_path / "out")
+    meta = result["meta"]
+    assert meta["model"] == str(checkpoint) and meta["methods"] == ["embed-norm"]
+    assert meta["command"].startswith("uncertain-repr benchmark --model ") and "--max-samples 40" in meta["command"]
+    assert meta["data"]["datasets"][0]["num_samples"] == 40 and meta["data"]["datasets"][0]["dataset_size"] == 10_000
+    assert set(result["metrics"]["embed-norm"]) >= {"soft/cifar10h_rcorr_entropy", "avg_downstream_auroc_correct"}
+    # A dataset the data folder does not have, and a name that does not exist: exit status 2, one line.
+    assert main(["benchmark", "--model", str(checkpoint), "--datasets", "repr/cub", "--data-dir", str(data_dir)]) == 2
+    assert "cub" in capsys.readouterr().err
+    assert main(["benchmark", "--model", str(checkpoint), "--datasets", "repr/nope", "--data-dir", str(data_dir)]) == 2
+    assert "unknown dataset 'repr/nope'" in capsys.readouterr().err

@@ -69,7 +69,7 @@ def _command_line(args: argparse.Namespace) -> str:
     """The command as it was given (options in canonical form), for the run's record."""
     words = ["uncertain-repr", "benchmark"]
     for key, value in vars(args).items():
-        if key in ("command", "run") or value in (None, False) or (key, value) in DEFAULTS:
+        if key in ("command", "run") or value is None or value is False or DEFAULTS.get(key) == value:
             continue
         flag = "--" + key.replace("_", "-")
         if value is True:
@@ -79,7 +79,7 @@ def _command_line(args: argparse.Namespace) -> str:
     return " ".join(map(shlex.quote, words))
 
 
-DEFAULTS = {("split", "test"), ("batch_size", 64), ("device", "cpu"), ("seed", 0)}
+DEFAULTS = {"split": "test", "batch_size": 64, "device": "cpu", "seed": 0}
 
 
 def run(args: argparse.Namespace) -> int:
