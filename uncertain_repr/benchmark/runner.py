@@ -98,9 +98,9 @@ def _entries(
     classify: Optional[Sequence[str]],
     open_named,
 ) -> List[_Entry]:
-    specs = list(datasets.items()) if isinstance(datasets, Mapping) else list(datasets)
     if isinstance(datasets, str):
         raise TypeError("datasets must be a list of names (or (name, dataset) pairs), not one string")
+    specs = list(datasets.items()) if isinstance(datasets, Mapping) else list(datasets)
     if not specs:
         raise ValueError("datasets must name at least one dataset")
     roles = ([(upstream, "upstream")] if upstream is not None else []) + [(s, "downstream") for s in specs]
@@ -284,11 +284,12 @@ def run(
 
     downstream = [e.name for e in entries if e.role == "downstream"]
     result = {
-        "meta": _meta(net, description, evaluated_methods, entries, data_meta, locals_=dict(
-            data_dir=None if data_dir is None else os.fspath(data_dir), legacy_preprocessing=legacy_preprocessing,
-            max_samples=max_samples, mixed_max_samples=mixed_max_samples, seed=seed, batch_size=batch_size,
-            device=str(device), world_size=world, command=command, elapsed_s=round(time.time() - started, 1),
-        )),
+        "meta": _meta(
+            net, description, evaluated_methods, data_meta, legacy=legacy_preprocessing,
+            data_dir=None if data_dir is None else os.fspath(data_dir), max_samples=max_samples,
+            mixed_max_samples=mixed_max_samples, seed=seed, batch_size=batch_size, device=str(device),
+            world_size=world, command=command, elapsed_s=round(time.time() - started, 1),
+        ),
         "datasets": [e.name for e in entries],
         "upstream": entries[0].name if upstream is not None else None,
         "metrics": {name: _json_floats(flatten(values, downstream)) for name, values in per_dataset.items()},
@@ -308,23 +309,22 @@ def _json_floats(flat: Mapping[str, Any]) -> Dict[str, Optional[float]]:
     return {k: (None if v is None or not np.isfinite(v) else float(v)) for k, v in flat.items()}
 
 
-def _meta(net: Uncertainizer, description: str, methods, entries, data_meta, locals_: Dict[str, Any]) -> Dict[str, Any]:
+def _meta(net: Uncertainizer, description: str, methods, data_meta, *, legacy: bool, **settings: Any) -> Dict[str, Any]:
+    """The run's record: model, weights hash, data, settings, date and library versions."""
     import timm
 
-    data_config = None
-    try:
-        data_config = {k: (list(v) if isinstance(v, tuple) else v)
-                       for k, v in timm.data.resolve_model_data_config(net).items()}
-    except Exception:  # a custom backbone without a pretrained_cfg has no resolvable config
-        data_config = None
+    from ..data import resolve_data_config
+
+    data_config = {k: list(v) if isinstance(v, tuple) else v for k, v in resolve_data_config(net, legacy=legacy).items()}
     return {
         "model": description,
         "model_config": net.config,
         "methods": [m.name for m in methods],
         "weights_sha256": weights_sha256(net),
         "num_parameters": sum(p.numel() for p in net.parameters()),
-        "data": {"datasets": data_meta, "model_data_config": data_config},
-        **locals_,
+        "data": {"datasets": data_meta, "preprocessing": data_config},
+        "legacy_preprocessing": legacy,
+        **settings,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": {
             "uncertain_repr": __version__, "torch": torch.__version__, "timm": timm.__version__,
