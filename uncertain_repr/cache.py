@@ -231,8 +231,9 @@ def build(
         dtype: ``"float32"`` or ``"float16"`` for the stored embeddings.
         chunk_size: rows per write, flush and progress record (also the HDF5 chunk height).
         amp: fp16 autocast on CUDA (recorded in the manifest; embeddings differ slightly).
-        dataset_name, split: recorded in the manifest (default: ``dataset.name`` / ``dataset.split``
-            if the dataset has them, else its class name / ``None``).
+        dataset_name: recorded in the manifest (default: ``dataset.name`` if it has one, else its
+            class name).
+        split: recorded in the manifest (default: ``dataset.split`` if it has one, else ``None``).
         progress: tqdm bar (default: only on a TTY and rank 0).
         on_chunk: called with the number of finished rows after each chunk (e.g. for monitoring).
 

@@ -179,4 +179,5 @@ class DatasetWrapper(Dataset):
         return item
 
     def own_transform(self) -> Optional[Callable]:
+        """The wrapped dataset's ``transform`` (``None`` if it has none)."""
         return getattr(self.dataset, "transform", None)

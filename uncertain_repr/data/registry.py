@@ -75,7 +75,7 @@ def create_dataset(
         transform: applied to each decoded RGB PIL image; ``None`` keeps PIL images (use this
             with :class:`~uncertain_repr.data.WithCrops`, which applies a transform itself).
         on_error: ``"raise"`` or ``"skip"`` for undecodable images (see :class:`ImageDataset`).
-        **kwargs: reader options (e.g. ``counts=`` for CIFAR-10H, ``class_map=`` for folders).
+        **kwargs (Any): reader options (e.g. ``counts=`` for CIFAR-10H, ``class_map=`` for folders).
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")

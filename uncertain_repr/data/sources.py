@@ -24,9 +24,13 @@ class ImageDecodeError(ValueError):
 class ImageSource(Protocol):
     def __len__(self) -> int: ...
 
-    def load(self, position: int) -> Image.Image: ...
+    def load(self, position: int) -> Image.Image:
+        """The decoded RGB image at ``position``; :class:`ImageDecodeError` naming the file if it fails."""
+        ...
 
-    def describe(self, position: int) -> str: ...
+    def describe(self, position: int) -> str:
+        """Where the image at ``position`` comes from (a path), for error messages."""
+        ...
 
 
 def _decode(data: Union[Path, io.BytesIO], name: str) -> Image.Image:
@@ -52,9 +56,11 @@ class FileImages:
         return len(self.paths)
 
     def describe(self, position: int) -> str:
+        """The path of the image at ``position``."""
         return self.paths[position]
 
     def load(self, position: int) -> Image.Image:
+        """The decoded RGB image at ``position``."""
         path = Path(self.paths[position])
         if not path.is_file():
             raise ImageDecodeError(f"image not found: {path}")
@@ -92,9 +98,11 @@ class TarImages:
         return len(self.members)
 
     def describe(self, position: int) -> str:
+        """The path of the image at ``position``."""
         return f"{self.tar_path}:{self.members[position]}"
 
     def load(self, position: int) -> Image.Image:
+        """The decoded RGB image at ``position``."""
         if self._file is None or self._pid != os.getpid():
             self._file, self._pid = open(self.tar_path, "rb"), os.getpid()
         offset, size = self._spans[position]
@@ -119,9 +127,11 @@ class TorchvisionImages:
         return len(self.dataset)
 
     def describe(self, position: int) -> str:
+        """The path of the image at ``position``."""
         return f"{type(self.dataset).__name__}({getattr(self.dataset, 'root', '')})[{position}]"
 
     def load(self, position: int) -> Image.Image:
+        """The decoded RGB image at ``position``."""
         try:
             image = self.dataset[position][0]
         except (UnidentifiedImageError, OSError, SyntaxError) as err:

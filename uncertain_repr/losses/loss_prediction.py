@@ -30,6 +30,7 @@ class _LossPredictionBase(nn.Module):
         self.train_classifier = bool(train_classifier)
 
     def uncertainty_loss(self, unc: torch.Tensor, task_loss: torch.Tensor) -> torch.Tensor:
+        """The uncertainty term from predicted ``unc`` [B] and the detached per-sample ``task_loss`` [B]."""
         raise NotImplementedError
 
     def forward(self, output: LossInput, target: torch.Tensor) -> torch.Tensor:
@@ -84,7 +85,9 @@ class LossPredOrder(_LossPredictionBase):
         margin: hinge margin gamma (> 0).
         leeway: rho >= 0; pairs whose task losses differ by less than rho give no signal.
         pairing: ``"consecutive"`` or ``"all"``.
-        lambda_value, inv_temp, train_classifier: as in :class:`LossPred`.
+        lambda_value: weight of the ranking term (as in :class:`LossPred`).
+        inv_temp: inverse temperature of the per-sample task loss (as in :class:`LossPred`).
+        train_classifier: also train the classifier with the mean task loss (as in :class:`LossPred`).
     """
 
     min_batch = 2

@@ -30,7 +30,9 @@ class Evaluator:
     padding, are kept once), and returns plain floats. Nothing N x N is ever stored.
 
     Args:
-        metric, chunk_size, backend: 1-NN settings, see :func:`nearest_neighbor_correct`.
+        metric: 1-NN similarity, see :func:`nearest_neighbor_correct`.
+        chunk_size: 1-NN query rows per matrix product, see :func:`nearest_neighbor_correct`.
+        backend: ``"torch"`` or ``"faiss"``, see :func:`nearest_neighbor_correct`.
         device: where the 1-NN matrix products run at ``compute()`` (default: CPU), e.g. "cuda".
     """
 
