@@ -8,4 +8,9 @@ PY=${PYTHON:-python3.11}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check \
   "torch==2.14.1" "torchvision==0.29.1" -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+# Fashion-MNIST (MIT) for the evaluation tests, from Debian's dataset-fashion-mnist package.
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  { apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }; } \
+    >/dev/null 2>&1 || echo "note: could not install dataset-fashion-mnist (Fashion-MNIST tests will skip locally)"
+fi
 .venv/bin/python -c "import uncertain_repr, torch; print('uncertain_repr', uncertain_repr.__version__, '| torch', torch.__version__)"

@@ -11,7 +11,7 @@ Every dataset is a map-style ``torch.utils.data.Dataset`` of dicts (see :class:`
 Not imported by ``import uncertain_repr``.
 """
 
-from . import annotations, cifar10h, folder, imagenet_subsets, retrieval, vtab  # noqa: F401  (register readers)
+from . import annotations, cifar10h, folder, idx, imagenet_subsets, retrieval, vtab  # noqa: F401  (register readers)
 from .crops import WithCrops, center_crop_resize, crop_fractions
 from .dataset import DatasetWrapper, ImageDataset, few_shot_indices
 from .loader import ExactShardSampler, create_loader, default_num_workers

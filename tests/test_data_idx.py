@@ -1,0 +1,55 @@
+"""The idx reader: Fashion-MNIST from Debian's files, checked against an independent decode."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import uncertain_repr.data as urd
+from uncertain_repr.data.idx import read_idx
+
+FASHION = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + b"".join(struct.pack(">I", n) for n in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fixture_round_trip_and_errors(tmp_path):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (5, 28, 28)), np.array([3, 1, 4, 1, 5])
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
+    ds = urd.create_dataset("idx/fashion_mnist", tmp_path, "test")
+    assert len(ds) == 5 and ds.labels.tolist() == [3, 1, 4, 1, 5] and ds.num_classes == 10
+    item = ds[2]
+    assert item["label"] == 4 and item["index"] == 2
+    rgb = np.asarray(item["image"])
+    assert rgb.shape == (28, 28, 3) and (rgb == images[2][..., None]).all()
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.gz"):
+        urd.create_dataset("idx/fashion_mnist", tmp_path, "train")
+    with gzip.open(tmp_path / "bad.gz", "wb") as f:
+        f.write(struct.pack(">BBBBI", 0, 0, 8, 1, 10) + b"\x00" * 3)
+    with pytest.raises(ValueError, match="header says \\(10,\\), file holds 3 values"):
+        read_idx(tmp_path / "bad.gz")
+
+
+def test_real_fashion_mnist():
+    if not (FASHION / "t10k-images-idx3-ubyte.gz").is_file():
+        message = f"Fashion-MNIST not found in {FASHION} (apt-get install dataset-fashion-mnist)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    ds = urd.create_dataset("idx/fashion_mnist", FASHION, "test")
+    assert len(ds) == 10_000
+    with gzip.open(FASHION / "t10k-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read()[8:], dtype=np.uint8)
+    assert ds.labels.numpy().tolist() == labels.tolist()
+    assert np.bincount(labels).tolist() == [1000] * 10
