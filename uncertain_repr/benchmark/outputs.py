@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -128,12 +128,13 @@ def load_npz(path: Union[str, Path]) -> DatasetOutputs:
 
 @contextmanager
 def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; it is renamed onto ``path`` only if the block succeeds."""
+    """Yield an unused temporary path next to ``path``; it is renamed onto ``path`` only if the block succeeds.
+
+    The temporary file is created by the block itself, so it gets the usual permissions (umask).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)

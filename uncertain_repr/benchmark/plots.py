@@ -13,9 +13,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..metrics import nearest_neighbor_correct, risk_coverage_curve
-from .outputs import DatasetOutputs, atomic_path, file_name
+from .outputs import DatasetOutputs, atomic_path
 
-MAX_SCATTER_POINTS = 2000
+CROP_BINS = 10  # equal-count bins of the crop fraction
 DPI = 80
 
 
@@ -53,7 +53,7 @@ class PlotData:
 
 
 def _grid(plt, rows: int, cols: int, title: str):
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, dpi=DPI)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(4.8, 3.2 * cols), 2.6 * rows + 0.3), squeeze=False, dpi=DPI)
     fig.suptitle(title, fontsize=10)
     return fig, axes
 
@@ -74,7 +74,7 @@ def write_plots(result: Dict[str, Any], data: Sequence[PlotData], folder: Path) 
     written: List[Path] = []
     try:
         # Risk-coverage: retrieval error of the kept samples vs the fraction rejected as most uncertain.
-        fig, axes = _grid(plt, 1, len(data), "1-NN retrieval error vs rejected fraction (most uncertain first)")
+        fig, axes = _grid(plt, 1, len(data), "retrieval error after rejecting the most uncertain")
         for ax, d in zip(axes[0], data):
             for row, method in enumerate(methods):
                 coverage, risk = risk_coverage_curve(d.uncertainties[row], d.retrieval_errors)
@@ -105,29 +105,36 @@ def write_plots(result: Dict[str, Any], data: Sequence[PlotData], folder: Path) 
 
         cropped = [d for d in data if d.uncertainties_cropped is not None]
         if cropped:
-            fig, axes = _grid(plt, len(methods), len(cropped), "uncertainty of a center crop vs kept side fraction")
-            rng = np.random.default_rng(0)
+            fig, axes = _grid(plt, len(methods), len(cropped), "uncertainty of center crops")
             for col, d in enumerate(cropped):
-                shown = rng.permutation(len(d.crop_fractions))[:MAX_SCATTER_POINTS]
+                edges = np.quantile(d.crop_fractions, np.linspace(0, 1, CROP_BINS + 1))
+                bin_of = np.clip(np.searchsorted(edges, d.crop_fractions, side="right") - 1, 0, CROP_BINS - 1)
+                centers = [d.crop_fractions[bin_of == b].mean() for b in range(CROP_BINS)]
                 for row, method in enumerate(methods):
                     ax = axes[row][col]
-                    ax.scatter(d.crop_fractions[shown], d.uncertainties_cropped[row][shown], s=3, alpha=0.4)
-                    ax.set(title=f"{d.name} [{method}]", xlabel="kept side fraction", ylabel="uncertainty (crop)")
+                    q25, q50, q75 = np.array(
+                        [np.quantile(d.uncertainties_cropped[row][bin_of == b], [0.25, 0.5, 0.75]) for b in range(CROP_BINS)]
+                    ).T
+                    ax.fill_between(centers, q25, q75, alpha=0.3, label="crop: 25-75%")
+                    ax.plot(centers, q50, marker="o", ms=3, label="crop: median")
+                    ax.axhline(np.median(d.uncertainties[row]), color="grey", ls=":", lw=0.8, label="full image: median")
+                    ax.set(title=f"{d.name} [{method}]", xlabel="kept side fraction", ylabel="uncertainty")
+                    ax.legend(fontsize=6)
             written.append(_save(fig, folder / "crop_uncertainty.png"))
             plt.close(fig)
 
         # R-AUROC per dataset, bars grouped by dataset, one bar per method.
         names = [d.name for d in data]
-        fig, axes = _grid(plt, 1, 1, "R-AUROC (auroc_correct) per dataset; 0.5 = uninformative")
+        fig, axes = _grid(plt, 1, 1, "R-AUROC (auroc_correct); 0.5 = uninformative")
         ax = axes[0][0]
-        fig.set_size_inches(max(4.0, 1.1 * len(names) * max(1, len(methods)) ** 0.5 + 2), 3.0)
+        fig.set_size_inches(max(4.8, 1.1 * len(names) * max(1, len(methods)) ** 0.5 + 2), 3.0)
         width = 0.8 / len(methods)
         for row, method in enumerate(methods):
             heights = [result["metrics"][method].get(f"{n}_auroc_correct") for n in names]
             ax.bar(np.arange(len(names)) + (row - (len(methods) - 1) / 2) * width,
                    [np.nan if h is None else h for h in heights], width, label=method)
         ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-        ax.set_xticks(np.arange(len(names)), [file_name(n) for n in names], fontsize=7)
+        ax.set_xticks(np.arange(len(names)), names, fontsize=7)
         ax.set(ylabel="R-AUROC", ylim=(0.3, 1.0))
         ax.legend(fontsize=7)
         written.append(_save(fig, folder / "r_auroc.png"))
