@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check \
-  "torch==2.14.1" "torchvision==0.29.1" -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+  "torch==2.14.1" "torchvision==0.29.1" -e ".[dev]" 2>&1 | { grep -v "is ignored: it is neither" || true; }
 # Fashion-MNIST (MIT) for the evaluation tests, from Debian's dataset-fashion-mnist package.
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   { apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }; } \
