@@ -279,7 +279,7 @@ def run(
         data_meta.append({
             "name": entry.name, "role": entry.role, "split": splits[entry.role] if entry.source == "named" else None,
             "source": entry.source, "num_samples": int(len(evaluated)), "dataset_size": len(entry.dataset),
-            "classify": entry.classify, "crops": "crop_fractions" in local.arrays() or None,
+            "classify": entry.classify, "crops": (crops and entry.source == "named") or local.crop_fractions is not None,
         })
 
     downstream = [e.name for e in entries if e.role == "downstream"]
