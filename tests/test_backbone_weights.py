@@ -54,3 +54,20 @@ def test_wrong_architecture_is_refused(shared_data):
         load_backbone_weights(
             backbone, SOURCE, path=shared_data("efficientnet_lite0", "efficientnet-lite0-57934424.pth")
         )
+
+
+def test_checkpoint_without_backbone_file_round_trip(tmp_path):
+    model = ur.Uncertainizer("tf_efficientnet_lite0", "pred-net", pretrained=SOURCE, width=16, depth=1).eval()
+    folder = model.save_pretrained(tmp_path / "ckpt", backbone_weights=SOURCE)
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "uncertainty_head.safetensors"]
+    assert SOURCE in (folder / "README.md").read_text()
+    loaded = ur.load_model(folder)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).uncertainty, model(x).uncertainty, rtol=0, atol=0)
+    # a backbone that is not those weights must be saved with its own file
+    with torch.no_grad():
+        model.backbone.conv_stem.weight.add_(1e-3)
+    with pytest.raises(ValueError, match="the backbone is not the package weights.*conv_stem.weight"):
+        model.save_pretrained(tmp_path / "other", backbone_weights=SOURCE)
+    assert not (tmp_path / "other").exists()

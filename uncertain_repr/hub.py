@@ -69,19 +69,44 @@ class ModelCard:
     metrics: Dict[str, float] = field(default_factory=dict)
     training: Dict[str, Any] = field(default_factory=dict)
     tags: Tuple[str, ...] = ()
+    body: str = ""
+    """Free Markdown (e.g. a recipe and an evaluation table) placed before the license section."""
 
 
 # ------------------------------------------------------------------------------------------ saving
-def save_pretrained(model: nn.Module, path: PathLike, *, card: Optional[ModelCard] = None) -> Path:
+def save_pretrained(
+    model: nn.Module, path: PathLike, *, card: Optional[ModelCard] = None, backbone_weights: Optional[str] = None
+) -> Path:
     """Write ``model`` (an ``Uncertainizer`` on a timm backbone) as a checkpoint folder at ``path``.
 
-    An existing ``path`` is replaced only if it holds nothing but checkpoint files. Returns ``path``.
+    ``backbone_weights`` names installed package weights
+    (:data:`uncertain_repr.backbone_weights.PACKAGE_WEIGHTS`) that the backbone equals exactly:
+    then ``model.safetensors`` is left out and ``load_model`` takes the backbone from that package
+    (how a small head ships inside a Python package). An existing ``path`` is replaced only if it
+    holds nothing but checkpoint files. Returns ``path``.
     """
     path = Path(path)
     check_saveable(model)
     with atomic_folder(path) as tmp:
-        write_checkpoint(model, tmp, card=card, load_name=os.fspath(path))
+        write_checkpoint(model, tmp, card=card, load_name=os.fspath(path), backbone_weights=backbone_weights)
     return path
+
+
+def check_backbone_is(model: nn.Module, source: str) -> None:
+    """``ValueError`` unless ``model``'s backbone equals the package weights ``source`` bit for bit."""
+    import timm
+
+    from .backbone_weights import load_backbone_weights
+
+    reference = timm.create_model(model.backbone_name, pretrained=False, **model.backbone_args)
+    load_backbone_weights(reference, source)
+    ours, theirs = model.backbone.state_dict(), reference.state_dict()
+    differing = [k for k in theirs if k not in ours or not torch.equal(ours[k].cpu(), theirs[k])]
+    if differing or set(ours) != set(theirs):
+        raise ValueError(
+            f"the backbone is not the package weights {source!r} (differing: {', '.join(differing[:5]) or 'keys'}); "
+            "save it with its own weights (backbone_weights=None)"
+        )
 
 
 def check_saveable(model: nn.Module) -> None:
@@ -119,22 +144,35 @@ def check_saveable(model: nn.Module) -> None:
 
 
 def write_checkpoint(
-    model: nn.Module, folder: Path, *, card: Optional[ModelCard] = None, load_name: str = "path/to/checkpoint"
+    model: nn.Module,
+    folder: Path,
+    *,
+    card: Optional[ModelCard] = None,
+    load_name: str = "path/to/checkpoint",
+    backbone_weights: Optional[str] = None,
 ) -> None:
-    """Write the four checkpoint files into the existing (empty) ``folder``; ``load_name`` goes into the card."""
+    """Write the checkpoint files into the existing (empty) ``folder``; ``load_name`` goes into the card.
+
+    With ``backbone_weights`` (see :func:`save_pretrained`) the backbone file is left out.
+    """
     import safetensors.torch
     import timm.models
 
     check_saveable(model)
+    if backbone_weights is not None:
+        check_backbone_is(model, backbone_weights)
     card = card or ModelCard()
     block = {
         "format_version": FORMAT_VERSION,
         "library_version": __version__,
         **model.config,
+        **({"backbone_weights": backbone_weights} if backbone_weights else {}),
         **({"training": card.training} if card.training else {}),
     }
     json.dumps(block)  # fail before writing anything if provenance is not JSON
     timm.models.save_for_hf(model.backbone, folder, model_config={CONFIG_KEY: block}, safe_serialization=True)
+    if backbone_weights is not None:
+        (folder / BACKBONE_WEIGHTS).unlink()
     head = {k: v.detach().contiguous() for k, v in model.method.state_dict().items()}
     safetensors.torch.save_file(head, folder / HEAD_WEIGHTS, metadata={"format": "pt"})
     config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
@@ -248,7 +286,12 @@ def render_model_card(config: Dict[str, Any], card: ModelCard, load_name: str) -
         f"model = ur.load_model({load_name!r})\n",
         "transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))\n",
         "embedding, uncertainty = model(transform(image).unsqueeze(0))\n```\n\n",
-        f"The backbone alone loads with timm: `timm.create_model({timm_name!r}, pretrained=True)`.\n\n",
+        (
+            f"The backbone weights come from the installed package `{block['backbone_weights']}` "
+            "(checked by SHA-256 when loading).\n\n"
+            if block.get("backbone_weights")
+            else f"The backbone alone loads with timm: `timm.create_model({timm_name!r}, pretrained=True)`.\n\n"
+        ),
         "## Preprocessing (the model's `pretrained_cfg`)\n\n",
         _table({k: f"`{v}`" for k, v in preprocessing.items()}),
     ]
@@ -258,6 +301,8 @@ def render_model_card(config: Dict[str, Any], card: ModelCard, load_name: str) -
         parts += ["\n## Metrics\n\n", "| metric | value |\n|---|---|\n"]
         parts += [f"| {k} | {v:.4f} |\n" if isinstance(v, float) else f"| {k} | {v} |\n"
                   for k, v in card.metrics.items()]
+    if card.body:
+        parts += ["\n", card.body.strip() + "\n"]
     parts += ["\n## License\n\n", f"{card.license}. {card.license_note}".rstrip() + "\n"]
     return "".join(parts)
 
