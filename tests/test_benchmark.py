@@ -218,6 +218,7 @@ def test_bad_input_gives_clear_errors(tmp_path):
         benchmark.recompute(tmp_path)
 
 
+@pytest.mark.slow
 def test_plots_and_report(tmp_path):
     pytest.importorskip("matplotlib")
     result = run_tiny(out=tmp_path, plots=True)
