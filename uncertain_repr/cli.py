@@ -32,7 +32,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as err:
         print(f"uncertain-repr {args.command}: error: {err}", file=sys.stderr)
         return 2
 

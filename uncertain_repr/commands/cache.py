@@ -34,9 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", type=parse_bool, nargs="?", const=True, default=False, metavar="BOOL",
                         help="fp16 autocast on CUDA (default: false)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--channels-last", "--channels_last", action="store_true",
+                        help="run the backbone in channels-last memory format (about 2x faster for conv nets on "
+                             "CPU; embeddings equal up to float rounding, so it is not part of the manifest)")
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from .. import data
     from ..cache import build
     from ..train import distributed as dist_utils
@@ -47,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = build_model(TrainConfig(model=args.model, pretrained=args.pretrained,
                                         initial_checkpoint=args.initial_checkpoint)).to(device)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         augment = args.split == "train" if args.is_training is None else args.is_training
         transform = data.train_transform(model) if augment else data.eval_transform(model)
         dataset = data.create_dataset(args.dataset, args.data_dir, args.split, transform=transform)
