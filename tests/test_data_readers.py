@@ -251,7 +251,7 @@ def test_vtab_official_test_and_two_part_pool(monkeypatch):
 
 
 def test_unknown_name_split_root(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown dataset 'repr/nope'; available: repr/cars, repr/cub"):
+    with pytest.raises(ValueError, match=r"unknown dataset 'repr/nope'; available: idx/fashion_mnist, repr/cars, repr/cub"):
         urd.create_dataset("repr/nope", tmp_path, "test")
     with pytest.raises(ValueError, match=r"split for repr/cub must be one of \['train', 'validation', 'test', "
                        r"'trainontest', 'testontest'\], got 'dev'"):
