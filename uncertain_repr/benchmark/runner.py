@@ -171,6 +171,7 @@ def run(
     save_embeddings: bool = False,
     plots: bool = False,
     seed: int = 0,
+    channels_last: bool = False,
     mixed_max_samples: int = 50_000,
     progress: Optional[bool] = None,
     command: Optional[str] = None,
@@ -201,6 +202,8 @@ def run(
         save_embeddings: write ``embeddings/<dataset>.npz`` per dataset, for :func:`recompute`.
         plots: write PNG plots and embed them in ``report.md`` (needs matplotlib).
         seed: seeds crops, ``max_samples`` subsets and the mixed ID+OOD subsets.
+        channels_last: run the model in channels-last memory format (about 2x faster for conv
+            backbones on CPU; results equal up to float rounding).
         mixed_max_samples: cap of the equal ID and OOD subset sizes (the original's 50,000).
         progress: tqdm bars per dataset; default: on rank 0 when stderr is a terminal.
         command: the command line that started the run, recorded in ``meta``.
@@ -227,6 +230,8 @@ def run(
     device = torch.device(device)
     net, description = load_benchmark_model(model, method)
     net = net.to(device).eval()
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
     evaluated_methods = resolve_methods(net, methods)
     for m in evaluated_methods:
         m.to(device)
