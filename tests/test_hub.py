@@ -402,3 +402,11 @@ def test_device_argument(saved):
     loaded = ur.load_model(saved[1], device="cpu")
     assert all(p.device.type == "cpu" for p in loaded.parameters())
     assert copy.deepcopy(loaded).config == saved[0].config
+
+
+def test_channels_last_model_saves_and_loads(tmp_path):
+    model = ur.Uncertainizer("test_resnet", "pred-net", width=8, depth=1).eval().to(memory_format=torch.channels_last)
+    folder = model.save_pretrained(tmp_path / "cl")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ur.load_model(folder)(x).uncertainty, model(x).uncertainty, rtol=1e-5, atol=1e-6)

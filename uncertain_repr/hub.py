@@ -155,8 +155,7 @@ def write_checkpoint(
 
     With ``backbone_weights`` (see :func:`save_pretrained`) the backbone file is left out.
     """
-    import safetensors.torch
-    import timm.models
+    from timm.models._hub import save_config_for_hf  # timm's writer of the config it reads back
 
     check_saveable(model)
     if backbone_weights is not None:
@@ -170,13 +169,22 @@ def write_checkpoint(
         **({"training": card.training} if card.training else {}),
     }
     json.dumps(block)  # fail before writing anything if provenance is not JSON
-    timm.models.save_for_hf(model.backbone, folder, model_config={CONFIG_KEY: block}, safe_serialization=True)
-    if backbone_weights is not None:
-        (folder / BACKBONE_WEIGHTS).unlink()
-    head = {k: v.detach().contiguous() for k, v in model.method.state_dict().items()}
-    safetensors.torch.save_file(head, folder / HEAD_WEIGHTS, metadata={"format": "pt"})
+    # timm's own config writer (what `timm.create_model("hf-hub:...")` reads); the tensors are written
+    # here, contiguous, so that a channels-last model saves too.
+    save_config_for_hf(model.backbone, folder / CONFIG_NAME, model_config={CONFIG_KEY: block})
+    if backbone_weights is None:
+        write_safetensors(model.backbone, folder / BACKBONE_WEIGHTS)
+    write_safetensors(model.method, folder / HEAD_WEIGHTS)
     config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
     (folder / MODEL_CARD).write_text(render_model_card(config, card, load_name), encoding="utf-8")
+
+
+def write_safetensors(module: nn.Module, path: Path) -> None:
+    """``module.state_dict()`` as contiguous CPU tensors in a safetensors file."""
+    import safetensors.torch
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    safetensors.torch.save_file(tensors, path, metadata={"format": "pt"})
 
 
 def _check_replaceable(path: Path) -> None:
