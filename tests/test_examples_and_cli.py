@@ -70,3 +70,63 @@ def test_console_script_entry_point():
     )
     assert result.returncode == 0 and "--json" in result.stdout
     assert set(build_parser()._subparsers._group_actions[0].choices) >= {"predict"}
+
+
+def test_zero_shot_uncertainty_example(capsys):
+    ranked = load_example("zero_shot_uncertainty").main([])
+    assert len(ranked) == 7
+    # a clear photo of a cat is more certain than the Hubble deep field
+    order = [name for name, _ in ranked]
+    assert order.index(str(REPO_ROOT / "examples" / "images" / "chelsea.png")) < order.index(
+        str(REPO_ROOT / "examples" / "images" / "hubble_deep_field.jpg")
+    )
+    assert "from most to least certain" in capsys.readouterr().out
+
+
+def test_metrics_in_your_loop_example(shared_data):
+    from scipy.stats import spearmanr
+    from sklearn.metrics import roc_auc_score
+
+    data = shared_data("cifar10h").parent
+    example = load_example("wrap_custom_backbone")
+    results = load_example("metrics_in_your_loop").main(["--data-dir", str(data), "--n", "300"])
+    # independent recomputation: dense 1-NN, sklearn AUROC, scipy Spearman
+    net = example.load_resnet20(data / "resnet_cifar10" / "resnet20-12fca82f.th")
+    jpg = data / "cifar10_test_jpg"
+    images, labels = example.read_cifar10_test(jpg / "cifar10_test_jpg.tar", jpg / "index.csv", range(300))
+    with torch.no_grad():
+        emb = net.embed(images)
+        p = torch.softmax(net.linear(emb), 1)
+    unc = -(p * p.log()).sum(1).numpy()
+    e = torch.nn.functional.normalize(emb, dim=1)
+    sims = e @ e.T
+    sims.fill_diagonal_(-float("inf"))
+    correct = (labels[sims.argmax(1)] == labels).numpy()
+    assert results["r1"] == pytest.approx(correct.mean(), abs=1e-12)
+    assert results["auroc_correct"] == pytest.approx(roc_auc_score(~correct, unc), abs=1e-5)
+    import numpy as np
+
+    counts = np.load(data / "cifar10h" / "cifar10h-counts.npy")[:300]
+    q = counts / counts.sum(1, keepdims=True)
+    h = -(np.where(q > 0, q * np.log(np.where(q > 0, q, 1)), 0)).sum(1)
+    assert results["rcorr_entropy"] == pytest.approx(spearmanr(unc, h).statistic, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_train_on_cached_embeddings_example(shared_data, tmp_path):
+    data = shared_data("tiny_imagenet200").parent
+    result = load_example("train_on_cached_embeddings").main(
+        ["--data-dir", str(data), "--n", "64", "--out", str(tmp_path / "run")]
+    )
+    assert len(result.history) == 3
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    trained = ur.load_model(result.output_dir / "last")
+    assert trained.method_name == "pred-net" and trained.embed_dim == 1280
+
+
+@pytest.mark.slow
+def test_run_benchmark_example(shared_data, tmp_path, capsys):
+    data = shared_data("cifar10h").parent
+    load_example("run_benchmark").main(["--model", "resnet20", "--max-samples", "100", "--data-dir", str(data)])
+    out = capsys.readouterr().out
+    assert "auroc_correct" in out and "soft/cifar10h" in out
