@@ -42,6 +42,15 @@ def pair_masks(
     return positives, ~same
 
 
+def sample_embeddings(output: LossInput, n_samples: int, generator=None) -> torch.Tensor:
+    """``[S, B, D]`` samples of vMF(normalize(embedding), kappa = 1 / uncertainty) of a batch with B >= 2
+    (computed in at least float32)."""
+    emb = get_embedding(output, min_batch=2)
+    unc = get_uncertainty(output, emb.shape[0])
+    dtype = torch.promote_types(emb.dtype, torch.float32)
+    return sample_vmf(F.normalize(emb.to(dtype), dim=1), 1.0 / unc.to(dtype), n_samples, generator)
+
+
 def info_nce_log_prob(sim: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     """``log sum_{p in P(i)} exp(sim_ip) - log sum_{a != i} exp(sim_ia)`` for anchors with a positive.
 
@@ -115,10 +124,7 @@ class MCInfoNCE(_ContrastiveBase):
         self.generator = generator
 
     def forward(self, output: LossInput, target: torch.Tensor) -> torch.Tensor:
-        emb = get_embedding(output, min_batch=2)
-        unc = get_uncertainty(output, emb.shape[0])
-        positives, _ = pair_masks(target, emb.shape[0], self.supervised, emb.device)
-        dtype = torch.promote_types(emb.dtype, torch.float32)
-        x = sample_vmf(F.normalize(emb.to(dtype), dim=1), 1.0 / unc.to(dtype), self.n_samples, self.generator)
-        log_prob = info_nce_log_prob(self.kappa.to(dtype) * x @ x.transpose(1, 2), positives)  # [S, B']
+        x = sample_embeddings(output, self.n_samples, self.generator)
+        positives, _ = pair_masks(target, x.shape[1], self.supervised, x.device)
+        log_prob = info_nce_log_prob(self.kappa.to(x.dtype) * x @ x.transpose(1, 2), positives)  # [S, B']
         return -(torch.logsumexp(log_prob, dim=0) - math.log(self.n_samples)).mean()

@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LossInput, get_embedding, get_uncertainty, register_scalar
-from .contrastive import pair_masks
-from .vmf import sample_vmf
+from .base import LossInput, register_scalar
+from .contrastive import pair_masks, sample_embeddings
 
 __all__ = ["HedgedInstance"]
 
@@ -54,12 +53,9 @@ class HedgedInstance(nn.Module):
         self.generator = generator
 
     def forward(self, output: LossInput, target: torch.Tensor) -> torch.Tensor:
-        emb = get_embedding(output, min_batch=2)
-        unc = get_uncertainty(output, emb.shape[0])
-        positives, negatives = pair_masks(target, emb.shape[0], self.supervised, emb.device)
-        dtype = torch.promote_types(emb.dtype, torch.float32)
-        x = sample_vmf(F.normalize(emb.to(dtype), dim=1), 1.0 / unc.to(dtype), self.n_samples, self.generator)
-        logit = self.kappa.to(dtype) * x @ x.transpose(1, 2) + self.bias.to(dtype)  # [S, B, B]
+        x = sample_embeddings(output, self.n_samples, self.generator)
+        positives, negatives = pair_masks(target, x.shape[1], self.supervised, x.device)
+        logit = self.kappa.to(x.dtype) * x @ x.transpose(1, 2) + self.bias.to(x.dtype)  # [S, B, B]
         log_p = torch.logsumexp(F.logsigmoid(logit), dim=0) - math.log(self.n_samples)
         log_not_p = torch.logsumexp(F.logsigmoid(-logit), dim=0) - math.log(self.n_samples)
         anchors = positives.any(dim=1)
