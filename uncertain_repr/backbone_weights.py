@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -68,15 +69,6 @@ PACKAGE_WEIGHTS: Dict[str, PackageWeights] = {
 }
 
 
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def map_in_order(model: nn.Module, tensors: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
     """Rename ``tensors`` (in file order) to ``model``'s state-dict keys (in module order), checking shapes."""
     target = model.state_dict()
@@ -105,13 +97,14 @@ def load_backbone_weights(backbone: nn.Module, source: str, *, path: Optional[Pa
             f"unknown backbone weights {source!r}; known: {', '.join(sorted(PACKAGE_WEIGHTS))}"
         ) from None
     file = Path(path) if path is not None else weights.locate()
-    digest = sha256_of(file)
+    data = file.read_bytes()  # read once: the bytes that are checked are the bytes that are loaded
+    digest = hashlib.sha256(data).hexdigest()
     if digest != weights.sha256:
         raise ValueError(
             f"checksum mismatch for {file}: sha256 {digest}, expected {weights.sha256} ({weights.pip}); "
             "the file is corrupt or not the released weights"
         )
-    tensors = torch.load(file, map_location="cpu", weights_only=True)
+    tensors = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if weights.key_order == "in-order":
         tensors = map_in_order(backbone, tensors, str(file))
     backbone.load_state_dict(tensors, strict=True)

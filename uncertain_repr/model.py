@@ -115,7 +115,7 @@ class Uncertainizer(nn.Module):
 
             if features is not None or classifier is not None:
                 raise TypeError("features= and classifier= are only for nn.Module backbones, not timm names")
-            if backbone not in timm.list_models(pretrained=False) and not timm.is_model(backbone):
+            if not timm.is_model(backbone):  # also accepts pretrained tags (``name.tag``)
                 raise ValueError(f"unknown timm backbone {backbone!r} (see timm.list_models())")
             self.backbone_name = backbone
             backbone = timm.create_model(backbone, pretrained=pretrained is True, **self.backbone_args)
