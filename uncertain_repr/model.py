@@ -260,8 +260,8 @@ class Uncertainizer(nn.Module):
             return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
         return self.backbone(x)
 
-    def forward_embedding(self, x: torch.Tensor) -> torch.Tensor:
-        """The embedding ``[B, D]`` of images ``x [B, C, H, W]`` (one backbone pass, no uncertainty)."""
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``TypeError``/``ValueError`` unless ``x`` is a float image batch ``[B, C, H, W]`` this backbone takes."""
         cfg = self.pretrained_cfg
         input_size = cfg.get("input_size")
         check_images(
@@ -269,6 +269,10 @@ class Uncertainizer(nn.Module):
             in_chans=input_size[0] if input_size else None,
             img_size=input_size[1:] if input_size and cfg.get("fixed_input_size") else None,
         )
+
+    def forward_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding ``[B, D]`` of images ``x [B, C, H, W]`` (one backbone pass, no uncertainty)."""
+        self.check_input(x)
         return self._embed(x)
 
     def forward(self, x: Optional[torch.Tensor] = None, *, embedding: Optional[torch.Tensor] = None) -> UncertainOutput:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -54,10 +54,11 @@ def _check_finite(values: torch.Tensor, what: str, dataset: str, indices: torch.
 
 
 def _forward(
-    model: Uncertainizer, methods: Sequence[UncertaintyMethod], images: torch.Tensor, dataset: str, indices: torch.Tensor
+    model: Uncertainizer, methods: Sequence[UncertaintyMethod], images: torch.Tensor, dataset: str, indices: torch.Tensor,
+    embed: Callable[[torch.Tensor], torch.Tensor],
 ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """``embedding [B, D]``, ``uncertainties [M, B]`` and the first method's ``logits [B, C]`` (or None)."""
-    embedding = model.forward_embedding(images)
+    embedding = embed(images)
     _check_finite(embedding, "embeddings", dataset, indices)
     uncertainties, logits = [], None
     for method in methods:
@@ -90,6 +91,7 @@ def collect(
     device: torch.device,
     progress: bool = False,
     total: Optional[int] = None,
+    embed: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> DatasetOutputs:
     """Run ``model`` over ``loader`` (batches of dataset items) and keep everything the metrics need.
 
@@ -99,16 +101,18 @@ def collect(
     logits (``[N, C]``, needed for classification metrics); their argmax is always stored.
 
     Raises ``ValueError`` naming the dataset and image index if an embedding or uncertainty is
-    NaN/inf.
+    NaN/inf. ``embed`` runs the backbone (default: ``model.forward_embedding``), e.g. the
+    ``embed`` of :func:`uncertain_repr.inference.frozen_inference`.
     """
+    embed = model.forward_embedding if embed is None else embed
     store: dict = {}
     for batch in _progress(loader, total or 0, dataset, progress):
         indices = torch.as_tensor(batch["index"]).long()
-        embedding, unc, logits = _forward(model, methods, batch["image"].to(device), dataset, indices)
+        embedding, unc, logits = _forward(model, methods, batch["image"].to(device), dataset, indices, embed)
         parts = {"indices": indices, "labels": torch.as_tensor(batch["label"]).long(), "embeddings": embedding}
         parts["uncertainties"] = unc
         if "image_cropped" in batch:
-            parts["uncertainties_cropped"] = _forward(model, methods, batch["image_cropped"].to(device), dataset, indices)[1]
+            parts["uncertainties_cropped"] = _forward(model, methods, batch["image_cropped"].to(device), dataset, indices, embed)[1]
             parts["crop_fractions"] = torch.as_tensor(batch["crop_fraction"]).float()
         if "soft_labels" in batch:
             parts["soft_labels"] = torch.as_tensor(batch["soft_labels"]).float()

@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, help="data loader workers (default: min(4, CPUs))")
     parser.add_argument("--channels-last", action="store_true",
                         help="channels-last memory format (about 2x faster for conv backbones on CPU)")
+    parser.add_argument("--eager", action="store_true",
+                        help="run the backbone as plain eager PyTorch (default: a faster frozen runtime on CPU, same outputs)")
     parser.add_argument("--device", default="cpu", help="torch device; under torchrun cuda means cuda:LOCAL_RANK (default: %(default)s)")
     parser.add_argument("--legacy-preprocessing", action="store_true", help="the original benchmark's preprocessing instead of the model's own")
     parser.add_argument("--no-crops", action="store_true", help="skip the crop test (croppedHasBiggerUnc, rcorr_crop_unc): half the cost")
@@ -112,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
                     classify=args.classify, out=args.out, max_samples=args.max_samples, batch_size=args.batch_size,
                     num_workers=args.num_workers, device=device, legacy_preprocessing=args.legacy_preprocessing,
                     crops=not args.no_crops, save_embeddings=args.save_embeddings, plots=args.plots, seed=args.seed,
-                    channels_last=args.channels_last,
+                    channels_last=args.channels_last, fast=not args.eager,
                     command=_command_line(args),
                 )
                 rank = dist.get_rank() if dist.is_initialized() else 0

@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels-last", "--channels_last", action="store_true",
                         help="run the backbone in channels-last memory format (about 2x faster for conv nets on "
                              "CPU; embeddings equal up to float rounding, so it is not part of the manifest)")
+    parser.add_argument("--eager", action="store_true",
+                        help="run the backbone as plain eager PyTorch (default: a faster frozen runtime on CPU, "
+                             "same embeddings up to 1e-4; the manifest's backbone_runtime records which ran)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             dataset = dataset.subset(range(min(args.max_samples, len(dataset))))
         path = build(model, dataset, args.output, epochs=args.epochs, augment=augment, batch_size=args.batch_size,
                      num_workers=args.workers, seed=args.seed, dtype=args.dtype, chunk_size=args.chunk_size,
-                     amp=args.amp, device=device)
+                     amp=args.amp, device=device, fast=not args.eager)
         print(f"wrote {path}")
     finally:
         dist_utils.shutdown()
