@@ -46,12 +46,12 @@ def lite0():
 def test_frozen_graph_equals_eager_on_real_images(lite0):
     model, x = lite0
     fast = frozen_inference(model)
-    assert fast.runtime == "channels_last+jit_freeze" and fast.reason == ""
+    assert fast.runtime == "channels_last+jit_freeze+onednn" and fast.reason == ""
     # a full batch of 4, then the partial last batch of 3 (padded to the traced size)
     parts = [fast(x[:4]), fast(x[4:])]
     out = ur.UncertainOutput(*(torch.cat([getattr(p, k) for p in parts]) for k in ("embedding", "uncertainty", "logits")))
     _assert_close(out, _eager(model, x))
-    assert fast.runtime == "channels_last+jit_freeze"  # no fallback happened
+    assert fast.runtime == "channels_last+jit_freeze+onednn"  # no fallback happened
     torch.testing.assert_close(fast.embed(x[:2]), model.forward_embedding(x[:2]).detach(), rtol=0, atol=ATOL)
     assert next(model.backbone.parameters()).is_contiguous()  # the user's model is left as it was
 
@@ -169,3 +169,13 @@ def test_predict_default_and_eager_agree(capsys):
     for fast, eager in zip(rows[False], rows[True]):
         assert fast["uncertainty"] == pytest.approx(eager["uncertainty"], abs=ATOL)
         assert fast["embedding_norm"] == pytest.approx(eager["embedding_norm"], abs=1e-3)
+
+
+@pytest.mark.parametrize("backbone", ["test_vit", "test_resnet", "test_convnext"])
+def test_other_architectures_equal_eager(backbone):
+    model = ur.Uncertainizer(backbone, "class-entropy").eval()
+    x = torch.randn(3, *model.pretrained_cfg["input_size"])
+    fast = frozen_inference(model)
+    out = fast(x)
+    assert fast.runtime == "channels_last+jit_freeze+onednn"
+    _assert_close(out, _eager(model, x))
