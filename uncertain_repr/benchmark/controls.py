@@ -7,11 +7,14 @@ model at all) is not informative on that set.
 from __future__ import annotations
 
 import zlib
-from typing import Sequence, Union
+from dataclasses import replace
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .outputs import DatasetOutputs
 
 # ITU-R BT.601 luma weights (what PIL's convert("L") uses).
 GREY = (0.299, 0.587, 0.114)
@@ -19,6 +22,7 @@ GREY = (0.299, 0.587, 0.114)
 LAPLACIAN = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
 
 Images = Union[torch.Tensor, np.ndarray, Sequence]
+CONTROLS = ("random", "sharpness")
 
 
 def random_uncertainty(indices: Union[np.ndarray, Sequence[int]], *, seed: int = 0, dataset: str = "") -> np.ndarray:
@@ -81,3 +85,48 @@ def sharpness_uncertainty(images: Images) -> np.ndarray:
     kernel = torch.tensor(LAPLACIAN, dtype=torch.float64, device=x.device).view(1, 1, 3, 3)
     response = F.conv2d(_grey(x), kernel).flatten(1)
     return (-response.var(dim=1, unbiased=False)).cpu().numpy()
+
+
+def item_sharpness(image) -> Optional[float]:
+    """:func:`sharpness_uncertainty` of one transformed item image ``[C, H, W]``; ``None`` if it is no image."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] not in (1, 3) or min(image.shape[1:]) < 3:
+        return None
+    return float(sharpness_uncertainty(image[None])[0])
+
+
+def has_sharpness(outputs: DatasetOutputs) -> bool:
+    """Whether the sharpness control can be scored: recorded for the images (and for the crops, if cropped)."""
+    cropped = outputs.uncertainties_cropped is not None
+    return outputs.sharpness is not None and (not cropped or outputs.sharpness_cropped is not None)
+
+
+def with_controls(outputs: DatasetOutputs, *, seed: int, sharpness: Optional[bool] = None) -> DatasetOutputs:
+    """``outputs`` with the control uncertainties appended as extra method rows (see ``CONTROLS``).
+
+    ``random`` always (seeded by ``seed``, the dataset name and the sample index); ``sharpness``
+    if ``sharpness`` (default: :func:`has_sharpness`), i.e. for image datasets and their crops.
+    An empty shard (a rank without samples under torch.distributed) gets empty rows.
+    """
+    clash = set(CONTROLS) & set(outputs.methods)
+    if clash:
+        raise ValueError(f"method names {sorted(clash)} are reserved for the control uncertainties")
+    sharpness = has_sharpness(outputs) if sharpness is None else sharpness
+    if sharpness and len(outputs) and not has_sharpness(outputs):
+        raise ValueError(f"no sharpness was recorded for the images of {outputs.name!r}")
+    empty = np.zeros(len(outputs))
+    rows = {"random": random_uncertainty(outputs.indices, seed=seed, dataset=outputs.name)}
+    rows_cropped = {"random": random_uncertainty(outputs.indices, seed=seed, dataset=outputs.name + ":cropped")}
+    if sharpness:
+        rows["sharpness"] = empty if outputs.sharpness is None else outputs.sharpness
+        rows_cropped["sharpness"] = empty if outputs.sharpness_cropped is None else outputs.sharpness_cropped
+
+    def stack(base: np.ndarray, extra: dict) -> np.ndarray:
+        return np.concatenate([base, np.stack(list(extra.values())).astype(base.dtype)])
+
+    cropped = outputs.uncertainties_cropped
+    return replace(
+        outputs,
+        methods=tuple(outputs.methods) + tuple(rows),
+        uncertainties=stack(outputs.uncertainties, rows),
+        uncertainties_cropped=None if cropped is None else stack(cropped, rows_cropped),
+    )

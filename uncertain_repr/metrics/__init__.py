@@ -15,6 +15,7 @@ from .bootstrap import (
     bootstrap_distribution,
     paired_bootstrap_difference,
     paired_difference,
+    percentile_interval,
 )
 from .classification import top_k_accuracy
 from .cropped import cropped_has_bigger_uncertainty
@@ -41,6 +42,7 @@ __all__ = [
     "nearest_neighbor_index",
     "paired_bootstrap_difference",
     "paired_difference",
+    "percentile_interval",
     "r_auroc",
     "r_auroc_mixed",
     "rank_correlation",

@@ -20,13 +20,14 @@ over queries instead::
 from __future__ import annotations
 
 import warnings
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence, Tuple, Union
 
 import numpy as np
 
 from ._checks import ArrayLike, UndefinedMetricWarning, _to_numpy, check_same_length, undefined
 
 Metric = Callable[..., float]
+Seed = Union[int, Sequence[int]]
 
 
 class BootstrapInterval(NamedTuple):
@@ -67,7 +68,7 @@ def _check_confidence(confidence: float) -> None:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
 
 
-def bootstrap_distribution(metric: Metric, *arrays: ArrayLike, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
+def bootstrap_distribution(metric: Metric, *arrays: ArrayLike, n_resamples: int = 1000, seed: Seed = 0) -> np.ndarray:
     """``metric`` on ``n_resamples`` seeded resamples of the samples: ``float64 [n_resamples]``.
 
     Args:
@@ -75,7 +76,7 @@ def bootstrap_distribution(metric: Metric, *arrays: ArrayLike, n_resamples: int 
         arrays: per-sample arrays (torch, numpy or lists), all with the same length N on axis 0
             (``[N]``, ``[N, D]``, ...).
         n_resamples: number of resamples R.
-        seed: seeds ``np.random.default_rng``; resample ``r`` is its ``r``-th
+        seed: seeds ``np.random.default_rng`` (an int or a sequence of ints); resample ``r`` is its ``r``-th
             ``integers(0, N, size=N)`` draw.
 
     A resample where the metric is undefined (e.g. AUROC with one class only) gives ``nan``; its
@@ -98,7 +99,10 @@ def bootstrap_distribution(metric: Metric, *arrays: ArrayLike, n_resamples: int 
     return values
 
 
-def _interval(values: np.ndarray, confidence: float) -> tuple:
+def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> Tuple[float, float]:
+    """``(low, high)`` percentiles of ``values [R]`` around ``confidence``, NaN left out (nan, nan if all are)."""
+    _check_confidence(confidence)
+    values = np.asarray(values, dtype=np.float64)
     finite = values[~np.isnan(values)]
     if finite.size == 0:
         return undefined("the metric is undefined on every resample; returning a nan interval"), float("nan")
@@ -108,7 +112,7 @@ def _interval(values: np.ndarray, confidence: float) -> tuple:
 
 
 def bootstrap_ci(
-    metric: Metric, *arrays: ArrayLike, n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+    metric: Metric, *arrays: ArrayLike, n_resamples: int = 1000, seed: Seed = 0, confidence: float = 0.95
 ) -> BootstrapInterval:
     """Percentile bootstrap interval of ``metric(*arrays)`` over samples.
 
@@ -120,7 +124,7 @@ def bootstrap_ci(
     _check_confidence(confidence)
     data = _arrays(arrays, [f"arrays[{i}]" for i in range(len(arrays))])
     values = bootstrap_distribution(metric, *data, n_resamples=n_resamples, seed=seed)
-    return BootstrapInterval(float(metric(*data)), *_interval(values, confidence))
+    return BootstrapInterval(float(metric(*data)), *percentile_interval(values, confidence))
 
 
 def paired_difference(values_a: np.ndarray, values_b: np.ndarray, point_a: float, point_b: float,
@@ -135,7 +139,7 @@ def paired_difference(values_a: np.ndarray, values_b: np.ndarray, point_a: float
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"values_a and values_b must be [R] of the same length, got {a.shape} and {b.shape}")
     diff = a - b
-    low, high = _interval(diff, confidence)
+    low, high = percentile_interval(diff, confidence)
     finite = diff[~np.isnan(diff)]
     p = float("nan") if finite.size == 0 else min(1.0, 2.0 * min(np.mean(finite <= 0), np.mean(finite >= 0)))
     return PairedDifference(float(point_a) - float(point_b), low, high, float(p))
@@ -147,7 +151,7 @@ def paired_bootstrap_difference(
     unc_b: ArrayLike,
     *arrays: ArrayLike,
     n_resamples: int = 1000,
-    seed: int = 0,
+    seed: Seed = 0,
     confidence: float = 0.95,
 ) -> PairedDifference:
     """Is uncertainty A better than B on the same samples? Paired bootstrap of ``metric(a, *arrays) - metric(b, *arrays)``.
