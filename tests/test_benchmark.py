@@ -167,7 +167,7 @@ def test_mixed_id_ood_on_equal_seeded_subsets(saved_run):
 def test_recompute_from_npz_equals_original_and_files(saved_run, tmp_path):
     result, out = saved_run
     again = benchmark.recompute(out / "embeddings", out=tmp_path)
-    assert again["metrics"] == result["metrics"]  # exactly
+    assert again["metrics"] == result["metrics"] and again["controls"] == result["controls"]  # exactly
     assert again["meta"]["recomputed_from"] == str(out / "embeddings")
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["metrics"] == result["metrics"] and on_disk == benchmark.load_results(out)
@@ -177,7 +177,8 @@ def test_recompute_from_npz_equals_original_and_files(saved_run, tmp_path):
     assert [d["name"] for d in meta["data"]["datasets"]] == ["up", "a", "b"]
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["method"] for r in rows] == METHODS
+    assert [r["method"] for r in rows] == METHODS + ["random", "sharpness"]
+    assert [r["kind"] for r in rows] == ["method"] * 3 + ["control"] * 2
     assert float(rows[1]["avg_downstream_auroc_correct"]) == result["metrics"]["embed-norm"]["avg_downstream_auroc_correct"]
     report = (out / "report.md").read_text()
     assert "avg_downstream" in report and meta["weights_sha256"] in report
@@ -249,7 +250,8 @@ def test_cli_compare_and_from_npz(saved_run, tmp_path, capsys):
     header, _, *rows = table.splitlines()
     assert f"{out / 'results.json'} [max-prob]" in header and f"{other} [embed-norm]" in header
     first = rows[0].split("|")
-    assert first[1].strip() == "avg_downstream_r1" and len(first) == 1 + 1 + 4 + 1  # metric + 3 + 1 runs
+    assert f"{other} [random (control)]" in header
+    assert first[1].strip() == "avg_downstream_r1" and len(first) == 1 + 1 + 4 + 4 + 1  # metric + 3 + 1 runs + 2x2 controls
     assert main(["benchmark", "--from-npz", str(out / "embeddings"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["metrics"] == result["metrics"]
     assert main(["benchmark", "--compare", str(tmp_path / "missing.json")]) == 2
