@@ -76,6 +76,7 @@ def cli_run(own_data, tmp_path_factory):
     return done, out, json.loads((out / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_class_map_split_per_dataset_and_progress_lines(cli_run, own_data):
     done, out, result = cli_run
     root = own_data[0]
@@ -97,6 +98,7 @@ def test_class_map_split_per_dataset_and_progress_lines(cli_run, own_data):
         assert o.logits.shape == (len(o), 1000) and np.array_equal(o.predictions, o.logits.argmax(1))
 
 
+@pytest.mark.slow
 def test_soft_treeversity1_votes_and_singleton_queries(cli_run):
     _, out, result = cli_run
     tree = benchmark.load_npz(out / "embeddings" / "soft_treeversity1.npz")
@@ -126,6 +128,7 @@ def _plain_bootstrap(unc, positives, seed_key, n):
     return np.percentile(values[~np.isnan(values)], [2.5, 97.5])
 
 
+@pytest.mark.slow
 def test_bootstrap_intervals_match_plain_numpy_and_controls(cli_run, own_data):
     _, out, result = cli_run
     boot = result["bootstrap"]
@@ -161,6 +164,7 @@ def test_bootstrap_intervals_match_plain_numpy_and_controls(cli_run, own_data):
         assert by_stem[f"{i}_blur"] > by_stem[str(i)]
 
 
+@pytest.mark.slow
 def test_report_files_show_intervals_controls_and_recompute(cli_run):
     done, out, result = cli_run
     rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
@@ -177,6 +181,7 @@ def test_report_files_show_intervals_controls_and_recompute(cli_run):
     assert again["bootstrap"] == result["bootstrap"]
 
 
+@pytest.mark.slow
 def test_cli_errors_for_class_map_and_split(own_data, capsys):
     root, ckpt, _ = own_data
     base = ["benchmark", "--model", str(ckpt), "--data-dir", str(root), "--num-workers", "0"]
