@@ -124,7 +124,10 @@ def _entries(
     roles = ([(upstream, "upstream")] if upstream is not None else []) + [(s, "downstream") for s in specs]
     entries, names = [], []
     for spec, role in roles:
-        (name, split), given = (parse_spec(spec, splits[role]), None) if isinstance(spec, str) else ((spec[0], None), spec[1])
+        if isinstance(spec, str):
+            (name, split), given = parse_spec(spec, splits[role]), None
+        else:
+            (name, given), split = tuple(spec), None
         if not isinstance(name, str) or not name:
             raise TypeError(f"a dataset is a name, name:split or a (name, torch Dataset) pair, got {spec!r}")
         names.append(name)
