@@ -215,3 +215,26 @@ def test_progress_mode_and_log_lines():
     stream = _Stream(False)
     list(track(batches, total=10, description="d", mode="log", every_s=0, stream=stream))
     assert [line.split(",")[0] for line in stream.getvalue().splitlines()] == ["d: 4/10 images", "d: 8/10 images", "d: 10/10 images"]
+
+
+def test_progress_bar_on_a_terminal():
+    pytest.importorskip("tqdm")
+    stream = _Stream(True)
+    batches = [{"index": list(range(i, min(i + 4, 10)))} for i in range(0, 10, 4)]
+    assert list(track(batches, total=10, description="d", mode="bar", stream=stream)) == batches
+    assert "/10 [" in stream.getvalue() and "img/s" in stream.getvalue()  # tqdm's bar over images
+
+
+def test_dataset_spec_and_option_errors():
+    from uncertain_repr.benchmark.runner import parse_spec
+
+    assert parse_spec("repr/cub:validation", "test") == ("repr/cub", "validation")
+    assert parse_spec("repr/cub", "test") == ("repr/cub", "test")
+    with pytest.raises(ValueError, match="name:split"):
+        parse_spec("repr/cub:", "test")
+    from .test_benchmark import datasets, tiny_model
+
+    with pytest.raises(ValueError, match="dataset_options names datasets that are not opened by name"):
+        benchmark.run(tiny_model(), datasets(), dataset_options={"a": {"class_map": "x"}}, progress=False)
+    with pytest.raises(ValueError, match="bootstrap must be an int >= 0"):
+        benchmark.run(tiny_model(), datasets(), bootstrap=-1, progress=False)
