@@ -264,3 +264,41 @@ def test_import_uncertain_repr_does_not_import_benchmark():
     code = "import sys, uncertain_repr; print('uncertain_repr.benchmark' in sys.modules, 'matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def _resampled_auroc(unc, positives, key, n):
+    rng = np.random.default_rng(key)
+    out = []
+    for _ in range(n):
+        idx = rng.integers(0, len(unc), size=len(unc))
+        out.append(roc_auc_score(positives[idx], unc[idx]))
+    return np.array(out)
+
+
+def test_bootstrap_mixed_and_average_intervals_vs_plain_numpy(tmp_path):
+    import zlib
+
+    result = run_tiny(bootstrap=60, out=tmp_path, save_embeddings=True)
+    boot, R = result["bootstrap"], 60
+    up = benchmark.load_npz(tmp_path / "embeddings" / "up.npz")
+    per_dataset = []
+    for name in ("a", "b"):
+        ood = benchmark.load_npz(tmp_path / "embeddings" / f"{name}.npz")
+        n = min(len(up), len(ood))
+        id_idx = benchmark.scoring.seeded_subset(up.indices, n, seed=0, dataset="up", purpose="mixed")
+        ood_idx = benchmark.scoring.seeded_subset(ood.indices, n, seed=0, dataset=name, purpose="mixed")
+        unc = np.r_[up.uncertainties[1][id_idx], ood.uncertainties[1][ood_idx]].astype(np.float64)
+        key = [0, zlib.crc32(name.encode()), zlib.crc32(b"bootstrap-mixed")]
+        values = _resampled_auroc(unc, np.r_[np.zeros(n, bool), np.ones(n, bool)], key, R)
+        got = boot["intervals"]["embed-norm"][f"{name}_auroc_ood"]
+        assert got == pytest.approx(np.percentile(values, [2.5, 97.5]), abs=1e-12)
+        correct = _nn_correct(ood.embeddings.astype(np.float64), ood.labels)
+        per_dataset.append(_resampled_auroc(ood.uncertainties[1].astype(np.float64), ~correct,
+                                            [0, zlib.crc32(name.encode()), zlib.crc32(b"bootstrap")], R))
+    # the average's interval: the mean of the datasets' resampled values
+    avg = boot["intervals"]["embed-norm"]["avg_downstream_auroc_correct"]
+    assert avg == pytest.approx(np.percentile(np.mean(per_dataset, axis=0), [2.5, 97.5]), abs=1e-12)
+    assert set(boot["intervals"]) == set(METHODS) | {"random", "sharpness"}
+    assert set(boot["differences"]) == {"class-entropy - embed-norm", "class-entropy - max-prob", "embed-norm - max-prob"} | {
+        f"{m} - {c}" for m in METHODS for c in ("random", "sharpness")}
+    assert "a_r1" not in boot["differences"]["embed-norm - max-prob"]  # R@1 does not depend on the method

@@ -15,6 +15,7 @@ from itertools import combinations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from ..metrics import auroc, bootstrap_distribution, nearest_neighbor_correct, paired_difference, percentile_interval
 from .controls import CONTROLS
@@ -36,11 +37,16 @@ def _both(metric, arrays, n_resamples: int, seed) -> Tuple[float, np.ndarray]:
     return float(metric(*arrays)), bootstrap_distribution(metric, *arrays, n_resamples=n_resamples, seed=seed)
 
 
+def _correct(embeddings: np.ndarray, labels: np.ndarray, device) -> np.ndarray:
+    """Per-sample 1-NN correctness ``[N]`` (the search runs on ``device``, e.g. the run's GPU)."""
+    return nearest_neighbor_correct(torch.from_numpy(embeddings).to(device or "cpu"), labels).numpy()
+
+
 def dataset_distributions(
-    outputs: DatasetOutputs, *, classify: bool, n_resamples: int, seed: int
+    outputs: DatasetOutputs, *, classify: bool, n_resamples: int, seed: int, device=None
 ) -> Distributions:
     """Resampled ``r1``, ``auroc_correct`` (and ``auroc_classification`` if ``classify``) of every row of ``outputs``."""
-    correct = nearest_neighbor_correct(outputs.embeddings, outputs.labels).numpy()
+    correct = _correct(outputs.embeddings, outputs.labels, device)
     key = _key(seed, outputs.name, "bootstrap")
     r1 = _both(np.mean, (correct,), n_resamples, key)
     wrong_class = None
@@ -56,13 +62,14 @@ def dataset_distributions(
 
 
 def mixed_distributions(
-    ind: DatasetOutputs, ood: DatasetOutputs, *, id_chosen: np.ndarray, ood_chosen: np.ndarray, n_resamples: int, seed: int
+    ind: DatasetOutputs, ood: DatasetOutputs, *, id_chosen: np.ndarray, ood_chosen: np.ndarray, n_resamples: int, seed: int,
+    device=None,
 ) -> Distributions:
     """Resampled ``auroc_ood`` and ``auroc_correct_mixed`` over the union of the chosen ID and OOD samples."""
     a, b = ind.select(np.isin(ind.indices, id_chosen)), ood.select(np.isin(ood.indices, ood_chosen))
     is_ood = np.r_[np.zeros(len(a), bool), np.ones(len(b), bool)]
     labels = np.r_[a.labels, b.labels - b.labels.min() + a.labels.max() + 1]  # disjoint ids, as in r_auroc_mixed
-    correct = nearest_neighbor_correct(np.concatenate([a.embeddings, b.embeddings]), labels).numpy()
+    correct = _correct(np.concatenate([a.embeddings, b.embeddings]), labels, device)
     key = _key(seed, ood.name, "bootstrap-mixed")
     result: Distributions = {}
     for method in [m for m in ood.methods if m in ind.methods]:

@@ -394,7 +394,9 @@ class _Scores:
             self.per_dataset.setdefault(m, {})[name] = score_dataset(scored, m, classify=classify, device=self.device)
         booted = with_controls(full, seed=self.seed, sharpness=sharpness) if self.bootstrap and full is not None else None
         if booted is not None:
-            self.distributions[name] = dataset_distributions(booted, classify=classify, n_resamples=self.bootstrap, seed=self.seed)
+            self.distributions[name] = dataset_distributions(
+                booted, classify=classify, n_resamples=self.bootstrap, seed=self.seed, device=self.device
+            )
         if role == "upstream":
             self.upstream = (replace(scored, logits=None), evaluated, None if booted is None else replace(booted, logits=None))
             return
@@ -411,7 +413,7 @@ class _Scores:
                 )
         if booted is not None and up_booted is not None:
             mixed = mixed_distributions(up_booted, booted, id_chosen=id_chosen, ood_chosen=ood_chosen,
-                                        n_resamples=self.bootstrap, seed=self.seed)
+                                        n_resamples=self.bootstrap, seed=self.seed, device=self.device)
             for m, values in mixed.items():
                 self.distributions[name][m].update(values)
 
