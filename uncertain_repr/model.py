@@ -420,22 +420,22 @@ class Uncertainizer(nn.Module):
         """Registered name of the uncertainty method."""
         return self.method.name
 
-    def _known_width(self) -> Optional[int]:
-        """The embedding width as the backbone or the classifier declare it (no forward pass)."""
+    def _known_width(self) -> Tuple[Optional[int], str]:
+        """The embedding width as the backbone or the classifier declare it (no forward pass), and who."""
         if self._features is None and self._output_key is None and _is_timm_like(self.backbone):
             width = getattr(self.backbone, "head_hidden_size", None)
             if width:
-                return int(width)
-        return _linear_width(self.classifier, "in")
+                return int(width), "the backbone gives"
+        return _linear_width(self.classifier, "in"), "the classifier takes"
 
     def _resolve_embed_dim(self, embed_dim: Optional[int], *, required: bool) -> Optional[int]:
-        known = self._known_width()
+        known, who = self._known_width()
         if embed_dim is not None:
             embed_dim = operator.index(embed_dim)
             if known is not None and known != embed_dim:
                 raise ValueError(
-                    f"embed_dim={embed_dim}, but the {'classifier takes' if self.classifier is not None else 'backbone gives'} "
-                    f"{known}-d embeddings; leave embed_dim out or pass features= for another embedding"
+                    f"embed_dim={embed_dim}, but {who} {known}-d embeddings; "
+                    "leave embed_dim out or pass features= for another embedding"
                 )
             return embed_dim
         if known is not None:
