@@ -4,6 +4,7 @@ checked against an independent computation, or a clear error naming the argument
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -411,3 +412,22 @@ def test_forward_gives_the_float32_answer_or_an_error_naming_x(model, x):
         expected = model.method.uncertainty(emb, None)
     torch.testing.assert_close(out.embedding, emb)
     torch.testing.assert_close(out.uncertainty, expected)
+
+
+# ------------------------------------------------------------------ 8. docs
+def test_methods_page_documents_the_core_methods_and_its_register_example_runs():
+    from .conftest import REPO_ROOT
+
+    text = (REPO_ROOT / "docs" / "methods.md").read_text()
+    core = text.split("## Core methods", 1)[1].split("## Your own method", 1)[0]
+    for name in ("pred-net", "class-entropy", "max-prob", "embed-norm", "constant"):
+        assert f"| `{name}`" in core, name
+    example = re.search(r"```python\n(.*?)```", text.split("## Your own method", 1)[1], flags=re.S).group(1)
+    namespace: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        exec(compile(example, "docs/methods.md", "exec"), namespace)
+    model = namespace["model"].eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 224, 224))
+    torch.testing.assert_close(out.uncertainty, out.embedding.var(dim=1))
