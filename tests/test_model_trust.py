@@ -14,7 +14,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -329,6 +329,7 @@ def test_bad_images_are_named(model, x, error, message):
         ({"method": "constant", "value": math.nan}, ValueError, "constant: value must be a finite number, got nan"),
         ({"method": "pred-net", "colour": 1}, TypeError, "method 'pred-net'.*unexpected keyword argument 'colour'"),
         ({"method": 3}, TypeError, "method must be a method name or an UncertaintyMethod, got int"),
+        ({"stopgrad": "no"}, TypeError, "stopgrad must be True or False, got 'no'"),
     ],
 )
 def test_bad_uncertainizer_arguments_are_named(kwargs, error, message):
@@ -351,6 +352,9 @@ def test_bad_load_and_save_arguments_are_named(tmp_path, model):
         ur.load_model(3)
     with pytest.raises(ValueError, match="device must be a torch device such as 'cpu'.*got 'gpu'"):
         ur.load_model("efficientnet_lite0.pvu", device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda', but no CUDA GPU is available here"):
+            ur.load_model("efficientnet_lite0.pvu", device="cuda")
     with pytest.raises(TypeError, match="revision must be a str"):
         ur.load_model("hf-hub:org/name", revision=3)
     with pytest.raises(TypeError, match="path must be a str or path of the checkpoint folder, got int"):
@@ -370,27 +374,35 @@ def test_bad_create_dataset_arguments_are_named(tmp_path):
         create_dataset("soft/cifar10h", tmp_path, "test", count=3)
     with pytest.raises(TypeError, match="split must be a str, got int"):
         create_dataset("repr/cub", tmp_path, 1)
+    with pytest.raises(ValueError, match="root must name the folder holding the dataset, got an empty string"):
+        create_dataset("repr/cub", "", "train")
 
 
 # ------------------------------------------------------------------ property: any input -> right number or named error
-DTYPES = [torch.float32, torch.float16, torch.float64, torch.bfloat16, torch.int64, torch.uint8, torch.bool]
+
+
+FLOATS = [torch.float32, torch.float16, torch.float64, torch.bfloat16]
+DTYPES = FLOATS + [torch.int64, torch.uint8, torch.bool]
+
+
+def random_tensor(draw, shape, dtypes, scales):
+    t = torch.randn(shape, generator=torch.Generator().manual_seed(draw(st.integers(0, 2**16))))
+    t = t * draw(st.sampled_from(scales))
+    if t.numel() and draw(st.integers(0, 3)) == 0:
+        t.view(-1)[draw(st.integers(0, t.numel() - 1))] = draw(st.sampled_from([math.nan, math.inf, -math.inf]))
+    return t.to(draw(st.sampled_from(dtypes)))
 
 
 @st.composite
 def image_batches(draw):
-    shape = (
-        draw(st.integers(0, 3)),
-        draw(st.sampled_from([1, 3, 4])),
-        draw(st.integers(1, 24)),
-        draw(st.integers(1, 24)),
-    )
-    ndim = draw(st.sampled_from([4, 4, 4, 3, 5]))
-    shape = shape[:ndim] if ndim < 4 else shape + (2,) * (ndim - 4)
-    scale = draw(st.sampled_from([1.0, 1e3, 1e30]))
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(draw(st.integers(0, 2**16)))) * scale
-    if x.numel() and draw(st.booleans()):
-        x.view(-1)[draw(st.integers(0, x.numel() - 1))] = draw(st.sampled_from([math.nan, math.inf, -math.inf]))
-    return x.to(draw(st.sampled_from(DTYPES)))
+    """Mostly valid batches (any B >= 1, size, float dtype, scale), else anything of any dtype."""
+    hw = (draw(st.integers(1, 24)), draw(st.integers(1, 24)))
+    if draw(st.integers(0, 4)) < 3:
+        shape = (draw(st.integers(1, 3)), 3, *hw)
+        return random_tensor(draw, shape, FLOATS, [1.0, 1e3, 1e30])
+    shape = draw(st.sampled_from([(0, 3), (2, 1), (2, 4), (3,), (1, 2, 2), (2, 3)]))
+    shape = shape + hw if len(shape) == 2 else shape + hw[:1] if len(shape) == 1 else shape + hw
+    return random_tensor(draw, shape, DTYPES, [1.0, 1e30])
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -401,7 +413,9 @@ def test_forward_gives_the_float32_answer_or_an_error_naming_x(model, x):
             out = model(x)
     except (TypeError, ValueError) as err:
         assert str(err).startswith(("x ", "the backbone's embedding of x")), str(err)
+        event(f"{type(err).__name__}: {str(err)[:24]}")
         return
+    event("computed")
     assert x.ndim == 4 and x.shape[0] >= 1 and x.shape[1] == 3 and x.is_floating_point()
     assert out.embedding.shape == (x.shape[0], 96) and out.uncertainty.shape == (x.shape[0],)
     assert out.uncertainty.dtype == torch.float32
@@ -411,6 +425,32 @@ def test_forward_gives_the_float32_answer_or_an_error_naming_x(model, x):
         emb = model.backbone.forward_head(model.backbone.forward_features(x32), pre_logits=True)
         expected = model.method.uncertainty(emb, None)
     torch.testing.assert_close(out.embedding, emb)
+    torch.testing.assert_close(out.uncertainty, expected)
+
+
+@st.composite
+def embedding_batches(draw):
+    if draw(st.integers(0, 4)) < 3:
+        return random_tensor(draw, (draw(st.integers(1, 3)), 96), FLOATS, [1.0, 1e20])
+    shape = draw(st.sampled_from([(0, 96), (2, 95), (2, 1), (2, 96, 1), (96,)]))
+    return random_tensor(draw, shape, DTYPES, [1.0])
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(e=embedding_batches())
+def test_cached_embeddings_give_the_float32_answer_or_an_error_naming_them(model, e):
+    try:
+        with torch.no_grad():
+            out = model(embedding=e)
+    except (TypeError, ValueError) as err:
+        assert str(err).startswith(("embedding ", "the uncertainty of method 'pred-net'")), str(err)
+        event(f"{type(err).__name__}: {str(err)[:24]}")
+        return
+    event("computed")
+    assert e.shape[1:] == (96,) and e.shape[0] >= 1 and e.is_floating_point()
+    with torch.no_grad():
+        expected = model.method.uncertainty(e.float(), None)
+    assert out.uncertainty.dtype == torch.float32 and torch.isfinite(out.uncertainty).all()
     torch.testing.assert_close(out.uncertainty, expected)
 
 

@@ -525,6 +525,8 @@ def load_model(
             device = torch.device(device)
         except (RuntimeError, TypeError) as err:
             raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}: {err}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={str(device)!r}, but no CUDA GPU is available here; use device='cpu'")
     model = load_folder(resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir))
     set_preprocessing(model, preprocessing)
     return model if device is None else model.to(device)

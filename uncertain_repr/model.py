@@ -197,6 +197,7 @@ def _check_arguments(
     classifier: object,
     embed_dim: object,
     pretrained_cfg: object,
+    stopgrad: object,
     backbone_args: object,
 ) -> None:
     """``TypeError``/``ValueError`` naming the first ``Uncertainizer`` argument of the wrong kind."""
@@ -229,6 +230,8 @@ def _check_arguments(
             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)
         ):
             raise ValueError(f"pretrained_cfg['input_size'] must be (C, H, W) positive integers, got {size!r}")
+    if not isinstance(stopgrad, bool):
+        raise TypeError(f"stopgrad must be True or False, got {stopgrad!r}")
     if backbone_args is not None and not isinstance(backbone_args, Mapping):
         raise TypeError(f"backbone_args must be a dict of timm.create_model arguments, got {type(backbone_args).__name__}")
 
@@ -330,7 +333,9 @@ class Uncertainizer(nn.Module):
         **method_args: Any,
     ) -> None:
         super().__init__()
-        _check_arguments(backbone, method, pretrained, features, classifier, embed_dim, pretrained_cfg, backbone_args)
+        _check_arguments(
+            backbone, method, pretrained, features, classifier, embed_dim, pretrained_cfg, stopgrad, backbone_args
+        )
         self.backbone_name: Optional[str] = None
         self.backbone_args = dict(backbone_args or {})
         if isinstance(backbone, str):
@@ -548,6 +553,9 @@ class Uncertainizer(nn.Module):
             in_chans=input_size[0] if input_size else None,
             img_size=input_size[1:] if input_size and cfg.get("fixed_input_size") else None,
         )
+        param = next(self.backbone.parameters(), None)
+        if param is not None and param.device != x.device and param.device.type != "meta":
+            raise ValueError(f"x is on {x.device}, but the backbone is on {param.device}: move it with x.to({str(param.device)!r})")
         dtype = _parameter_dtype(self.backbone)
         return x if dtype is None or x.dtype == dtype else x.to(dtype)
 

@@ -94,6 +94,8 @@ def create_dataset(
         raise ValueError(f"split for {name} must be one of {list(entry.splits)}, got {split!r}")
     if not isinstance(root, (str, Path)):
         raise TypeError(f"root must be a str or Path, got {type(root).__name__}")
+    if isinstance(root, str) and not root.strip():
+        raise ValueError("root must name the folder holding the dataset, got an empty string")
     if transform is not None and not callable(transform):
         raise TypeError(f"transform must be a callable (PIL image -> sample) or None, got {type(transform).__name__}")
     root = Path(root).expanduser()
