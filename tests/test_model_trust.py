@@ -3,6 +3,7 @@ checked against an independent computation, or a clear error naming the argument
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 import warnings
@@ -120,8 +121,26 @@ def test_torchvision_classifier_fc_alone_gives_the_features_before_it(resnet18):
     torch.testing.assert_close(out.embedding, features)
     torch.testing.assert_close(out.logits, logits)
     torch.testing.assert_close(out.uncertainty, entropy(logits))
+    clone = copy.deepcopy(model)  # the copy's hook feeds the copy
+    with torch.no_grad():
+        clone.backbone.fc.bias.add_(1.0)
+        torch.testing.assert_close(clone(x).embedding, features)
+        torch.testing.assert_close(clone(x).logits, logits + 1.0)
     with pytest.raises(ValueError, match=r"embed_dim=1000, but the classifier takes 512-d embeddings"):
         ur.Uncertainizer(resnet18, "class-entropy", classifier=resnet18.fc, embed_dim=1000)
+
+
+def test_torchvision_sequential_classifier_gives_the_flattened_features():
+    net = torchvision.models.mobilenet_v3_small(weights=None).eval()  # classifier = Sequential(Linear, ...)
+    with pytest.warns(UserWarning, match=r"ends with classifier = Sequential\(\.\.\. -> 1000\)"):
+        ur.Uncertainizer(net, "embed-norm")
+    model = ur.Uncertainizer(net, "max-prob", classifier=net.classifier).eval()
+    assert (model.embed_dim, model.num_classes) == (576, 1000)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+        torch.testing.assert_close(out.embedding, net.avgpool(net.features(x)).flatten(1))
+        torch.testing.assert_close(out.uncertainty, 1 - torch.softmax(net(x), -1).amax(-1))
 
 
 def test_classifier_that_forward_never_calls_is_named():
@@ -379,8 +398,6 @@ def test_bad_create_dataset_arguments_are_named(tmp_path):
 
 
 # ------------------------------------------------------------------ property: any input -> right number or named error
-
-
 FLOATS = [torch.float32, torch.float16, torch.float64, torch.bfloat16]
 DTYPES = FLOATS + [torch.int64, torch.uint8, torch.bool]
 

@@ -265,10 +265,11 @@ def _create_timm(name: str, pretrained: Union[bool, str, None], backbone_args: D
 def _warn_if_logits(backbone: nn.Module) -> None:
     """Warn when a plain module, whose output becomes the embedding, seems to end with its classifier."""
     children = list(backbone.named_children())
-    if children and children[-1][0] in CLASSIFIER_NAMES and isinstance(children[-1][1], nn.Linear):
+    if children and children[-1][0] in CLASSIFIER_NAMES and _linear_width(children[-1][1], "out") is not None:
         name, layer = children[-1]
+        layer_text = str(layer) if isinstance(layer, nn.Linear) else f"{type(layer).__name__}(... -> {_linear_width(layer, 'out')})"
         warnings.warn(
-            f"the backbone ends with {name} = {layer}: its output (probably logits) is taken as the embedding. "
+            f"the backbone ends with {name} = {layer_text}: its output (probably logits) is taken as the embedding. "
             f"Pass classifier=backbone.{name} to embed the features before it, or features= to say how.",
             UserWarning,
             stacklevel=3,
