@@ -23,7 +23,6 @@ PARTS = ("backbone", "classifier", "method")
 #: keys (or attributes) of a dict-like backbone output (Hugging Face ``ModelOutput``, ...) taken as
 #: the embedding when ``features=`` does not name one, in this order
 EMBEDDING_KEYS = ("pooler_output", "image_embeds", "embedding")
-EMBEDDING_OF_X = "the backbone's embedding of x (x itself is finite)"
 #: names of a plain module's last child that suggest ``backbone(x)`` returns logits, not features
 CLASSIFIER_NAMES = ("fc", "classifier", "head", "linear")
 #: layers a classifier may start or end with around its ``nn.Linear`` (widths read through them)
@@ -564,11 +563,8 @@ class Uncertainizer(nn.Module):
     def forward_embedding(self, x: torch.Tensor) -> torch.Tensor:
         """The embedding ``[B, D]`` of images ``x [B, C, H, W]`` (one backbone pass, no uncertainty).
 
-        ``x`` is cast to the backbone's parameter dtype (float16/float64 input to a float32 model);
-        a NaN/inf embedding raises ``ValueError``."""
-        embedding = self._embed(self._prepare_images(x))
-        check_finite(EMBEDDING_OF_X, embedding)
-        return embedding
+        ``x`` is cast to the backbone's parameter dtype (float16/float64 input to a float32 model)."""
+        return self._embed(self._prepare_images(x))
 
     def forward(self, x: Optional[torch.Tensor] = None, *, embedding: Optional[torch.Tensor] = None) -> UncertainOutput:
         """``UncertainOutput(embedding [B, D], uncertainty [B] float32, logits [B, C] | None)``.
@@ -582,7 +578,7 @@ class Uncertainizer(nn.Module):
         if embedding is None:
             x = self._prepare_images(x)
             embedding = self._embed(x)
-            source = EMBEDDING_OF_X
+            source = "the backbone's embedding of x (x itself is finite)"
         else:
             check_embedding(embedding, dim=self.embed_dim)
             if self.method.needs_images:
