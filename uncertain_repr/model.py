@@ -563,7 +563,9 @@ class Uncertainizer(nn.Module):
     def forward_embedding(self, x: torch.Tensor) -> torch.Tensor:
         """The embedding ``[B, D]`` of images ``x [B, C, H, W]`` (one backbone pass, no uncertainty).
 
-        ``x`` is cast to the backbone's parameter dtype (float16/float64 input to a float32 model)."""
+        ``x`` is cast to the backbone's parameter dtype (float16/float64 input to a float32 model).
+        Finiteness of the embedding is checked by :meth:`forward`, not here: callers that can name
+        the image (the benchmark: dataset and index) check it themselves."""
         return self._embed(self._prepare_images(x))
 
     def forward(self, x: Optional[torch.Tensor] = None, *, embedding: Optional[torch.Tensor] = None) -> UncertainOutput:
