@@ -293,6 +293,18 @@ def test_half_and_double_input_is_cast_to_the_model_dtype():
     torch.testing.assert_close(cached.uncertainty, reference.uncertainty)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_float32_input_to_a_float64_or_bfloat16_model_is_cast(dtype):
+    model = ur.Uncertainizer("test_resnet", "pred-net", pretrained=False).eval().to(dtype)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+        emb = model.backbone.forward_head(model.backbone.forward_features(x.to(dtype)), pre_logits=True)
+        expected = model.method.uncertainty(emb, None).float()
+    assert out.embedding.dtype == dtype and out.uncertainty.dtype == torch.float32
+    torch.testing.assert_close(out.uncertainty, expected)
+
+
 def test_output_indexes_like_a_tuple():
     model = ur.Uncertainizer("test_resnet", "class-entropy", pretrained=False).eval()
     with torch.no_grad():
