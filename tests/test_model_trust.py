@@ -376,6 +376,12 @@ def test_bad_backbones_are_named():
         ur.Uncertainizer(Body(), "embed-norm", pretrained=True)
     with pytest.raises(ValueError, match="cannot infer the embedding width: pass embed_dim="):
         ur.Uncertainizer(Body(), "pred-net")
+    head = ur.methods.create_method("pred-net", embed_dim=10, num_classes=0)
+    with pytest.raises(ValueError, match="method 'pred-net' was built for 10-d embeddings, but the backbone gives 96-d"):
+        ur.Uncertainizer("test_resnet", head, pretrained=False)
+    model = ur.Uncertainizer(Body(), head)  # the instance declares the width, checked on the first forward
+    with pytest.raises(ValueError, match=r"the backbone's embedding is \(2, 8\), but embed_dim=10"):
+        model(X)
 
 
 def test_bad_load_and_save_arguments_are_named(tmp_path, model):

@@ -354,7 +354,7 @@ class Uncertainizer(nn.Module):
             self.backbone_name = backbone
             backbone = _create_timm(backbone, pretrained, self.backbone_args)
         elif pretrained:
-            raise ValueError("pretrained=True needs a timm model name; load your module's weights yourself")
+            raise ValueError(f"pretrained={pretrained!r} needs a timm model name; load your module's weights yourself")
         self.backbone = backbone
         self._features = features if callable(features) else None
         self._output_key: Union[str, int, None] = None if callable(features) else features
@@ -377,7 +377,16 @@ class Uncertainizer(nn.Module):
 
         method_cls = type(method) if isinstance(method, UncertaintyMethod) else get_method_class(method)
         self.embed_dim: Optional[int] = None  # not checked while probing
-        self.embed_dim = self._resolve_embed_dim(embed_dim, required=method_cls.needs_embed_dim)
+        instance_dim = method.embed_dim if isinstance(method, UncertaintyMethod) else None
+        self.embed_dim = self._resolve_embed_dim(embed_dim, required=method_cls.needs_embed_dim and instance_dim is None)
+        if instance_dim is not None:
+            if self.embed_dim is None:
+                self.embed_dim = instance_dim  # the instance declares the width: checked on every forward
+            elif instance_dim != self.embed_dim:
+                raise ValueError(
+                    f"method {method.name or type(method).__name__!r} was built for {instance_dim}-d embeddings, "
+                    f"but the backbone gives {self.embed_dim}-d; create it with embed_dim={self.embed_dim}"
+                )
         self.num_classes: Optional[int] = self._infer_num_classes()
         self.stopgrad = bool(stopgrad)
 
