@@ -64,21 +64,6 @@ def check_images(
     return x
 
 
-def check_embedding(e: object, *, dim: Optional[int], name: str = "embedding") -> torch.Tensor:
-    """Validate a float embedding batch ``[B, dim]`` (any width when ``dim`` is ``None``)."""
-    shape = f"[B, {'D' if dim is None else dim}]"
-    if not isinstance(e, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor {shape}, got {type(e).__name__}")
-    if not e.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {e.dtype}")
-    if e.ndim != 2 or (dim is not None and e.shape[1] != dim):
-        raise ValueError(f"{name} must have shape {shape}, got {tuple(e.shape)}")
-    if e.shape[0] < 1:
-        raise ValueError(f"{name} must hold at least one row, got batch size 0")
-    check_finite(name, e)
-    return e
-
-
 def check_method_output(
     uncertainty: object, logits: object, *, batch: int, method: str
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -98,3 +83,18 @@ def check_method_output(
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"method {method!r} returned logits {got}; expected None or [B, C] with B = {batch}")
     return uncertainty.float().reshape(batch), logits
+
+
+def check_embedding(e: object, *, dim: Optional[int], name: str = "embedding") -> torch.Tensor:
+    """Validate a float embedding batch ``[B, dim]`` (any width when ``dim`` is ``None``)."""
+    shape = f"[B, {'D' if dim is None else dim}]"
+    if not isinstance(e, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {shape}, got {type(e).__name__}")
+    if not e.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {e.dtype}")
+    if e.ndim != 2 or (dim is not None and e.shape[1] != dim):
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(e.shape)}")
+    if e.shape[0] < 1:
+        raise ValueError(f"{name} must hold at least one row, got batch size 0")
+    check_finite(name, e)
+    return e

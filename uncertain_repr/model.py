@@ -468,8 +468,7 @@ class Uncertainizer(nn.Module):
         try:
             with torch.no_grad():
                 param = next(self.backbone.parameters(), None)
-                probe = torch.zeros(1, *input_size, device=None if param is None else param.device,
-                                    dtype=_parameter_dtype(self.backbone))
+                probe = torch.zeros(1, *input_size, device=None if param is None else param.device)
                 embedding = self._embed(probe)
         finally:
             self.backbone.train(was_training)
@@ -541,8 +540,19 @@ class Uncertainizer(nn.Module):
             )
         return output
 
+    def _cast_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Checked images ``x`` in the backbone's parameter dtype (float16/float64 input to a float32 model)."""
+        param = next(self.backbone.parameters(), None)
+        if param is not None and param.device != x.device and param.device.type != "meta":
+            raise ValueError(f"x is on {x.device}, but the backbone is on {param.device}: move it with x.to({str(param.device)!r})")
+        dtype = _parameter_dtype(self.backbone)
+        return x if dtype is None or x.dtype == dtype else x.to(dtype)
+
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The embedding ``[B, D]`` of checked images ``x``, its width checked against ``embed_dim``."""
+        """The embedding ``[B, D]`` of checked images ``x`` (cast by :meth:`_cast_input`), its width
+        checked against ``embed_dim``. Finiteness is checked by :meth:`forward`, and by callers of
+        :meth:`forward_embedding` that can name the image (the benchmark: dataset and index)."""
+        x = self._cast_input(x)
         embedding = as_embedding(self._backbone_output(x), self._output_key)
         if embedding.shape[0] != x.shape[0]:
             raise ValueError(f"the backbone gave {embedding.shape[0]} embeddings for a batch of {x.shape[0]} images")
@@ -554,8 +564,8 @@ class Uncertainizer(nn.Module):
             )
         return embedding
 
-    def _prepare_images(self, x: object) -> torch.Tensor:
-        """Check images ``x`` and cast them to the backbone's parameter dtype."""
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``TypeError``/``ValueError`` unless ``x`` is a float image batch ``[B, C, H, W]`` this backbone takes."""
         cfg = self.pretrained_cfg
         input_size = cfg.get("input_size")
         check_images(
@@ -563,19 +573,11 @@ class Uncertainizer(nn.Module):
             in_chans=input_size[0] if input_size else None,
             img_size=input_size[1:] if input_size and cfg.get("fixed_input_size") else None,
         )
-        param = next(self.backbone.parameters(), None)
-        if param is not None and param.device != x.device and param.device.type != "meta":
-            raise ValueError(f"x is on {x.device}, but the backbone is on {param.device}: move it with x.to({str(param.device)!r})")
-        dtype = _parameter_dtype(self.backbone)
-        return x if dtype is None or x.dtype == dtype else x.to(dtype)
 
     def forward_embedding(self, x: torch.Tensor) -> torch.Tensor:
-        """The embedding ``[B, D]`` of images ``x [B, C, H, W]`` (one backbone pass, no uncertainty).
-
-        ``x`` is cast to the backbone's parameter dtype (float16/float64 input to a float32 model).
-        Finiteness of the embedding is checked by :meth:`forward`, not here: callers that can name
-        the image (the benchmark: dataset and index) check it themselves."""
-        return self._embed(self._prepare_images(x))
+        """The embedding ``[B, D]`` of images ``x [B, C, H, W]`` (one backbone pass, no uncertainty)."""
+        self.check_input(x)
+        return self._embed(x)
 
     def forward(self, x: Optional[torch.Tensor] = None, *, embedding: Optional[torch.Tensor] = None) -> UncertainOutput:
         """``UncertainOutput(embedding [B, D], uncertainty [B] float32, logits [B, C] | None)``.
@@ -587,7 +589,7 @@ class Uncertainizer(nn.Module):
         if (x is None) == (embedding is None):
             raise TypeError("Uncertainizer takes images x or embedding=, exactly one of them")
         if embedding is None:
-            x = self._prepare_images(x)
+            self.check_input(x)
             embedding = self._embed(x)
             source = "the backbone's embedding of x (x itself is finite)"
         else:
