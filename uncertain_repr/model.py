@@ -540,6 +540,21 @@ class Uncertainizer(nn.Module):
             )
         return output
 
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``TypeError``/``ValueError`` unless ``x`` is a float image batch ``[B, C, H, W]`` this backbone takes."""
+        cfg = self.pretrained_cfg
+        input_size = cfg.get("input_size")
+        check_images(
+            x,
+            in_chans=input_size[0] if input_size else None,
+            img_size=input_size[1:] if input_size and cfg.get("fixed_input_size") else None,
+        )
+
+    def forward_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding ``[B, D]`` of images ``x [B, C, H, W]`` (one backbone pass, no uncertainty)."""
+        self.check_input(x)
+        return self._embed(x)
+
     def _cast_input(self, x: torch.Tensor) -> torch.Tensor:
         """Checked images ``x`` in the backbone's parameter dtype (float16/float64 input to a float32 model)."""
         param = next(self.backbone.parameters(), None)
@@ -563,21 +578,6 @@ class Uncertainizer(nn.Module):
                 "take the features before it, or features= a callable images -> embedding"
             )
         return embedding
-
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise ``TypeError``/``ValueError`` unless ``x`` is a float image batch ``[B, C, H, W]`` this backbone takes."""
-        cfg = self.pretrained_cfg
-        input_size = cfg.get("input_size")
-        check_images(
-            x,
-            in_chans=input_size[0] if input_size else None,
-            img_size=input_size[1:] if input_size and cfg.get("fixed_input_size") else None,
-        )
-
-    def forward_embedding(self, x: torch.Tensor) -> torch.Tensor:
-        """The embedding ``[B, D]`` of images ``x [B, C, H, W]`` (one backbone pass, no uncertainty)."""
-        self.check_input(x)
-        return self._embed(x)
 
     def forward(self, x: Optional[torch.Tensor] = None, *, embedding: Optional[torch.Tensor] = None) -> UncertainOutput:
         """``UncertainOutput(embedding [B, D], uncertainty [B] float32, logits [B, C] | None)``.
