@@ -15,11 +15,17 @@ finished rows is recorded in ``<path>.partial.progress.json`` (temp file + renam
 chunk is flushed, and only a complete file is renamed to ``path``. Augmentations are seeded per
 sample from ``(seed, epoch, index)``, so a resumed build writes exactly the rows of an
 uninterrupted one, and the rows do not depend on the batch size, worker count or rank count.
+One build at a time writes a file: ``<path>.lock`` is held (``flock``) for the whole build and a
+second one is refused. A failed write (e.g. a full disk) removes the unfinished file. Rerunning a
+finished build with the same settings returns the file as it is, so a torchrun command whose
+ranks partly finished can simply be rerun. The reader presents the rows of all shards sorted by
+``(epoch, index)``, so a cache reads the same whatever the number of processes that wrote it.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import glob
 import hashlib
 import json
@@ -34,6 +40,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ._locks import exclusive_lock
 from .version import __version__
 
 FORMAT_VERSION = 1
@@ -135,8 +142,11 @@ def _find_shards(path: Path) -> List[Path]:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- writer
@@ -240,9 +250,6 @@ def build(
     An interrupted build resumes from the last complete chunk when called again with the same
     arguments; ``ValueError`` if the unfinished file was started with different ones.
     """
-    import h5py
-    from tqdm.auto import tqdm
-
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if not augment and epochs != 1:
@@ -291,13 +298,40 @@ def build(
     }
     final = shard_path(path, rank, world_size)
     final.parent.mkdir(parents=True, exist_ok=True)
+    keys = [(e, i) for e in range(epochs) for i in range(rank, n, world_size)]
+    # One writer per file: a second build of the same output is refused while this one runs
+    # (independent of HDF5's own file locking, which is often off on network file systems).
+    with exclusive_lock(final.with_name(final.name + ".lock"), f"the embedding cache {final}"):
+        if final.exists():
+            return _finished(final, manifest)
+        return _write(model, dataset, final, manifest, keys, batch_size=batch_size, num_workers=num_workers,
+                      chunk_size=chunk_size, device=device, progress=progress, on_chunk=on_chunk)
+
+
+def _finished(final: Path, manifest: Mapping[str, Any]) -> Path:
+    """``final`` if it was built with the same settings (rerunning a finished build is a no-op), else
+    ``FileExistsError`` naming the differences."""
+    existing = _read_manifest(final)
+    bad = _mismatches(existing, {k: v for k, v in manifest.items() if k != "library_version"})
+    if bad:
+        raise FileExistsError(f"{final} already exists and was built with other settings ({'; '.join(bad)}); "
+                              "delete it or choose another path")
+    return final
+
+
+def _write(
+    model: nn.Module, dataset: Dataset, final: Path, manifest: Mapping[str, Any], keys: Sequence[Tuple[int, int]],
+    *, batch_size: int, num_workers: int, chunk_size: int, device: torch.device, progress: Optional[bool],
+    on_chunk: Optional[Callable[[int], None]],
+) -> Path:
+    """Write (or resume) the rows ``keys`` of one shard; the caller holds the shard's lock."""
+    import h5py
+    from tqdm.auto import tqdm
+
+    seed, augment, dtype, rank = manifest["seed"], manifest["augment"], manifest["dtype"], manifest["rank"]
+    num_soft = manifest["num_soft_labels"]
     partial = final.with_name(final.name + ".partial")
     progress_file = final.with_name(final.name + ".partial.progress.json")
-    if final.exists():
-        raise FileExistsError(f"{final} already exists; delete it or choose another path")
-
-    shard_indices = list(range(rank, n, world_size))
-    keys = [(e, i) for e in range(epochs) for i in shard_indices]
     total, width = len(keys), int(manifest["embed_dim"])
 
     done = _read_progress(progress_file) if partial.exists() else 0
@@ -314,16 +348,21 @@ def build(
             raise ValueError(f"unfinished cache {partial} was started with other settings ({'; '.join(bad)}); "
                              "delete it to start over")
     else:
-        handle = h5py.File(partial, "w")
+        # Nothing of it is recorded as finished, and we hold the lock: a leftover of a killed build.
+        partial.unlink(missing_ok=True)
+        handle = h5py.File(partial, "x")  # exclusive create: never truncates a file someone else has open
         rows = min(chunk_size, total)
-        handle.attrs["manifest"] = json.dumps(manifest)
-        handle.create_dataset("embeddings", (total, width), dtype=dtype, chunks=(rows, width))
-        handle.create_dataset("labels", (total,), dtype="int64", chunks=(rows,))
-        handle.create_dataset("indices", data=np.array([i for _, i in keys], dtype=np.int64))
-        handle.create_dataset("epochs", data=np.array([e for e, _ in keys], dtype=np.int64))
-        if num_soft:
-            handle.create_dataset("soft_labels", (total, num_soft), dtype="float32", chunks=(rows, num_soft))
-        handle.flush()
+        try:
+            handle.attrs["manifest"] = json.dumps(manifest)
+            handle.create_dataset("embeddings", (total, width), dtype=dtype, chunks=(rows, width))
+            handle.create_dataset("labels", (total,), dtype="int64", chunks=(rows,))
+            handle.create_dataset("indices", data=np.array([i for _, i in keys], dtype=np.int64))
+            handle.create_dataset("epochs", data=np.array([e for e, _ in keys], dtype=np.int64))
+            if num_soft:
+                handle.create_dataset("soft_labels", (total, num_soft), dtype="float32", chunks=(rows, num_soft))
+            handle.flush()
+        except OSError as err:
+            raise _abandon(handle, partial, progress_file, err) from None
 
     was_training = model.training
     model.eval()
@@ -340,11 +379,14 @@ def build(
         nonlocal done, pending
         if not pending:
             return
-        handle["embeddings"][done: done + pending] = np.concatenate(buffer["embeddings"]).astype(dtype)
-        handle["labels"][done: done + pending] = np.concatenate(buffer["labels"])
-        if num_soft:
-            handle["soft_labels"][done: done + pending] = np.concatenate(buffer["soft_labels"])
-        handle.flush()
+        try:
+            handle["embeddings"][done: done + pending] = np.concatenate(buffer["embeddings"]).astype(dtype)
+            handle["labels"][done: done + pending] = np.concatenate(buffer["labels"])
+            if num_soft:
+                handle["soft_labels"][done: done + pending] = np.concatenate(buffer["soft_labels"])
+            handle.flush()
+        except OSError as err:  # e.g. a full disk: the file's state is unknown from here on
+            raise _abandon(handle, partial, progress_file, err) from None
         done, pending = done + pending, 0
         for parts in buffer.values():
             parts.clear()
@@ -371,6 +413,11 @@ def build(
             if pending >= chunk_size:
                 flush()
         flush()
+        try:
+            handle.close()
+            _fsync(partial)
+        except OSError as err:
+            raise _abandon(handle, partial, progress_file, err) from None
     finally:
         handle.close()
         bar.close()
@@ -380,7 +427,66 @@ def build(
     return final
 
 
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as file:
+        os.fsync(file.fileno())
+
+
+def _abandon(handle: Any, partial: Path, progress_file: Path, err: OSError) -> OSError:
+    """After a failed write (full disk, I/O error) nothing in ``partial`` can be trusted: close it,
+    remove it and its progress record (freeing the space), and return the error to raise."""
+    with contextlib.suppress(Exception):
+        handle.close()
+    partial.unlink(missing_ok=True)
+    progress_file.unlink(missing_ok=True)
+    failed = OSError(f"writing the embedding cache {partial} failed: {err}; the unfinished file was removed, "
+                     "rerun the same command once the problem is fixed")
+    failed.errno = err.errno
+    return failed
+
+
 # ----------------------------------------------------------------------------- reader
+_COLUMNS = ("embeddings", "labels", "indices", "epochs")
+
+
+def _open_h5(file: Path) -> Any:
+    """``h5py.File(file, "r")``; ``ValueError`` naming the file if it is truncated or not HDF5."""
+    import h5py
+
+    try:
+        return h5py.File(file, "r")
+    except OSError as err:
+        raise ValueError(f"{file} is not a readable embedding cache (truncated or corrupt?): {err}") from None
+
+
+def _manifest_of(handle: Any, file: Path) -> Dict[str, Any]:
+    try:
+        return json.loads(handle.attrs["manifest"])
+    except (KeyError, ValueError):
+        raise ValueError(f"{file} has no readable manifest: it was not written by uncertain_repr.cache.build") from None
+
+
+def _read_manifest(file: Path) -> Dict[str, Any]:
+    with _open_h5(file) as handle:
+        _checked_length(handle, file)
+        return _manifest_of(handle, file)
+
+
+def _checked_length(handle: Any, file: Path) -> int:
+    """Number of rows; ``ValueError`` naming the file unless every column has it (and the manifest's width)."""
+    missing = [name for name in _COLUMNS if name not in handle]
+    if missing:
+        raise ValueError(f"embedding cache {file} lacks the column(s) {', '.join(missing)}")
+    lengths = {name: int(handle[name].shape[0]) for name in (*_COLUMNS, "soft_labels") if name in handle}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"embedding cache {file} is inconsistent: its columns have different lengths {lengths}")
+    width = _manifest_of(handle, file).get("embed_dim")
+    if handle["embeddings"].ndim != 2 or (width is not None and handle["embeddings"].shape[1] != width):
+        raise ValueError(f"embedding cache {file}: embeddings of shape {handle['embeddings'].shape}, "
+                         f"the manifest says width {width}")
+    return lengths["labels"]
+
+
 class CachedEmbeddings(Dataset):
     """All shards of an embedding cache as one map-style dataset.
 
@@ -403,15 +509,15 @@ class CachedEmbeddings(Dataset):
         transform: Optional[Callable] = None,
         in_memory: bool = False,
     ) -> None:
-        import h5py
-
         self.path = Path(path)
         self.files = _find_shards(self.path)
-        manifests, lengths = [], []
+        manifests, lengths, keys = [], [], []
         for file in self.files:
-            with h5py.File(file, "r") as handle:
-                manifests.append(json.loads(handle.attrs["manifest"]))
-                lengths.append(int(handle["labels"].shape[0]))
+            with _open_h5(file) as handle:
+                manifests.append(_manifest_of(handle, file))
+                lengths.append(_checked_length(handle, file))
+                if len(self.files) > 1:
+                    keys.append((handle["epochs"][()], handle["indices"][()]))
         for file, manifest in zip(self.files[1:], manifests[1:]):
             bad = _mismatches(manifest, {k: manifests[0].get(k) for k in _SHARD_FIELDS})
             if bad:
@@ -420,6 +526,16 @@ class CachedEmbeddings(Dataset):
             raise ValueError(f"shard files and the ranks in their manifests disagree: {[m['rank'] for m in manifests]}")
         self.manifest: Dict[str, Any] = {k: v for k, v in manifests[0].items() if k != "rank"}
         self._offsets = np.cumsum([0] + lengths).tolist()
+        # Rows in one canonical order, by (epoch, index), whatever the number of shards: a cache
+        # written by any number of processes reads (and so trains) like a single-process one.
+        self._order: Optional[np.ndarray] = None
+        if keys:
+            epochs, indices = (np.concatenate(column) for column in zip(*keys))
+            self._order = np.lexsort((indices, epochs))
+            same = (np.diff(epochs[self._order]) == 0) & (np.diff(indices[self._order]) == 0)
+            if same.any():
+                raise ValueError(f"embedding cache {self.path}: its shards hold {int(same.sum())} duplicate "
+                                 "(epoch, index) rows; rebuild it")
         self._handles: Dict[int, Any] = {}
         self._pid: Optional[int] = None
         self._arrays: Optional[List[Dict[str, np.ndarray]]] = None
@@ -430,7 +546,7 @@ class CachedEmbeddings(Dataset):
         if in_memory:
             self._arrays = []
             for file in self.files:
-                with h5py.File(file, "r") as handle:
+                with _open_h5(file) as handle:
                     self._arrays.append({name: handle[name][()] for name in self._columns(handle)})
 
     @property
@@ -456,15 +572,15 @@ class CachedEmbeddings(Dataset):
         if self._pid != os.getpid():  # first use in this process (e.g. a forked DataLoader worker)
             self._handles, self._pid = {}, os.getpid()
         if shard not in self._handles:
-            import h5py
-
-            self._handles[shard] = h5py.File(self.files[shard], "r")
+            self._handles[shard] = _open_h5(self.files[shard])
         return self._handles[shard]
 
     def _locate(self, index: int) -> Tuple[int, int]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} cached rows")
         index %= len(self)
+        if self._order is not None:
+            index = int(self._order[index])
         shard = bisect.bisect_right(self._offsets, index) - 1
         return shard, index - self._offsets[shard]
 
