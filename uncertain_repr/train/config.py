@@ -52,6 +52,7 @@ class TrainConfig:
     dataset_downstream: List[str] = dataclasses.field(default_factory=list)
     data_dir_downstream: str = ""
     workers: int = 4
+    allow_eval_cache: bool = False
     # optimisation
     epochs: int = 32
     iters_instead_of_epochs: int = 0
@@ -181,6 +182,7 @@ _HELP = {
     "dataset_downstream": "downstream sets validated every epoch (their --val-split)",
     "data_dir_downstream": "root of the downstream sets (default: --data-dir)",
     "workers": "DataLoader worker processes",
+    "allow_eval_cache": "train on an embedding cache built with the evaluation transform (refused otherwise)",
     "epochs": "training epochs",
     "iters_instead_of_epochs": "samples per epoch (0 = one pass over the training set)",
     "batch_size": "samples per micro-batch and process",
