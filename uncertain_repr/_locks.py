@@ -44,8 +44,6 @@ def exclusive_lock(lock_file: Path, what: str) -> Iterator[None]:
             break
         os.close(fd)  # we locked a file its previous holder had just removed: start over
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         try:

@@ -11,7 +11,7 @@ plus a JSON manifest (backbone name and weight hash, transform, dataset, library
 items feed ``model(embedding=item["embedding"])``, which never touches the backbone.
 
 Writes are resumable and atomic: rows go to ``<path>.partial`` chunk by chunk, the number of
-finished rows is recorded in ``<path>.partial.progress.json`` (temp file + rename) after each
+finished rows is recorded in ``<path>.partial.progress.json`` (one in-place write) after each
 chunk is flushed, and only a complete file is renamed to ``path``. Augmentations are seeded per
 sample from ``(seed, epoch, index)``, so a resumed build writes exactly the rows of an
 uninterrupted one, and the rows do not depend on the batch size, worker count or rank count.
@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import glob
 import hashlib
 import json
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -51,6 +53,7 @@ _SHARD_FIELDS = (
     "format_version", "backbone", "backbone_sha256", "embed_dim", "transform", "augment", "dataset",
     "split", "dataset_length", "epochs", "seed", "dtype", "amp", "num_soft_labels", "world_size",
 )
+_PROGRESS_BYTES = 64  # fixed size of the progress record, rewritten in place
 _SHARD_NAME = re.compile(r"^(?P<stem>.+)\.rank(?P<rank>\d+)-of-(?P<world>\d+)\.h5$")
 
 PathLike = Union[str, os.PathLike]
@@ -140,13 +143,14 @@ def _find_shards(path: Path) -> List[Path]:
     return [shards[r] for r in range(world)]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def _write_progress(path: Path, rows: int) -> None:
+    """Record ``rows`` finished rows: one fixed-size write at offset 0, so after the first one it needs
+    no new disk space (a full disk cannot stop it) and a kill cannot leave half a record."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        os.pwrite(fd, json.dumps({"rows": rows}).ljust(_PROGRESS_BYTES).encode(), 0)
     finally:
-        tmp.unlink(missing_ok=True)
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- writer
@@ -347,21 +351,31 @@ def _write(
             handle.close()
             raise ValueError(f"unfinished cache {partial} was started with other settings ({'; '.join(bad)}); "
                              "delete it to start over")
+        try:
+            _reserve_space(partial, handle.id.get_filesize())
+        except OSError:
+            handle.close()
+            raise
     else:
         # Nothing of it is recorded as finished, and we hold the lock: a leftover of a killed build.
         partial.unlink(missing_ok=True)
-        handle = h5py.File(partial, "x")  # exclusive create: never truncates a file someone else has open
+        # created exclusively, and its disk space reserved before HDF5 writes anything into it
+        _reserve_space(partial, total * (width * np.dtype(dtype).itemsize + 3 * 8 + num_soft * 4), create=True)
+        handle = h5py.File(partial, "w")  # our own reserved file (we hold the lock)
         rows = min(chunk_size, total)
         try:
             handle.attrs["manifest"] = json.dumps(manifest)
-            handle.create_dataset("embeddings", (total, width), dtype=dtype, chunks=(rows, width))
-            handle.create_dataset("labels", (total,), dtype="int64", chunks=(rows,))
+            handle.create_dataset("embeddings", (total, width), dtype=dtype, chunks=(rows, width), **_preallocated())
+            handle.create_dataset("labels", (total,), dtype="int64", chunks=(rows,), **_preallocated())
             handle.create_dataset("indices", data=np.array([i for _, i in keys], dtype=np.int64))
             handle.create_dataset("epochs", data=np.array([e for e, _ in keys], dtype=np.int64))
             if num_soft:
-                handle.create_dataset("soft_labels", (total, num_soft), dtype="float32", chunks=(rows, num_soft))
+                handle.create_dataset("soft_labels", (total, num_soft), dtype="float32", chunks=(rows, num_soft),
+                                      **_preallocated())
+            _reserve_space(partial, handle.id.get_filesize())
             handle.flush()
-        except OSError as err:
+            _write_progress(progress_file, 0)
+        except (OSError, RuntimeError) as err:
             raise _abandon(handle, partial, progress_file, err) from None
 
     was_training = model.training
@@ -385,12 +399,12 @@ def _write(
             if num_soft:
                 handle["soft_labels"][done: done + pending] = np.concatenate(buffer["soft_labels"])
             handle.flush()
-        except OSError as err:  # e.g. a full disk: the file's state is unknown from here on
+        except (OSError, RuntimeError) as err:  # an I/O error: the file's state is unknown from here on
             raise _abandon(handle, partial, progress_file, err) from None
         done, pending = done + pending, 0
         for parts in buffer.values():
             parts.clear()
-        _atomic_write_text(progress_file, json.dumps({"rows": done}))
+        _write_progress(progress_file, done)
         if on_chunk is not None:
             on_chunk(done)
 
@@ -415,8 +429,9 @@ def _write(
         flush()
         try:
             handle.close()
+            os.truncate(partial, partial.stat().st_size)  # give back the reserved blocks past its end
             _fsync(partial)
-        except OSError as err:
+        except (OSError, RuntimeError) as err:
             raise _abandon(handle, partial, progress_file, err) from None
     finally:
         handle.close()
@@ -427,22 +442,77 @@ def _write(
     return final
 
 
+def _preallocated() -> Dict[str, Any]:
+    """``create_dataset`` options: every chunk gets its place in the file at once, without fill writes
+    (:func:`_reserve_space` then reserves those places on disk)."""
+    import h5py
+
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return {"dcpl": dcpl, "fill_time": "never"}
+
+
+def _reserve_space(partial: Path, size: int, *, create: bool = False) -> None:
+    """Reserve the disk blocks of ``partial`` up to ``size`` bytes plus room for HDF5's metadata
+    (``fallocate``, the file's length unchanged): a disk that fills up while the build runs then never fails an HDF5 write
+    (after which HDF5 can crash the process). ``OSError`` (ENOSPC) naming the cache if it does not fit;
+    with ``create``, ``partial`` is created exclusively here and removed again on failure."""
+    needed = size + size // 50 + (64 << 10)
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | (os.O_EXCL if create else 0), 0o666)
+    try:
+        try:
+            _fallocate_keep_size(fd, needed)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            # this file system cannot reserve: at least check that the space is there now
+            if shutil.disk_usage(partial.parent).free < needed - os.fstat(fd).st_blocks * 512:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+    except OSError as err:
+        if create:
+            partial.unlink(missing_ok=True)
+        raise OSError(err.errno, f"not enough free space for the embedding cache {partial.name[:-len('.partial')]} "
+                                 f"in {partial.parent}: it needs about {needed / 2**20:.1f} MiB "
+                                 f"({shutil.disk_usage(partial.parent).free / 2**20:.1f} MiB free)") from None
+    finally:
+        os.close(fd)
+
+
+def _fallocate_keep_size(fd: int, size: int) -> None:
+    """Linux ``fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, size)``: reserve the blocks without changing the
+    file's length. ``OSError`` (EOPNOTSUPP where the system or file system has no such call)."""
+    import ctypes
+
+    function = getattr(ctypes.CDLL(None, use_errno=True), "fallocate", None)
+    if function is None:
+        raise OSError(errno.EOPNOTSUPP, "fallocate is not available")
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if function(fd, 1, 0, size) != 0:  # 1 = FALLOC_FL_KEEP_SIZE
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
 def _fsync(path: Path) -> None:
     with open(path, "rb") as file:
         os.fsync(file.fileno())
 
 
-def _abandon(handle: Any, partial: Path, progress_file: Path, err: OSError) -> OSError:
+def _abandon(handle: Any, partial: Path, progress_file: Path, err: Exception) -> OSError:
     """After a failed write (full disk, I/O error) nothing in ``partial`` can be trusted: close it,
-    remove it and its progress record (freeing the space), and return the error to raise."""
+    remove it and its progress record (freeing the space), and return the ``OSError`` to raise.
+
+    ``err`` is an ``OSError``, or the ``RuntimeError`` h5py raises for a failed flush (errno in its text).
+    """
     with contextlib.suppress(Exception):
         handle.close()
     partial.unlink(missing_ok=True)
     progress_file.unlink(missing_ok=True)
-    failed = OSError(f"writing the embedding cache {partial} failed: {err}; the unfinished file was removed, "
-                     "rerun the same command once the problem is fixed")
-    failed.errno = err.errno
-    return failed
+    code = getattr(err, "errno", None)
+    found = re.search(r"errno = (\d+)", str(err))
+    code = code or (int(found[1]) if found else errno.EIO)
+    reason = str(err).splitlines()[0] if isinstance(err, OSError) else os.strerror(code)
+    return OSError(code, f"writing the embedding cache {partial} failed: {reason}; the unfinished file was "
+                         "removed, rerun the same command once the problem is fixed")
 
 
 # ----------------------------------------------------------------------------- reader
