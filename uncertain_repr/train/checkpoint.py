@@ -95,7 +95,9 @@ def load_resume(path: Path) -> Dict[str, Any]:
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (EOFError, RuntimeError, pickle.UnpicklingError, ValueError) as err:
+    except (FileNotFoundError, PermissionError):
+        raise
+    except (EOFError, RuntimeError, pickle.UnpicklingError, ValueError, OSError) as err:  # torch: EINVAL if cut
         problem = "is empty" if Path(path).stat().st_size == 0 else "is truncated or not a plain-tensor resume file"
         detail = (str(err).splitlines() or [""])[0]
         raise ValueError(f"resume file {path} {problem} ({type(err).__name__}: {detail}); the run cannot be "
