@@ -131,7 +131,8 @@ def test_weight_files_are_written_with_the_umask(tmp_path, umask):
 @pytest.mark.parametrize("architecture, message", [(None, "has no 'architecture'"),
                                                    ("no_such_net", "architecture 'no_such_net' is not a timm model")])
 def test_missing_or_unknown_architecture_is_a_clear_error(folder, capsys, architecture, message):
-    edit_config(folder, lambda c: c.pop("architecture") if architecture is None else c.update(architecture=architecture))
+    edit_config(folder, lambda c: c.pop("architecture") if architecture is None
+                else c.update(architecture=architecture))
     with pytest.raises(ValueError, match=message):
         ur.load_model(folder)
     assert main(["predict", "--model", str(folder), str(folder / "missing.png")]) == 2

@@ -454,9 +454,10 @@ def _preallocated() -> Dict[str, Any]:
 
 def _reserve_space(partial: Path, size: int, *, create: bool = False) -> None:
     """Reserve the disk blocks of ``partial`` up to ``size`` bytes plus room for HDF5's metadata
-    (``fallocate``, the file's length unchanged): a disk that fills up while the build runs then never fails an HDF5 write
-    (after which HDF5 can crash the process). ``OSError`` (ENOSPC) naming the cache if it does not fit;
-    with ``create``, ``partial`` is created exclusively here and removed again on failure."""
+    (``fallocate``, the file's length unchanged): a disk that fills up while the build runs then
+    never fails an HDF5 write (after which HDF5 can crash the process). ``OSError`` naming the
+    cache if it does not fit; with ``create``, ``partial`` is created exclusively here and removed
+    again on failure."""
     needed = size + size // 50 + (64 << 10)
     fd = os.open(partial, os.O_RDWR | os.O_CREAT | (os.O_EXCL if create else 0), 0o666)
     try:
@@ -471,8 +472,11 @@ def _reserve_space(partial: Path, size: int, *, create: bool = False) -> None:
     except OSError as err:
         if create:
             partial.unlink(missing_ok=True)
-        raise OSError(err.errno, f"not enough free space for the embedding cache {partial.name[:-len('.partial')]} "
-                                 f"in {partial.parent}: it needs about {needed / 2**20:.1f} MiB "
+        name = partial.name[: -len(".partial")]
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(err.errno, f"reserving disk space for the embedding cache {name} failed: {err}") from None
+        raise OSError(err.errno, f"not enough free space for the embedding cache {name} in {partial.parent}: "
+                                 f"it needs about {needed / 2**20:.1f} MiB "
                                  f"({shutil.disk_usage(partial.parent).free / 2**20:.1f} MiB free)") from None
     finally:
         os.close(fd)
