@@ -46,13 +46,13 @@ class TrainConfig:
     dataset: str = ""
     data_dir: str = ""
     train_split: str = "train"
+    allow_eval_cache: bool = False
     dataset_eval: str = ""
     data_dir_eval: str = ""
     val_split: str = "validation"
     dataset_downstream: List[str] = dataclasses.field(default_factory=list)
     data_dir_downstream: str = ""
     workers: int = 4
-    allow_eval_cache: bool = False
     # optimisation
     epochs: int = 32
     iters_instead_of_epochs: int = 0
@@ -176,13 +176,13 @@ _HELP = {
     "dataset": "training set: 'hdf5/PATH.h5' for an embedding cache, or a dataset name",
     "data_dir": "root folder of the training set",
     "train_split": "split of the training set",
+    "allow_eval_cache": "train on an embedding cache built with the evaluation transform (refused otherwise)",
     "dataset_eval": "validation set ('hdf5/PATH.h5' or a name; default: --dataset unless it is a cache)",
     "data_dir_eval": "root of the validation set (default: --data-dir)",
     "val_split": "split used for validation",
     "dataset_downstream": "downstream sets validated every epoch (their --val-split)",
     "data_dir_downstream": "root of the downstream sets (default: --data-dir)",
     "workers": "DataLoader worker processes",
-    "allow_eval_cache": "train on an embedding cache built with the evaluation transform (refused otherwise)",
     "epochs": "training epochs",
     "iters_instead_of_epochs": "samples per epoch (0 = one pass over the training set)",
     "batch_size": "samples per micro-batch and process",
