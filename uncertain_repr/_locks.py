@@ -23,19 +23,15 @@ def exclusive_lock(lock_file: Path, what: str) -> Iterator[None]:
     ``LockedError`` at once, naming ``what``, if another process holds it. The file is removed
     on exit while still locked; a waiter that locked the removed file notices and retries.
     """
-    import fcntl
-
     lock_file = Path(lock_file)
     while True:
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _try_lock(fd):
             os.close(fd)
             raise LockedError(
                 f"another process is writing {what} (it holds {lock_file}); wait for it to finish, "
                 "or choose another output"
-            ) from None
+            )
         try:
             same = os.fstat(fd).st_ino == os.stat(lock_file).st_ino
         except FileNotFoundError:
@@ -51,3 +47,22 @@ def exclusive_lock(lock_file: Path, what: str) -> Iterator[None]:
         except OSError:  # already gone, or a read-only file system: the lock dies with the fd anyway
             pass
         os.close(fd)
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive lock on ``fd`` without waiting; ``False`` if another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True

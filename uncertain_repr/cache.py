@@ -148,7 +148,8 @@ def _write_progress(path: Path, rows: int) -> None:
     no new disk space (a full disk cannot stop it) and a kill cannot leave half a record."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
     try:
-        os.pwrite(fd, json.dumps({"rows": rows}).ljust(_PROGRESS_BYTES).encode(), 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps({"rows": rows}).ljust(_PROGRESS_BYTES).encode())
     finally:
         os.close(fd)
 
