@@ -62,6 +62,7 @@ def build_datasets(
         raise ValueError("no training set: pass --dataset (a name, or hdf5/PATH.h5 for an embedding cache)")
     train_set = open_dataset(config.dataset, config.data_dir, config.train_split, model, train=True)
     eval_name = config.dataset_eval
+    check_training_cache(config, train_set)
     if not eval_name and not config.dataset_downstream and not config.dataset.startswith(CACHE_PREFIX):
         eval_name = config.dataset
     val_set = None
@@ -73,6 +74,19 @@ def build_datasets(
         for name in config.dataset_downstream
     }
     return train_set, val_set, downstream
+
+
+def check_training_cache(config: TrainConfig, train_set: Dataset) -> None:
+    """``ValueError`` if the training set is a cache built with the evaluation transform (its manifest
+    says ``augment=false``), unless ``config.allow_eval_cache``."""
+    manifest = getattr(train_set, "manifest", None)
+    if manifest is None or manifest.get("augment", True) or config.allow_eval_cache:
+        return
+    raise ValueError(
+        f"training set {config.dataset} was cached with the evaluation transform (manifest: augment=false, "
+        f"transform {manifest.get('transform')}); cache the training split with the training transform "
+        "(uncertain-repr cache --is_training true), or pass --allow-eval-cache to train on it anyway"
+    )
 
 
 def run(config: TrainConfig) -> FitResult:
