@@ -156,6 +156,21 @@ def main() -> None:
                 cpu_ms[name].append(1000 * (time.process_time() - cpu) / n)
                 loads[name].append(os.getloadavg()[0])
 
+        print(f"\n{n} images, batch {args.batch}, {args.workers} workers, torch threads {torch.get_num_threads()}, "
+              f"{os.cpu_count()} CPUs, {args.rounds} rounds (median); runtime: {fast_steady.runtime}")
+        print("img/s = wall clock (noisy on a shared machine); CPU ms/img = this process's CPU time (robust to load;"
+              " DataLoader workers not counted). Speed-ups vs the reference row above them (the eager loop, then the"
+              " eager backbone).")
+        print(f"{'path':<58} {'img/s':>7} {'speed-up':>8} {'CPU ms/img':>10} {'speed-up':>8}  load (1 min)")
+        ref_speed = ref_cpu = 0.0
+        for name, values in speeds.items():
+            speed, cpu = statistics.median(values), statistics.median(cpu_ms[name])
+            if name.startswith(("reference", "backbone only: eager")):
+                ref_speed, ref_cpu = speed, cpu
+            print(f"{name:<58} {speed:>7.1f} {speed / ref_speed:>7.2f}x {cpu:>10.1f} {ref_cpu / cpu:>7.2f}x  "
+                  f"{' '.join(f'{x:.1f}' for x in loads[name])}")
+        sys.stdout.flush()
+
         one = str(paths[0])
         startups = {
             "python -c 'import torch'": [sys.executable, "-c", "import torch"],
@@ -174,19 +189,6 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\n{n} images, batch {args.batch}, {args.workers} workers, torch threads {torch.get_num_threads()}, "
-          f"{os.cpu_count()} CPUs, {args.rounds} rounds (median); runtime: {fast_steady.runtime}")
-    print("img/s = wall clock (noisy on a shared machine); CPU ms/img = this process's CPU time (robust to load;"
-          " DataLoader workers not counted). Speed-ups vs the reference row above them (the eager loop, then the"
-          " eager backbone).")
-    print(f"{'path':<58} {'img/s':>7} {'speed-up':>8} {'CPU ms/img':>10} {'speed-up':>8}  load (1 min)")
-    ref_speed = ref_cpu = 0.0
-    for name, values in speeds.items():
-        speed, cpu = statistics.median(values), statistics.median(cpu_ms[name])
-        if name.startswith(("reference", "backbone only: eager")):
-            ref_speed, ref_cpu = speed, cpu
-        print(f"{name:<58} {speed:>7.1f} {speed / ref_speed:>7.2f}x {cpu:>10.1f} {ref_cpu / cpu:>7.2f}x  "
-              f"{' '.join(f'{x:.1f}' for x in loads[name])}")
     print(f"\n{'start-up (subprocess wall time)':<58} {'s':>7}")
     for name, values in walls.items():
         print(f"{name:<58} {statistics.median(values):>7.2f}")
