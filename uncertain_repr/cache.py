@@ -313,7 +313,7 @@ def build(
         if final.exists():
             return _finished(final, manifest)
         return _write(model, dataset, final, manifest, keys, batch_size=batch_size, num_workers=num_workers,
-                      chunk_size=chunk_size, device=device, progress=progress, on_chunk=on_chunk)
+                      chunk_size=chunk_size, device=device, progress=progress, on_chunk=on_chunk, fast=fast)
 
 
 def _finished(final: Path, manifest: Mapping[str, Any]) -> Path:
@@ -330,7 +330,7 @@ def _finished(final: Path, manifest: Mapping[str, Any]) -> Path:
 def _write(
     model: nn.Module, dataset: Dataset, final: Path, manifest: Mapping[str, Any], keys: Sequence[Tuple[int, int]],
     *, batch_size: int, num_workers: int, chunk_size: int, device: torch.device, progress: Optional[bool],
-    on_chunk: Optional[Callable[[int], None]],
+    on_chunk: Optional[Callable[[int], None]], fast: bool,
 ) -> Path:
     """Write (or resume) the rows ``keys`` of one shard; the caller holds the shard's lock."""
     import h5py
