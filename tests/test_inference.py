@@ -179,3 +179,27 @@ def test_other_architectures_equal_eager(backbone):
     out = fast(x)
     assert fast.runtime == "channels_last+jit_freeze+onednn"
     _assert_close(out, _eager(model, x))
+
+
+def test_benchmark_runner_records_the_runtime_and_agrees_with_eager():
+    from uncertain_repr import benchmark
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self):
+            self.x = torch.randn(12, 3, 32, 32)
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return {"image": self.x[i], "label": i % 3, "index": i}
+
+    model, images = ur.Uncertainizer("test_efficientnet", "class-entropy", backbone_args={"num_classes": 3}).eval(), Images()
+    runs = {fast: benchmark.run(model, {"a": images}, batch_size=5, num_workers=0, progress=False, fast=fast)
+            for fast in (True, False)}
+    assert runs[True]["meta"]["backbone_runtime"] == "channels_last+jit_freeze+onednn"
+    assert runs[False]["meta"]["backbone_runtime"] == "eager"
+    fast, eager = runs[True]["metrics"]["class-entropy"], runs[False]["metrics"]["class-entropy"]
+    assert fast.keys() == eager.keys()
+    for name, value in eager.items():
+        assert fast[name] == (None if value is None else pytest.approx(value, abs=1e-4)), name
