@@ -12,7 +12,10 @@ over ``--rounds`` (median img/s of each; the load average is printed with every 
   whole run including tracing);
 - start-up: wall time of ``python -m uncertain_repr.cli predict IMAGE`` and of bare imports.
 
-    python benchmarks/bench_inference.py [--images 200] [--batch 32] [--rounds 2] [--workers 2]
+    OMP_NUM_THREADS=1 python benchmarks/bench_inference.py [--images 200] [--batch 32] [--rounds 2] [--workers 0]
+
+One thread makes the CPU-time column a measure of work even on a loaded machine (with more
+threads, OpenMP's spin-waiting inflates it).
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ def main() -> None:
                         help="DataLoader workers of the reference, cache and benchmark (0: all work in this process, "
                              "so the CPU-time column counts all of it)")
     parser.add_argument("--startup-rounds", type=int, default=2)
+    parser.add_argument("--no-eager-commands", action="store_true", help="skip the three commands' --eager rows")
     args = parser.parse_args()
 
     import timm
@@ -145,6 +149,8 @@ def main() -> None:
             "backbone only: frozen_inference, whole run incl. tracing": backbone_fast(False),
             "backbone only: frozen_inference, steady state": backbone_fast(True),
         }
+        if args.no_eager_commands:
+            paths_ = {k: v for k, v in paths_.items() if not k.endswith("--eager")}
         speeds: Dict[str, List[float]] = {k: [] for k in paths_}
         cpu_ms: Dict[str, List[float]] = {k: [] for k in paths_}
         loads: Dict[str, List[float]] = {k: [] for k in paths_}
