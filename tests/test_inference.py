@@ -203,3 +203,15 @@ def test_benchmark_runner_records_the_runtime_and_agrees_with_eager():
     assert fast.keys() == eager.keys()
     for name, value in eager.items():
         assert fast[name] == (None if value is None else pytest.approx(value, abs=1e-4)), name
+
+
+def test_import_stays_light():
+    """``import uncertain_repr`` loads torch and numpy only: the heavy optional libraries load where used."""
+    import subprocess
+    import sys
+
+    heavy = ("scipy", "sklearn", "h5py", "huggingface_hub", "matplotlib", "timm", "torchvision", "faiss")
+    code = f"import sys, uncertain_repr; print([m for m in {heavy!r} if m in sys.modules])"
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip() == "[]"

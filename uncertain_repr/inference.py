@@ -10,7 +10,8 @@ embedding, exactly as ``model(embedding=e)`` does.
 
 Measured on EfficientNet-Lite0, batch 32, CPU-seconds per batch on one thread (robust to a
 loaded machine; ``benchmarks/bench_inference.py`` has the wall-clock figures): eager 1.6,
-channels-last 1.05 (1.5x), + frozen graph 0.69 (2.3x), + oneDNN fusion 0.58 (2.8x);
+channels-last 1.05 (1.5x), + frozen graph 0.69 (2.3x), + oneDNN fusion 0.58 on its first runs and
+0.41 once warm (2.8-3.8x);
 ``torch.jit.optimize_for_inference`` 1.0. ``torch.compile`` spent 66 s compiling and 126 s
 recompiling for the last partial batch (2 loaded cores), more than a 200-image run takes eagerly.
 
