@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -18,7 +18,9 @@ CACHE_PREFIX = "hdf5/"
 
 
 def build_model(config: TrainConfig) -> nn.Module:
-    """``--initial-checkpoint`` (its backbone and method), else a new ``Uncertainizer`` from the flags.
+    """``--initial-checkpoint`` (its backbone and method), else a new ``Uncertainizer`` from the flags
+    (the original's model suffixes, ``--num-heads`` and ``--unc-module`` names are mapped by
+    :func:`~.original_flags.resolve_approach`).
 
     The new uncertainty head is initialised from ``config.seed``, identically on every rank.
     """
@@ -27,26 +29,40 @@ def build_model(config: TrainConfig) -> nn.Module:
 
         return load_model(config.initial_checkpoint)
     from ..model import Uncertainizer
+    from .original_flags import resolve_approach, warn
 
-    method_args = {"width": config.unc_width, "depth": config.unc_depth} if config.unc_module == "pred-net" else {}
+    approach = resolve_approach(config)
+    for note in approach.notes:
+        warn(note)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return Uncertainizer(config.model, config.unc_module, pretrained=config.pretrained,
-                             stopgrad=config.stopgrad, **method_args)
+        return Uncertainizer(approach.backbone, approach.method, pretrained=config.pretrained,
+                             stopgrad=config.stopgrad, backbone_args=approach.backbone_args or None,
+                             **approach.method_args)
 
 
-def open_dataset(name: str, root: str, split: str, model: nn.Module, *, train: bool) -> Dataset:
+def open_dataset(name: str, root: str, split: str, model: nn.Module, *, train: bool, img_size: Optional[int] = None,
+                 ssl: bool = False) -> Dataset:
     """``hdf5/PATH`` -> :class:`CachedEmbeddings` checked against ``model``; else a registered image dataset
-    with the model's train (augmenting) or eval transform."""
+    with the model's train (augmenting) or eval transform at ``img_size``. ``ssl``: two views per item
+    (:func:`~.ssl.two_views`)."""
     if name.startswith(CACHE_PREFIX):
         from ..cache import CachedEmbeddings
 
-        return CachedEmbeddings(name[len(CACHE_PREFIX):], expect=model)
+        dataset: Dataset = CachedEmbeddings(name[len(CACHE_PREFIX):], expect=model)
+        if ssl:
+            from .ssl import CachedViewPairs
+
+            dataset = CachedViewPairs(dataset)
+        return dataset
     from .. import data
 
     if not root:
         raise ValueError(f"dataset {name!r} needs a root folder (--data-dir)")
-    transform = data.train_transform(model) if train else data.eval_transform(model)
+    if ssl:
+        dataset = data.create_dataset(name, root, split)
+        return data.TwoViews(dataset, data.ssl_transform(model, img_size=img_size))
+    transform = data.train_transform(model, img_size=img_size) if train else data.eval_transform(model, img_size=img_size)
     return data.create_dataset(name, root, split, transform=transform)
 
 

@@ -1,0 +1,74 @@
+"""Self-supervised training data (``--ssl true``): two views per image, on images or on an embedding cache.
+
+Batches follow the layout of the contrastive losses (:mod:`uncertain_repr.losses.contrastive`):
+``2B`` rows ``[x0_v1, x0_v2, x1_v1, x1_v2, ...]``, rows ``2k`` and ``2k + 1`` a positive pair,
+built by :func:`~uncertain_repr.data.collate_views`. On images each view is a fresh draw of
+:func:`~uncertain_repr.data.ssl_transform` (:class:`~uncertain_repr.data.TwoViews`); on a cache the
+two views of an image are two of its cached augmented epochs (:class:`CachedViewPairs`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..data import collate_views
+
+
+class CachedViewPairs(Dataset):
+    """Pairs of cached rows showing the same image: item ``k`` has ``"embedding"`` ``[2, D]``.
+
+    The rows of every sample index are taken in epoch order and paired (epochs 0 and 1, 2 and 3,
+    ...); an odd last epoch is left out. So a cache written with ``--epochs 2`` gives one pair per
+    image, and one with ``2E`` epochs gives E pairs.
+
+    Args:
+        cache: a :class:`~uncertain_repr.cache.CachedEmbeddings` (or any dataset whose items have
+            ``embedding``, ``index`` and ``epoch``).
+    """
+
+    collate_fn = staticmethod(collate_views)
+
+    def __init__(self, cache: Dataset) -> None:
+        self.cache = cache
+        rows = [cache[i] for i in range(len(cache))] if not hasattr(cache, "files") else None
+        indices, epochs = self._keys(cache) if rows is None else (
+            np.array([r["index"] for r in rows]), np.array([r["epoch"] for r in rows]))
+        order = np.lexsort((epochs, indices))  # by sample index, then epoch
+        pairs: List[Tuple[int, int]] = []
+        start = 0
+        sorted_idx = indices[order]
+        while start < len(order):
+            stop = start
+            while stop < len(order) and sorted_idx[stop] == sorted_idx[start]:
+                stop += 1
+            group = order[start:stop]
+            pairs += [(int(group[j]), int(group[j + 1])) for j in range(0, len(group) - 1, 2)]
+            start = stop
+        if not pairs:
+            raise ValueError("--ssl on a cache needs at least two cached views (epochs) of each image; "
+                             "build the cache with `uncertain-repr cache --epochs 2` (or more)")
+        self.pairs = pairs
+
+    @staticmethod
+    def _keys(cache: Any) -> Tuple[np.ndarray, np.ndarray]:
+        import h5py
+
+        indices, epochs = [], []
+        for file in cache.files:
+            with h5py.File(file, "r") as handle:
+                indices.append(handle["indices"][()])
+                epochs.append(handle["epochs"][()])
+        return np.concatenate(indices), np.concatenate(epochs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, k: int) -> Dict[str, Any]:
+        first, second = (self.cache[i] for i in self.pairs[k])
+        item = dict(first)
+        item["embedding"] = torch.stack([first["embedding"], second["embedding"]])
+        return item
