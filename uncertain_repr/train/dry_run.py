@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict
@@ -54,7 +55,8 @@ def dry_run(config: TrainConfig) -> DryRun:
 
     if config.initial_checkpoint and not Path(config.initial_checkpoint).exists():
         raise FileNotFoundError(f"--initial-checkpoint {config.initial_checkpoint}: no such file or folder")
-    with torch.device("meta"):  # shapes and hyperparameters only: no weights are initialised
+    # a new model: shapes and hyperparameters only, no weights initialised; a checkpoint is read for real
+    with contextlib.nullcontext() if config.initial_checkpoint else torch.device("meta"):
         model = build_model(config.replace(pretrained=False))
     model.set_trainable(backbone=not config.freeze_backbone, classifier=not config.freeze_classifier,
                         method=not config.freeze_prednet)

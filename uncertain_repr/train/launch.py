@@ -42,10 +42,10 @@ def build_model(config: TrainConfig) -> nn.Module:
 
 
 def open_dataset(name: str, root: str, split: str, model: nn.Module, *, train: bool, img_size: Optional[int] = None,
-                 ssl: bool = False) -> Dataset:
+                 ssl: bool = False, max_samples: int = 0) -> Dataset:
     """``hdf5/PATH`` -> :class:`CachedEmbeddings` checked against ``model``; else a registered image dataset
     with the model's train (augmenting) or eval transform at ``img_size``. ``ssl``: two views per item
-    (:func:`~.ssl.two_views`)."""
+    (:mod:`.ssl`). ``max_samples``: only the first N images (0 = all; for smoke runs)."""
     if name.startswith(CACHE_PREFIX):
         from ..cache import CachedEmbeddings
 
@@ -60,10 +60,15 @@ def open_dataset(name: str, root: str, split: str, model: nn.Module, *, train: b
     if not root:
         raise ValueError(f"dataset {name!r} needs a root folder (--data-dir)")
     if ssl:
-        dataset = data.create_dataset(name, root, split)
-        return data.TwoViews(dataset, data.ssl_transform(model, img_size=img_size))
-    transform = data.train_transform(model, img_size=img_size) if train else data.eval_transform(model, img_size=img_size)
-    return data.create_dataset(name, root, split, transform=transform)
+        transform = None
+    elif train:
+        transform = data.train_transform(model, img_size=img_size)
+    else:
+        transform = data.eval_transform(model, img_size=img_size)
+    images = data.create_dataset(name, root, split, transform=transform)
+    if max_samples:
+        images = images.subset(range(min(max_samples, len(images))))
+    return data.TwoViews(images, data.ssl_transform(model, img_size=img_size)) if ssl else images
 
 
 def build_datasets(
@@ -76,19 +81,32 @@ def build_datasets(
     """
     if not config.dataset:
         raise ValueError("no training set: pass --dataset (a name, or hdf5/PATH.h5 for an embedding cache)")
-    train_set = open_dataset(config.dataset, config.data_dir, config.train_split, model, train=True)
+    train_set = open_dataset(config.dataset, config.data_dir, config.train_split, model, train=True,
+                             img_size=config.img_size, ssl=config.ssl)
     eval_name = config.dataset_eval
     if not eval_name and not config.dataset_downstream and not config.dataset.startswith(CACHE_PREFIX):
         eval_name = config.dataset
     val_set = None
     if eval_name:
         val_set = open_dataset(eval_name, config.data_dir_eval or config.data_dir, config.val_split, model,
-                               train=False)
-    downstream = {
-        name: open_dataset(name, config.data_dir_downstream or config.data_dir, config.val_split, model, train=False)
-        for name in config.dataset_downstream
-    }
-    return train_set, val_set, downstream
+                               train=False, img_size=config.img_size)
+    return train_set, val_set, _downstream(config, model, config.dataset_downstream, config.val_split)
+
+
+def _downstream(config: TrainConfig, model: nn.Module, names: Sequence[str], split: str) -> Dict[str, Dataset]:
+    return {name: open_dataset(name, config.data_dir_downstream or config.data_dir, split, model, train=False,
+                               img_size=config.img_size) for name in names}
+
+
+def build_test_sets(config: TrainConfig, model: nn.Module) -> Tuple[Dict[str, Dataset], Dict[str, Dataset]]:
+    """(``--dataset-downstream`` sets, ``--further-dataset-downstream`` sets) on ``--test-split``;
+    both empty without a test split (the further sets are only ever tested, as in the original)."""
+    if not config.test_split:
+        if config.further_dataset_downstream:
+            raise ValueError("--further-dataset-downstream sets are evaluated on --test-split: give --test-split")
+        return {}, {}
+    return (_downstream(config, model, config.dataset_downstream, config.test_split),
+            _downstream(config, model, config.further_dataset_downstream, config.test_split))
 
 
 def run(config: TrainConfig) -> FitResult:
@@ -96,9 +114,19 @@ def run(config: TrainConfig) -> FitResult:
     device = dist_utils.init_from_env(config.device)
     try:
         model = build_model(config).to(device)
+        if config.validate_only:
+            from .zero_shot import validate_only
+
+            return validate_only(model, config.replace(device=str(device)))
         train_set, val_set, downstream = build_datasets(config, model)
-        return fit(model, train_set, config.replace(device=str(device)), val_set=val_set,
-                   downstream_sets=downstream)
+        result = fit(model, train_set, config.replace(device=str(device)), val_set=val_set,
+                     downstream_sets=downstream)
+        tests, further = build_test_sets(config, model)
+        if tests or further:
+            from .zero_shot import add_test_results
+
+            add_test_results(result, model, config.replace(device=str(device)), tests, further)
+        return result
     finally:
         dist_utils.shutdown()
 
@@ -106,8 +134,11 @@ def run(config: TrainConfig) -> FitResult:
 def report(result: FitResult) -> str:
     """One human-readable line about the finished run."""
     where = f"; checkpoints in {result.output_dir}" if result.output_dir else ""
+    last = result.history[-1] if result.history else {}
+    if "train_loss" not in last:
+        value = f": {result.eval_metric} = {result.best_metrics[result.eval_metric]:.6g}" if result.eval_metric else ""
+        return f"validated only (no training){value}; {len(last) - 2} result(s){where.replace('checkpoints', 'results')}"
     if result.best_epoch is None:
-        last = result.history[-1] if result.history else {}
         return f"trained {len(result.history)} epoch(s), last train_loss {last.get('train_loss', float('nan')):.6g}{where}"
     metric = result.eval_metric
     return f"best epoch {result.best_epoch}: {metric} = {result.best_metrics[metric]:.6g}{where}"

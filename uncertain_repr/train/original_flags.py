@@ -392,9 +392,13 @@ def check_flag_value(flag: str, value: Any) -> None:
         warn(f"{flag} is ignored: {setting.reason}")
     elif isinstance(setting, DefaultOnly):
         if not _same_value(value, setting.default):
-            raise ValueError(f"{flag} {value!r}: {setting.feature} is not implemented here "
+            raise ValueError(f"{flag} {_shown(value)}: {setting.feature} is not implemented here "
                              f"(only the original default {setting.default!r} is accepted)")
-        warn(f"{flag} {value!r} is the original default, a no-op ({setting.feature} is not implemented here)")
+        warn(f"{flag} {_shown(value)} is the original default, a no-op ({setting.feature} is not implemented here)")
+
+
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _same_value(value: Any, default: Any) -> bool:
