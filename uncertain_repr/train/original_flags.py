@@ -358,7 +358,8 @@ def resolve_approach(config: Any) -> Approach:
     if config.num_classes is not None:
         approach.backbone_args["num_classes"] = config.num_classes
     if config.img_size is not None and _fixed_input_size(backbone):
-        approach.backbone_args["img_size"] = config.img_size
+        size = config.img_size
+        approach.backbone_args.update(img_size=size, pretrained_cfg_overlay={"input_size": (3, size, size)})
     approach.notes = list(dict.fromkeys(approach.notes))
     return approach
 
