@@ -14,6 +14,7 @@ import shlex
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -331,3 +332,79 @@ def test_downstream_labels_beyond_the_classifier_leave_top_k_undefined():
     ev = Evaluator()
     ev.update(emb, torch.rand(6), torch.tensor([0, 1, 2, 3, 4, 5]), logits=torch.randn(6, 10))
     assert "top1" in ev.compute()
+
+
+def _entropy(p):
+    return -(p * np.log(p)).sum(-1)
+
+
+def test_jsd_and_hetxl_det_modules_follow_the_original_formulas():
+    torch.manual_seed(0)
+    args = ["--pretrained", "false", "--img-size", "32", "--num-classes", "5"]
+    # --num-heads K --unc-module jsd: H(mean_s p_s) - mean_s H(p_s) over the K heads (url-spec §1.2)
+    model = build_model(parse_args(["--model", "test_vit", "--num-heads", "3", "--unc-module", "jsd", *args])).eval()
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
+    e = out.embedding.detach().numpy().astype(np.float64)
+    w, b = (t.detach().numpy().astype(np.float64) for t in (model.method.heads.weight, model.method.heads.bias))
+    logits = np.stack([e @ w[k * 5:(k + 1) * 5].T + b[k * 5:(k + 1) * 5] for k in range(3)])  # [S, B, C]
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    jsd = _entropy(p.mean(0)) - _entropy(p).mean(0)
+    np.testing.assert_allclose(out.uncertainty.detach().numpy(), jsd, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out.logits.detach().numpy(), np.log(p.mean(0)), rtol=1e-4, atol=1e-5)
+    # *hetxl --unc-module hetxl-det: sum_d log(sum_r V_dr^2 + softplus(theta_diag)_d), theta = f C (§1.9)
+    model = build_model(parse_args(["--model", "test_vithetxl", "--unc-module", "hetxl-det", "--rank_V", "2",
+                                    "--c-mult", "0.05", *args])).eval()
+    out = model(x)
+    e = out.embedding.detach().numpy().astype(np.float64)
+    c = model.method.cov_proj.detach().numpy().astype(np.float64)
+    assert c.std() == pytest.approx(0.05, rel=0.05)  # C ~ c_mult * N(0, 1)
+    d = e.shape[1]
+    theta = e @ c
+    v = theta[:, : 2 * d].reshape(2, d, 2)
+    diag = np.log1p(np.exp(theta[:, 2 * d:]))
+    np.testing.assert_allclose(out.uncertainty.detach().numpy(), np.log((v ** 2).sum(-1) + diag).sum(-1), rtol=1e-4)
+    # *dropout --drop p --unc-module jsd: dropout p after every activation of a ResNet, mutual information
+    model = build_model(parse_args(["--model", "test_resnetdropout", "--drop", "0.3", "--unc-module", "jsd", *args]))
+    method = model.method
+    assert (method.backbone_dropout, method.backbone_dropout_at, method.drop_rate, method.mode) == \
+        (0.3, "activations", 0.0, "jsd")
+    unc = model.eval()(x).uncertainty
+    assert (unc > 0).all() and not torch.equal(unc, model(x).uncertainty)  # stochastic at eval, as MC dropout
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ssl_recipe_trains_in_two_gloo_processes_on_cached_view_pairs(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from uncertain_repr.cache import build
+
+    from ._train_helpers import SyntheticImages
+
+    line = _require(next((x for x in LINES if x and "--loss=mcinfonce" in x and "resnet50" in x), None))
+    torch.set_num_threads(1)
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "init")
+    cache = build(model.eval(), SyntheticImages(32), tmp_path / "train.h5", epochs=2, batch_size=32)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    flags = [*shlex.split(line)[1:], "--initial-checkpoint", str(tmp_path / "init"), "--dataset", f"hdf5/{cache}",
+             "--dataset_eval", f"hdf5/{cache}", "--freeze_backbone", "true", "--epochs", "2", "-b", "4",
+             "--accumulation_steps", "2", "--warmup-epochs", "0", "-j", "0", "--device", "cpu",
+             "--output", str(tmp_path / "run")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+         "-m", "uncertain_repr.train", *flags],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("best epoch") == 1
+    rows = (tmp_path / "run" / "summary.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(math.isfinite(float(r.split(",")[2])) for r in rows[1:])
+    trained = ur.load_model(tmp_path / "run" / "last").method.state_dict()
+    assert not torch.equal(trained["net.0.weight"], model.method.net[0].weight)
