@@ -408,3 +408,25 @@ def test_ssl_recipe_trains_in_two_gloo_processes_on_cached_view_pairs(tmp_path):
     assert len(rows) == 3 and all(math.isfinite(float(r.split(",")[2])) for r in rows[1:])
     trained = ur.load_model(tmp_path / "run" / "last").method.state_dict()
     assert not torch.equal(trained["net.0.weight"], model.method.net[0].weight)
+
+
+def test_every_original_flag_of_the_table_is_documented():
+    from uncertain_repr.train.original_flags import ORIGINAL_FLAGS
+
+    text = (REPO_ROOT / "docs" / "migrating.md").read_text()
+    wildcards = [w[1:-2] for w in __import__("re").findall(r"`--[\w-]*\*`", text)]
+    missing = [f for f in ORIGINAL_FLAGS if not any(f"{a}{f}{b}" in text for a in "`/" for b in "`/ ")
+               and not any(f.startswith(w) for w in wildcards)]
+    assert not missing, missing
+
+
+def test_cache_accepts_the_original_model_names_and_flags(shared_data, tmp_path, capsys):
+    data = shared_data("tiny_imagenet200").parent
+    out = tmp_path / "c.h5"
+    with pytest.warns(UserWarning, match="--pin-mem is ignored"):
+        assert main(["cache", "--model", "test_resnethetxl", "--pretrained", "false", "--dataset", "tar/tiny_imagenet200",
+                     "--data-dir", str(data), "--split", "validation", "--max-samples", "4", "-j", "0", "-b", "4",
+                     "--pin-mem", "true", "-o", str(out)]) == 0
+    from uncertain_repr.cache import CachedEmbeddings
+
+    assert CachedEmbeddings(out).manifest["backbone"] == "test_resnet"

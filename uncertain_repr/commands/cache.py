@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from ..train.config import parse_bool, parse_pretrained
+from ..train.config import add_original_flags, check_original_flags, parse_bool, parse_pretrained
 
 HELP = "compute a backbone's embeddings of (augmented) images once and store them in an HDF5 cache"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", required=True, help="the .h5 file to write (rank shards next to it)")
-    parser.add_argument("--model", default="vit_base_patch16_224.augreg_in21k", help="timm backbone (default: %(default)s)")
+    parser.add_argument("--model", default="vit_base_patch16_224.augreg_in21k",
+                        help="timm backbone; the original's suffixed names (resnet50hetxl, ...) cache their "
+                             "backbone (default: %(default)s)")
     parser.add_argument("--pretrained", type=parse_pretrained, nargs="?", const=True, default=True,
                         metavar="BOOL|WEIGHTS",
                         help="load the backbone's pretrained timm weights (default: true), or named package "
@@ -37,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels-last", "--channels_last", action="store_true",
                         help="run the backbone in channels-last memory format (about 2x faster for conv nets on "
                              "CPU; embeddings equal up to float rounding, so it is not part of the manifest)")
+    add_original_flags(parser)  # the original create_cached_dataset.py flags that mean nothing here
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,10 +50,12 @@ def run(args: argparse.Namespace) -> int:
     from ..train import distributed as dist_utils
     from ..train.config import TrainConfig
     from ..train.launch import build_model
+    from ..train.original_flags import split_model_name
 
+    check_original_flags(args)
     device = dist_utils.init_from_env(args.device)
     try:
-        model = build_model(TrainConfig(model=args.model, pretrained=args.pretrained,
+        model = build_model(TrainConfig(model=split_model_name(args.model)[0], pretrained=args.pretrained,
                                         initial_checkpoint=args.initial_checkpoint)).to(device)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)

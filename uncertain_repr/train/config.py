@@ -323,11 +323,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         elif kind is not type(None):
             kwargs.update(type=kind)
         parser.add_argument(*flags, **kwargs)
+    add_original_flags(parser)
+
+
+def add_original_flags(parser: argparse.ArgumentParser) -> None:
+    """Accept the original's ignored and default-only flags (:mod:`.original_flags`), unless the
+    parser has them already; :func:`check_original_flags` then warns or rejects them."""
+    from .original_flags import ORIGINAL_FLAGS
+
+    taken = {s for action in parser._actions for s in action.option_strings}
     for flag, setting in ORIGINAL_FLAGS.items():
-        if not isinstance(setting, str):
+        if not isinstance(setting, str) and flag not in taken:
             parser.add_argument(flag, action=_OriginalFlag, dest="original_flags", metavar=flag,
                                 nargs=setting.nargs or "?", const=True, default=argparse.SUPPRESS,
                                 help=argparse.SUPPRESS)
+
+
+def check_original_flags(args: argparse.Namespace) -> None:
+    """Warn for each ignored original flag given; ``ValueError`` for an unimplemented feature's non-default value."""
+    from .original_flags import check_flag_value
+
+    for flag, value in (getattr(args, "original_flags", None) or {}).items():
+        check_flag_value(flag, value)
 
 
 def _file_settings(path: str) -> Dict[str, Any]:
@@ -345,11 +362,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     word (the original's deprecated ``data``, e.g. ``lr-base=0.001`` without its dashes) warns
     and is ignored, as the original ignored it.
     """
-    from .original_flags import check_flag_value, warn
+    from .original_flags import warn
 
     values = _file_settings(args.config) if getattr(args, "config", None) else {}
-    for flag, value in (getattr(args, "original_flags", None) or {}).items():
-        check_flag_value(flag, value)
+    check_original_flags(args)
     stray = getattr(args, "data", None)
     if stray is not None:
         hint = f"; did you mean --{stray}?" if "=" in stray else ""
