@@ -219,7 +219,7 @@ def test_meaningless_flags_warn_and_yaml_config_gives_defaults(tmp_path):
         parse_args(["--tta", "0"])
     (tmp_path / "args.yaml").write_text("lr_base: 0.02\nbatch_size: 64\nunc_width: 1024\nlog_interval: 50\n"
                                         "dataset_downstream: [repr/cub, repr/cars]\nopt: lamb\n")
-    with pytest.warns(UserWarning, match="--log-interval is ignored"):
+    with pytest.warns(UserWarning, match="args.yaml: ignoring log_interval"):
         config = parse_args(["-c", str(tmp_path / "args.yaml"), "--lr-base", "0.5"])
     assert (config.lr_base, config.batch_size, config.unc_width, config.opt) == (0.5, 64, 1024, "lamb")
     assert config.dataset_downstream == ["repr/cub", "repr/cars"]
@@ -430,3 +430,49 @@ def test_cache_accepts_the_original_model_names_and_flags(shared_data, tmp_path,
     from uncertain_repr.cache import CachedEmbeddings
 
     assert CachedEmbeddings(out).manifest["backbone"] == "test_resnet"
+
+
+def test_an_original_args_yaml_dump_loads_with_one_warning(tmp_path):
+    # what the original train.py wrote as args.yaml: every argparse dest, most at their defaults
+    dump = {"data": None, "data_dir": "./data/ImageNet2012", "dataset": "torch/imagenet", "dataset_eval": "torch/imagenet",
+            "dataset_downstream": ["repr/cub", "repr/cars", "repr/sop"], "further_dataset_downstream": [],
+            "max_num_samples": 100000, "train_split": "train", "val_split": "validation", "test_split": "test",
+            "dataset_download": False, "class_map": "", "n_few_shot": None, "loss": "elk", "ssl": False,
+            "model": "resnet50", "num_heads": 1, "lambda_value": 1.0, "rank_V": 50, "c_mult": 0.1,
+            "gp_input_normalization": False, "gp_cov_discount_factor": 0.999, "use_spec_norm": False,
+            "spec_norm_bound": 6, "mc_samples": 16, "unc_module": "pred-net", "unc_start_value": 0.001,
+            "unc_width": 1024, "pretrained": True, "freeze_backbone": False, "initial_checkpoint": "",
+            "no_resume_opt": False, "num_classes": None, "gp": None, "img_size": None, "in_chans": None,
+            "input_size": None, "crop_pct": None, "mean": None, "std": None, "interpolation": "", "batch_size": 128,
+            "accumulation_steps": 16, "validation_batch_size": None, "channels_last": False, "fuser": "",
+            "grad_checkpointing": False, "fast_norm": False, "model_kwargs": {}, "inv_temp": 28, "hib_add_const": 0,
+            "torchscript": False, "torchcompile": None, "aot_autograd": False, "opt": "lamb", "opt_eps": None,
+            "opt_betas": None, "momentum": 0.9, "weight_decay": 2e-5, "clip_grad": None, "clip_mode": "norm",
+            "layer_decay": None, "opt_kwargs": {}, "sched": "cosine", "sched_on_updates": False, "lr": None,
+            "lr_base": 0.001, "lr_base_size": 256, "lr_base_scale": "", "lr_noise": None, "lr_noise_pct": 0.67,
+            "lr_noise_std": 1.0, "lr_cycle_mul": 1.0, "lr_cycle_decay": 0.5, "lr_cycle_limit": 1, "lr_k_decay": 1.0,
+            "warmup_lr": 1e-4, "min_lr": 0, "epochs": 32, "epoch_repeats": 0.0, "start_epoch": None,
+            "decay_milestones": [90, 180, 270], "decay_epochs": 90, "warmup_epochs": 5, "warmup_prefix": False,
+            "cooldown_epochs": 0, "patience_epochs": 10, "decay_rate": 0.1, "no_aug": False, "scale": [0.08, 1.0],
+            "ratio": [0.75, 1.3333333333333333], "hflip": 0.5, "vflip": 0.0, "color_jitter": 0.4, "aa": None,
+            "aug_repeats": 0, "aug_splits": 0, "jsd_loss": False, "bce_loss": False, "bce_target_thresh": None,
+            "reprob": 0.0, "remode": "pixel", "recount": 1, "resplit": False, "mixup": 0.0, "cutmix": 0.0,
+            "cutmix_minmax": None, "mixup_prob": 1.0, "mixup_switch_prob": 0.5, "mixup_mode": "batch",
+            "mixup_off_epoch": 0, "smoothing": 0.1, "train_interpolation": "random", "drop": 0.0, "drop_connect": None,
+            "drop_path": None, "drop_block": None, "bn_momentum": None, "bn_eps": None, "sync_bn": False,
+            "dist_bn": "reduce", "split_bn": False, "model_ema": False, "model_ema_force_cpu": False,
+            "model_ema_decay": 0.9998, "crop_min": 0.1, "crop_max": 0.75, "seed": 1, "worker_seeding": "all",
+            "log_interval": 50, "recovery_interval": 0, "checkpoint_hist": 10, "workers": 4, "save_images": False,
+            "amp": True, "amp_dtype": "float16", "amp_impl": "native", "no_ddp_bb": False, "pin_mem": False,
+            "no_prefetcher": False, "output": "", "experiment": "", "eval_metric": "avg_downstream_auroc_correct",
+            "tta": 0, "local_rank": 0, "use_multi_epochs_loader": False, "log_wandb": False, "wandb_key": ""}
+    import yaml
+
+    (tmp_path / "args.yaml").write_text(yaml.safe_dump(dump))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config = parse_args(["-c", str(tmp_path / "args.yaml"), "--inv_temp", "27.7"])
+    assert len(caught) == 1 and all(k in str(caught[0].message) for k in ("ignoring", "max_num_samples", "pin_mem"))
+    assert (config.loss, config.opt, config.unc_width, config.smoothing, config.weight_decay) == ("elk", "lamb", 1024, 0.1, 2e-5)
+    assert (config.inv_temp, config.rank_V, config.test_split, config.freeze_backbone) == (27.7, 50, "test", False)
+    assert dry_run(config.replace(dataset="")).loss.inv_temp == 27.7

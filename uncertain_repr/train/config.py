@@ -35,7 +35,7 @@ class TrainConfig:
     num_classes: Optional[int] = None
     img_size: Optional[int] = None
     # method hyperparameters of the original's flags (None: the method's own default)
-    num_heads: int = 1
+    num_heads: Optional[int] = None
     drop: float = 0.0
     rank_V: Optional[int] = None
     c_mult: Optional[float] = None
@@ -103,7 +103,7 @@ class TrainConfig:
     device: Optional[str] = None
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "accumulation_steps", "num_heads"):
+        for name in ("batch_size", "accumulation_steps") + (("num_heads",) if self.num_heads is not None else ()):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.epochs < 0:
@@ -278,7 +278,7 @@ def parse_pretrained(text: str) -> Union[bool, str]:
 
 _OPTIONAL_TYPES: Dict[str, Any] = {
     "lr": float, "clip_grad": float, "validation_batch_size": int, "num_classes": int, "img_size": int,
-    "rank_V": int, "c_mult": float, "gp_cov_discount_factor": float, "spec_norm_bound": float,
+    "num_heads": int, "rank_V": int, "c_mult": float, "gp_cov_discount_factor": float, "spec_norm_bound": float,
     "gp_input_normalization": parse_bool, "use_spec_norm": parse_bool,
 }
 

@@ -118,9 +118,15 @@ def run(config: TrainConfig) -> FitResult:
             from .zero_shot import validate_only
 
             return validate_only(model, config.replace(device=str(device)))
+        from .dry_run import build_loss
+        from .original_flags import loss_notes, warn
+
+        loss_fn = build_loss(config, model)
+        for note in loss_notes(config):
+            warn(note)
         train_set, val_set, downstream = build_datasets(config, model)
         result = fit(model, train_set, config.replace(device=str(device)), val_set=val_set,
-                     downstream_sets=downstream)
+                     downstream_sets=downstream, loss_fn=loss_fn)
         tests, further = build_test_sets(config, model)
         if tests or further:
             from .zero_shot import add_test_results

@@ -406,7 +406,7 @@ def _same_value(value: Any, default: Any) -> bool:
     if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
         return len(value) == len(default) and all(_same_value(a, b) for a, b in zip(value, default))
     if default is None:
-        return value in (None, "", "None", "none", [])
+        return value is None or (isinstance(value, (str, list, tuple, dict)) and str(value) in ("", "None", "none", "[]", "{}", "()"))
     if isinstance(default, bool):
         return str(value).lower() in (("true", "1", "yes") if default else ("false", "0", "no", "none"))
     if isinstance(default, (int, float)):
@@ -439,19 +439,21 @@ def yaml_defaults(path: str, fields: Mapping[str, Any]) -> Dict[str, Any]:
         raise ValueError(f"-c {path}: a YAML config must hold a mapping of settings")
     by_dest = {flag.lstrip("-").replace("-", "_"): flag for flag in ORIGINAL_FLAGS}
     out: Dict[str, Any] = {}
+    ignored: List[str] = []
     for key, value in values.items():
         dest = str(key).replace("-", "_")
+        setting = ORIGINAL_FLAGS.get(by_dest.get(dest, ""))
         if dest in fields:
             out[dest] = value
-        elif dest in by_dest:
-            setting = ORIGINAL_FLAGS[by_dest[dest]]
-            if isinstance(setting, str):
-                out[setting] = value
-            else:
-                check_flag_value(by_dest[dest], value)
-        elif dest == "data":
-            continue
+        elif isinstance(setting, str):
+            out[setting] = value
+        elif isinstance(setting, DefaultOnly) and not _same_value(value, setting.default):
+            check_flag_value(by_dest[dest], value)  # raises: a feature not implemented here
+        elif setting is not None or dest == "data":
+            ignored += [str(key)] if isinstance(setting, Ignored) else []
         else:
             hint = closest(dest, list(fields) + list(by_dest))
             raise ValueError(f"-c {path}: unknown setting {key!r}" + (f"; did you mean {hint!r}?" if hint else ""))
+    if ignored:  # a saved args.yaml holds every setting: one line for all that mean nothing here
+        warn(f"-c {path}: ignoring {', '.join(ignored)} (meaningless here; see docs/migrating.md)")
     return out

@@ -34,20 +34,14 @@ class CachedViewPairs(Dataset):
 
     def __init__(self, cache: Dataset) -> None:
         self.cache = cache
-        rows = [cache[i] for i in range(len(cache))] if not hasattr(cache, "files") else None
-        indices, epochs = self._keys(cache) if rows is None else (
-            np.array([r["index"] for r in rows]), np.array([r["epoch"] for r in rows]))
-        order = np.lexsort((epochs, indices))  # by sample index, then epoch
+        indices, epochs = self._keys(cache)
+        order = np.lexsort((epochs, indices))  # rows by sample index, then epoch
+        keys = indices[order]
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
         pairs: List[Tuple[int, int]] = []
-        start = 0
-        sorted_idx = indices[order]
-        while start < len(order):
-            stop = start
-            while stop < len(order) and sorted_idx[stop] == sorted_idx[start]:
-                stop += 1
-            group = order[start:stop]
-            pairs += [(int(group[j]), int(group[j + 1])) for j in range(0, len(group) - 1, 2)]
-            start = stop
+        for start, stop in zip(starts, np.r_[starts[1:], len(order)]):
+            rows = order[start:stop]
+            pairs += [(int(rows[j]), int(rows[j + 1])) for j in range(0, len(rows) - 1, 2)]
         if not pairs:
             raise ValueError("--ssl on a cache needs at least two cached views (epochs) of each image; "
                              "build the cache with `uncertain-repr cache --epochs 2` (or more)")
@@ -55,6 +49,10 @@ class CachedViewPairs(Dataset):
 
     @staticmethod
     def _keys(cache: Any) -> Tuple[np.ndarray, np.ndarray]:
+        """(sample index, epoch) of every row: read from the HDF5 columns of a cache, else item by item."""
+        if not hasattr(cache, "files"):
+            rows = [cache[i] for i in range(len(cache))]
+            return np.array([r["index"] for r in rows]), np.array([r["epoch"] for r in rows])
         import h5py
 
         indices, epochs = [], []

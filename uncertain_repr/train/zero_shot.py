@@ -43,9 +43,14 @@ def test_results(model: nn.Module, config: TrainConfig, tests: Mapping[str, Data
 
 def add_test_results(result: FitResult, model: nn.Module, config: TrainConfig, tests: Mapping[str, Dataset],
                      further: Mapping[str, Dataset]) -> None:
-    """Evaluate the trained model on the test splits and add the keys to the last summary row."""
+    """Evaluate the trained model on the test splits, add the keys to the last summary row (and its
+    ``summary.csv``)."""
+    from . import distributed as dist_utils
+
     if result.history:
         result.history[-1].update(test_results(model, config, tests, further))
+        if result.output_dir is not None and dist_utils.is_main():
+            _write_summary(result.output_dir / SUMMARY_FILE, result.history)
 
 
 def validate_only(model: nn.Module, config: TrainConfig) -> FitResult:
