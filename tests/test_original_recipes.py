@@ -476,3 +476,14 @@ def test_an_original_args_yaml_dump_loads_with_one_warning(tmp_path):
     assert (config.loss, config.opt, config.unc_width, config.smoothing, config.weight_decay) == ("elk", "lamb", 1024, 0.1, 2e-5)
     assert (config.inv_temp, config.rank_V, config.test_split, config.freeze_backbone) == (27.7, 50, "test", False)
     assert dry_run(config.replace(dataset="")).loss.inv_temp == 27.7
+
+
+def test_initial_checkpoint_may_be_the_original_pth_tar(tmp_path):
+    from .test_convert import original_checkpoint
+
+    line = _require(LINES[0])
+    torch.save(original_checkpoint("test_vit", 8, 1), tmp_path / "vit_base_checkpoint.pth.tar")
+    config, _ = parse_line(line.replace("vit_base_checkpoint.pth.tar", str(tmp_path / "vit_base_checkpoint.pth.tar")))
+    built = dry_run(config)
+    assert built.model.backbone_name == "test_vit" and built.model.method_name == "pred-net"
+    assert [m.out_features for m in built.model.method.net if isinstance(m, torch.nn.Linear)] == [8, 1]

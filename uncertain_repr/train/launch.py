@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -18,7 +20,8 @@ CACHE_PREFIX = "hdf5/"
 
 
 def build_model(config: TrainConfig) -> nn.Module:
-    """``--initial-checkpoint`` (its backbone and method), else a new ``Uncertainizer`` from the flags
+    """``--initial-checkpoint`` (its backbone and method; a checkpoint folder, or an original ``.pth.tar``
+    converted on the fly), else a new ``Uncertainizer`` from the flags
     (the original's model suffixes, ``--num-heads`` and ``--unc-module`` names are mapped by
     :func:`~.original_flags.resolve_approach`).
 
@@ -27,6 +30,11 @@ def build_model(config: TrainConfig) -> nn.Module:
     if config.initial_checkpoint:
         from ..hub import load_model
 
+        if Path(config.initial_checkpoint).is_file():  # an original train.py .pth.tar: convert it on the fly
+            from ..convert import convert_checkpoint
+
+            with tempfile.TemporaryDirectory() as tmp:
+                return load_model(convert_checkpoint(config.initial_checkpoint, Path(tmp) / "converted").path)
         return load_model(config.initial_checkpoint)
     from ..model import Uncertainizer
     from .original_flags import resolve_approach, warn
