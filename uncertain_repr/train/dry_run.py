@@ -71,7 +71,14 @@ def dry_run(config: TrainConfig) -> DryRun:
     updates = max(1, config.iters_instead_of_epochs // (config.batch_size * config.accumulation_steps))
     optimizer, scheduler = create_optimizer_and_scheduler(config, module, updates_per_epoch=updates)
     trains = [part for part, on in model.trainable_parts.items() if on]
-    pretrained = config.pretrained if not config.initial_checkpoint else f"from {config.initial_checkpoint}"
+    if config.initial_checkpoint:
+        weights = f"from {config.initial_checkpoint}"
+    elif config.pretrained is True:
+        weights = "timm's pretrained, not loaded in a dry run"
+    elif config.pretrained:
+        weights = f"package {config.pretrained}, not loaded in a dry run"
+    else:
+        weights = "random init"
     method_args = dict(getattr(model, "method_args", {}))
     what = "validate only (zero-shot)" if config.validate_only else (
         f"{config.opt} lr {config.learning_rate():.4g} (lr_base {config.lr_base:.4g}), "
@@ -79,7 +86,7 @@ def dry_run(config: TrainConfig) -> DryRun:
         f"from {config.warmup_lr:.3g}, batch {config.batch_size} x {config.accumulation_steps} accumulation"
     )
     summary = (
-        f"dry run: backbone {model.backbone_name} (pretrained={pretrained}, not loaded in a dry run; "
+        f"dry run: backbone {model.backbone_name} (weights: {weights}; "
         f"embed_dim {model.embed_dim}, {model.num_classes} classes, img_size {config.img_size or 'model default'})"
         f" | method {model.method_name}({_args(method_args)}) [{type(model.method).__name__}]"
         f" | loss {config.loss} {loss!r}".replace("\n", "")

@@ -202,12 +202,14 @@ LOSS_SETTINGS: Dict[str, Dict[str, str]] = {
     "elk": {"inv_temp": "inv_temp"},
     "nivmf": {"num_classes": "@num_classes", "embed_dim": "@embed_dim", "inv_temp": "inv_temp",
               "n_samples": "mc_samples", "learnable": "loss_learnable"},
-    "hib": {"kappa": "inv_temp", "bias": "hib_add_const", "n_samples": "mc_samples", "learnable": "loss_learnable",
-            "supervised": "@supervised"},
-    "mcinfonce": {"kappa": "inv_temp", "n_samples": "mc_samples", "learnable": "loss_learnable",
-                  "supervised": "@supervised"},
-    "infonce": {"kappa": "inv_temp", "learnable": "loss_learnable", "supervised": "@supervised"},
+    "hib": {"kappa": "inv_temp", "bias": "hib_add_const", "n_samples": "mc_samples", "learnable": "loss_learnable"},
+    "mcinfonce": {"kappa": "inv_temp", "n_samples": "mc_samples", "learnable": "loss_learnable"},
+    "infonce": {"kappa": "inv_temp", "learnable": "loss_learnable"},
 }
+
+#: fixed loss arguments of the original: its contrastive losses paired the interleaved rows of a
+#: batch (two views with ``--ssl``), never rows of equal class labels.
+ORIGINAL_LOSS_ARGS: Dict[str, Dict[str, Any]] = {name: {"supervised": False} for name in ("hib", "mcinfonce", "infonce")}
 
 #: losses that need interleaved two-view batches (``--ssl true``) ...
 SSL_LOSSES: Tuple[str, ...] = ("mcinfonce", "infonce")
@@ -216,7 +218,8 @@ SUPERVISED_LOSSES: Tuple[str, ...] = ("cross-entropy", "losspred", "losspred-ord
 
 
 def loss_hparams(config: Any, model: Any) -> Dict[str, Any]:
-    """Keyword arguments of ``losses.create(config.loss, ...)`` by :data:`LOSS_SETTINGS`, then ``loss_args``.
+    """Keyword arguments of ``losses.create(config.loss, ...)`` by :data:`LOSS_SETTINGS` and
+    :data:`ORIGINAL_LOSS_ARGS`, then ``loss_args``.
 
     ``ValueError`` naming both flags for ``--ssl`` with a loss that reads class labels, or a
     two-view loss without ``--ssl``. The contrastive losses pair the interleaved rows of a batch
@@ -229,11 +232,9 @@ def loss_hparams(config: Any, model: Any) -> Dict[str, Any]:
                          f"needs class labels; use --ssl false, or a contrastive loss ({', '.join(SSL_LOSSES)}, hib)")
     if not config.ssl and name in SSL_LOSSES:
         raise ValueError(f"--loss {name} needs two views per image: add --ssl true")
-    hp: Dict[str, Any] = {}
+    hp: Dict[str, Any] = dict(ORIGINAL_LOSS_ARGS.get(name, {}))
     for arg, source in LOSS_SETTINGS.get(name, {}).items():
-        if source == "@supervised":
-            hp[arg] = False
-        elif source.startswith("@"):
+        if source.startswith("@"):
             hp[arg] = getattr(model, source[1:])
         elif source.startswith("!"):
             hp[arg] = not getattr(config, source[1:])
@@ -342,11 +343,14 @@ def resolve_approach(config: Any) -> Approach:
     approach.method_args.update({arg: getattr(config, name) for arg, name in used.items()
                                  if getattr(config, name) is not None})
     defaults = type(config)()
+    owners: Dict[str, List[str]] = {}
     for method, settings in METHOD_SETTINGS.items():
         for name in settings.values():
-            if name not in used.values() and getattr(config, name) != getattr(defaults, name):
-                approach.notes.append(f"--{name} only applies to the {method} method (here "
-                                      f"{approach.method}); ignored, as the original did")
+            owners.setdefault(name, []).append(method)
+    for name, methods in owners.items():
+        if name not in used.values() and getattr(config, name) != getattr(defaults, name):
+            approach.notes.append(f"--{name} only applies to {', '.join(methods)} (here {approach.method}); "
+                                  "ignored, as the original did")
     if config.drop:
         if approach.method == "mc-dropout":
             approach.method_args["backbone_dropout"] = config.drop
@@ -360,7 +364,6 @@ def resolve_approach(config: Any) -> Approach:
     if config.img_size is not None and _fixed_input_size(backbone):
         size = config.img_size
         approach.backbone_args.update(img_size=size, pretrained_cfg_overlay={"input_size": (3, size, size)})
-    approach.notes = list(dict.fromkeys(approach.notes))
     return approach
 
 
