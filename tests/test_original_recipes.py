@@ -487,3 +487,14 @@ def test_initial_checkpoint_may_be_the_original_pth_tar(tmp_path):
     built = dry_run(config)
     assert built.model.backbone_name == "test_vit" and built.model.method_name == "pred-net"
     assert [m.out_features for m in built.model.method.net if isinstance(m, torch.nn.Linear)] == [8, 1]
+
+
+def test_legacy_preprocessing_and_img_size_reach_the_transforms(shared_data):
+    data = shared_data("tiny_imagenet200").parent
+    config = parse_args(["--model", "test_vit", "--pretrained", "false", "--img-size", "48", "--legacy-preprocessing"])
+    model = build_model(config)
+    assert model.pretrained_cfg["input_size"] == (3, 48, 48)  # the ViT itself is built at 48 px
+    legacy = open_dataset("tar/tiny_imagenet200", data, "validation", model, train=False, img_size=48, legacy=True)
+    own = open_dataset("tar/tiny_imagenet200", data, "validation", model, train=False, img_size=48)
+    assert "0.485" in repr(legacy.transform) and "0.485" not in repr(own.transform)  # ImageNet mean vs test_vit's
+    assert legacy[0]["image"].shape == own[0]["image"].shape == (3, 48, 48)

@@ -34,6 +34,7 @@ class TrainConfig:
     unc_start_value: float = 0.0
     num_classes: Optional[int] = None
     img_size: Optional[int] = None
+    legacy_preprocessing: bool = False
     # method hyperparameters of the original's flags (None: the method's own default)
     num_heads: Optional[int] = None
     drop: float = 0.0
@@ -190,6 +191,8 @@ _HELP = {
     "unc_start_value": "rescale the initial mean uncertainty to this value (0 = off)",
     "num_classes": "classes of the backbone's classifier (default: the timm model's)",
     "img_size": "square input size of the images (and of fixed-size backbones such as ViTs)",
+    "legacy_preprocessing": "the original code's preprocessing (ImageNet mean/std, bicubic, crop 0.875) instead of "
+                            "the model's own, to reproduce published numbers",
     "num_heads": "> 1: a shallow ensemble of this many classifier heads (the original's --num-heads)",
     "drop": "dropout rate: inside the backbone for *dropout models (MC dropout), else before the classifier",
     "rank_V": "HET-XL: rank of the covariance factor (default: the method's, 1)",

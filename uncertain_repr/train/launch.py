@@ -50,9 +50,10 @@ def build_model(config: TrainConfig) -> nn.Module:
 
 
 def open_dataset(name: str, root: str, split: str, model: nn.Module, *, train: bool, img_size: Optional[int] = None,
-                 ssl: bool = False, max_samples: int = 0) -> Dataset:
+                 legacy: bool = False, ssl: bool = False, max_samples: int = 0) -> Dataset:
     """``hdf5/PATH`` -> :class:`CachedEmbeddings` checked against ``model``; else a registered image dataset
-    with the model's train (augmenting) or eval transform at ``img_size``. ``ssl``: two views per item
+    with the model's train (augmenting) or eval transform at ``img_size`` (``legacy``: the original's
+    preprocessing, see :func:`~uncertain_repr.data.resolve_data_config`). ``ssl``: two views per item
     (:mod:`.ssl`). ``max_samples``: only the first N images (0 = all; for smoke runs)."""
     if name.startswith(CACHE_PREFIX):
         from ..cache import CachedEmbeddings
@@ -70,13 +71,13 @@ def open_dataset(name: str, root: str, split: str, model: nn.Module, *, train: b
     if ssl:
         transform = None
     elif train:
-        transform = data.train_transform(model, img_size=img_size)
+        transform = data.train_transform(model, img_size=img_size, legacy=legacy)
     else:
-        transform = data.eval_transform(model, img_size=img_size)
+        transform = data.eval_transform(model, img_size=img_size, legacy=legacy)
     images = data.create_dataset(name, root, split, transform=transform)
     if max_samples:
         images = images.subset(range(min(max_samples, len(images))))
-    return data.TwoViews(images, data.ssl_transform(model, img_size=img_size)) if ssl else images
+    return data.TwoViews(images, data.ssl_transform(model, img_size=img_size, legacy=legacy)) if ssl else images
 
 
 def build_datasets(
@@ -90,20 +91,20 @@ def build_datasets(
     if not config.dataset:
         raise ValueError("no training set: pass --dataset (a name, or hdf5/PATH.h5 for an embedding cache)")
     train_set = open_dataset(config.dataset, config.data_dir, config.train_split, model, train=True,
-                             img_size=config.img_size, ssl=config.ssl)
+                             img_size=config.img_size, legacy=config.legacy_preprocessing, ssl=config.ssl)
     eval_name = config.dataset_eval
     if not eval_name and not config.dataset_downstream and not config.dataset.startswith(CACHE_PREFIX):
         eval_name = config.dataset
     val_set = None
     if eval_name:
         val_set = open_dataset(eval_name, config.data_dir_eval or config.data_dir, config.val_split, model,
-                               train=False, img_size=config.img_size)
+                               train=False, img_size=config.img_size, legacy=config.legacy_preprocessing)
     return train_set, val_set, _downstream(config, model, config.dataset_downstream, config.val_split)
 
 
 def _downstream(config: TrainConfig, model: nn.Module, names: Sequence[str], split: str) -> Dict[str, Dataset]:
     return {name: open_dataset(name, config.data_dir_downstream or config.data_dir, split, model, train=False,
-                               img_size=config.img_size) for name in names}
+                               img_size=config.img_size, legacy=config.legacy_preprocessing) for name in names}
 
 
 def build_test_sets(config: TrainConfig, model: nn.Module) -> Tuple[Dict[str, Dataset], Dict[str, Dataset]]:

@@ -48,6 +48,8 @@ Setting = Union[str, Ignored, DefaultOnly]
 _NOT_CUDA = "runtime/performance switch of the original's CUDA loop; this library picks its own"
 _NO_PREFETCH = "there is no prefetcher here (normalisation happens in the transform)"
 _LOGGING = "logging/checkpoint bookkeeping of the original; here see --output and summary.csv"
+_CROPS = ("validation during training runs no crop test; `uncertain-repr benchmark` does "
+          "(crop range 0.1-0.75, `WithCrops(low=, high=)` in Python)")
 _MODEL_CHECK = "the original re-checked this itself; here the model's own configuration is used"
 
 #: original option string -> setting here (see the module docstring for the three kinds).
@@ -82,8 +84,8 @@ ORIGINAL_FLAGS: Dict[str, Setting] = {
     "--aot-autograd": Ignored(_NOT_CUDA),
     "--dataset-download": Ignored("datasets are never downloaded at run time (no network)"),
     "--max-num-samples": Ignored("the ID+OOD mixed metrics are computed by `uncertain-repr benchmark --upstream`"),
-    "--crop_min": Ignored("crop tests belong to `uncertain-repr benchmark --crop-min`"),
-    "--crop_max": Ignored("crop tests belong to `uncertain-repr benchmark --crop-max`"),
+    "--crop_min": Ignored(_CROPS),
+    "--crop_max": Ignored(_CROPS),
     "--in-chans": Ignored(_MODEL_CHECK),
     "--start-epoch": Ignored("--resume continues at the saved epoch"),
     "--no-resume-opt": Ignored("--resume always restores the optimizer (bit-exact resume)"),

@@ -63,7 +63,7 @@ def validate_only(model: nn.Module, config: TrainConfig) -> FitResult:
     val_set = None
     if eval_name:
         val_set = open_dataset(eval_name, config.data_dir_eval or config.data_dir, config.val_split, model,
-                               train=False, img_size=config.img_size)
+                               train=False, img_size=config.img_size, legacy=config.legacy_preprocessing)
     downstream = _downstream(config, model, config.dataset_downstream, config.val_split)
     if val_set is None and not downstream and not config.test_split:
         raise ValueError("validation only (--lr-base 0 / --epochs 0) needs something to evaluate: "
