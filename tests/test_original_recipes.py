@@ -498,3 +498,19 @@ def test_legacy_preprocessing_and_img_size_reach_the_transforms(shared_data):
     own = open_dataset("tar/tiny_imagenet200", data, "validation", model, train=False, img_size=48)
     assert "0.485" in repr(legacy.transform) and "0.485" not in repr(own.transform)  # ImageNet mean vs test_vit's
     assert legacy[0]["image"].shape == own[0]["image"].shape == (3, 48, 48)
+
+
+def test_torch_imagenet_reads_the_original_data_dir_layout(tmp_path):
+    from PIL import Image
+
+    import uncertain_repr.data as urd
+
+    root = tmp_path / "ImageNet2012"
+    for split, wnids in (("train", ("n01443537", "n01440764")), ("val", ("n01440764", "n01443537"))):
+        for k, wnid in enumerate(wnids):
+            (root / split / wnid).mkdir(parents=True)
+            Image.new("RGB", (8, 8), (40 * k, 0, 0)).save(root / split / wnid / f"{wnid}_{k}.JPEG")
+    val = urd.create_dataset("torch/imagenet", root, "validation")
+    assert (val.name, len(val), val.num_classes) == ("torch/imagenet", 2, 2)
+    assert [val[i]["label"] for i in range(2)] == [0, 1]  # n01440764 (tench) is ImageNet class 0
+    assert urd.create_dataset("torch/imagenet", root, "train").num_classes == 2
