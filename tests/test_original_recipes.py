@@ -514,3 +514,13 @@ def test_torch_imagenet_reads_the_original_data_dir_layout(tmp_path):
     assert (val.name, len(val), val.num_classes) == ("torch/imagenet", 2, 2)
     assert [val[i]["label"] for i in range(2)] == [0, 1]  # n01440764 (tench) is ImageNet class 0
     assert urd.create_dataset("torch/imagenet", root, "train").num_classes == 2
+
+
+def test_benchmark_accepts_the_original_downstream_flags():
+    args = build_parser().parse_args(["benchmark", "--model", "x", "--dataset-downstream=[repr/cub,", "repr/cars,",
+                                      "repr/sop]", "--data-dir-downstream", "/d", "--test_split=test",
+                                      "--dataset_eval", "torch/imagenet"])
+    assert (args.datasets, args.data_dir, args.split, args.upstream) == (
+        ["repr/cub", "repr/cars", "repr/sop"], "/d", "test", "torch/imagenet")
+    assert build_parser().parse_args(["benchmark", "--model", "x", "--datasets", "repr/cub,repr/cars"]).datasets == \
+        ["repr/cub", "repr/cars"]

@@ -11,7 +11,9 @@ HELP = "evaluate a model zero-shot on URL benchmark datasets (or compare/recompu
 
 
 def _names(text: str) -> list:
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    from ..train.original_flags import split_names
+
+    names = split_names(text)  # "a,b", or the original's "[a, b]"
     if not names:
         raise argparse.ArgumentTypeError("expected comma-separated names, e.g. repr/cub,repr/cars")
     return names
@@ -24,6 +26,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _aliases(option: str) -> list:
+    """``option`` and the original flags that mean it (:data:`~uncertain_repr.train.original_flags.BENCHMARK_FLAGS`)."""
+    from ..train.original_flags import BENCHMARK_FLAGS
+
+    return [option] + [flag for flag, here in BENCHMARK_FLAGS.items() if here == option]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_argument_group("what to do (one of)")
     mode.add_argument("--model", help="pretrained name, checkpoint folder, or timm name (with --method)")
@@ -31,10 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--from-npz", metavar="DIR", help="recompute the metrics from a run's embeddings/ folder, without the model")
     parser.add_argument("--method", help="uncertainty method for a timm --model name (built with its pretrained weights)")
     parser.add_argument("--methods", type=_names, help="several methods from one backbone pass, e.g. class-entropy,embed-norm,max-prob")
-    parser.add_argument("--datasets", type=_names, help="downstream datasets, e.g. repr/cub,repr/cars,soft/cifar10h")
-    parser.add_argument("--data-dir", help="folder holding the datasets")
-    parser.add_argument("--split", default="test", help="split of the downstream datasets (default: %(default)s)")
-    parser.add_argument("--upstream", help="in-distribution dataset, e.g. folder/imagenet (adds auroc_ood, auroc_correct_mixed)")
+    parser.add_argument(*_aliases("--datasets"), type=_names, help="downstream datasets, e.g. repr/cub,repr/cars,soft/cifar10h")
+    parser.add_argument(*_aliases("--data-dir"), help="folder holding the datasets")
+    parser.add_argument(*_aliases("--split"), default="test", help="split of the downstream datasets (default: %(default)s)")
+    parser.add_argument(*_aliases("--upstream"), help="in-distribution dataset, e.g. folder/imagenet (adds auroc_ood, auroc_correct_mixed)")
     parser.add_argument("--upstream-split", help="split of the upstream dataset (default: --split)")
     parser.add_argument("--classify", type=_names, help="datasets whose labels are the classifier's classes (default: the upstream set)")
     parser.add_argument("--out", help="folder for results.json, results.csv, report.md (nothing is written without it)")

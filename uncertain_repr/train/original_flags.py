@@ -157,6 +157,17 @@ ORIGINAL_FLAGS: Dict[str, Setting] = {
     "--reset_optimizer": DefaultOnly(False, "resetting the optimizer every epoch"),
 }
 
+#: ``uncertain-repr benchmark``: original flag -> its option here (the original validated zero-shot
+#: with train.py's flags, e.g. ``--lr-base 0 --dataset-downstream=[repr/cub, ...] --test_split test``).
+BENCHMARK_FLAGS: Dict[str, str] = {
+    "--dataset-downstream": "--datasets",
+    "--dataset_downstream": "--datasets",
+    "--data-dir-downstream": "--data-dir",
+    "--test-split": "--split",
+    "--test_split": "--split",
+    "--dataset_eval": "--upstream",
+}
+
 #: model-name suffix of the original's benchmark variants -> method here (the base name is the backbone).
 MODEL_SUFFIXES: Dict[str, str] = {"hetxl": "hetxl", "sngp": "sngp", "dropout": "mc-dropout"}
 
