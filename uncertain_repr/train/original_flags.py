@@ -168,6 +168,16 @@ BENCHMARK_FLAGS: Dict[str, str] = {
     "--dataset_eval": "--upstream",
 }
 
+def add_benchmark_aliases(parser: Any, names: Any) -> None:
+    """Register :data:`BENCHMARK_FLAGS` on the ``benchmark`` parser (``names`` parses a dataset list)."""
+    import argparse
+
+    for flag, option in BENCHMARK_FLAGS.items():
+        parser.add_argument(flag, dest=option.lstrip("-").replace("-", "_"), default=argparse.SUPPRESS,
+                            type=names if option == "--datasets" else None,
+                            help=f"the original's name of {option}")
+
+
 #: model-name suffix of the original's benchmark variants -> method here (the base name is the backbone).
 MODEL_SUFFIXES: Dict[str, str] = {"hetxl": "hetxl", "sngp": "sngp", "dropout": "mc-dropout"}
 
