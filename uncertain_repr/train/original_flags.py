@@ -175,7 +175,7 @@ def add_benchmark_aliases(parser: Any, names: Any) -> None:
     for flag, option in BENCHMARK_FLAGS.items():
         parser.add_argument(flag, dest=option.lstrip("-").replace("-", "_"), default=argparse.SUPPRESS,
                             type=names if option == "--datasets" else None,
-                            help=f"the original's name of {option}")
+                            help=argparse.SUPPRESS)  # listed in docs/migrating.md
 
 
 #: model-name suffix of the original's benchmark variants -> method here (the base name is the backbone).
