@@ -524,3 +524,10 @@ def test_benchmark_accepts_the_original_downstream_flags():
         ["repr/cub", "repr/cars", "repr/sop"], "/d", "test", "torch/imagenet")
     assert build_parser().parse_args(["benchmark", "--model", "x", "--datasets", "repr/cub,repr/cars"]).datasets == \
         ["repr/cub", "repr/cars"]
+
+
+def test_bracket_lists_are_rejoined_only_when_open():
+    from uncertain_repr.cli import join_bracket_lists
+
+    assert join_bracket_lists(["--x=[a,", "b,", "c]", "img[1].png", "y"]) == ["--x=[a, b, c]", "img[1].png", "y"]
+    assert parse_args(["--dataset-downstream", "[repr/cub,", "repr/cars]"]).dataset_downstream == ["repr/cub", "repr/cars"]

@@ -28,7 +28,7 @@ def join_bracket_lists(argv: Sequence[str]) -> List[str]:
             out[-1] += " " + token
         else:
             out.append(token)
-        open_list = ("[" in out[-1]) and not out[-1].rstrip().endswith("]")
+        open_list = out[-1].count("[") > out[-1].count("]")
     return out
 
 
