@@ -13,9 +13,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..train.config import add_arguments as add_train_arguments
 
     add_train_arguments(parser)
-    parser.add_argument("--dry-run", "--dry_run", action="store_true",
-                        help="build backbone, method, loss, optimizer and schedule, print a one-line summary, "
-                             "and stop (reads no data, downloads nothing)")
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

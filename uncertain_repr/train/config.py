@@ -326,6 +326,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         elif kind is not type(None):
             kwargs.update(type=kind)
         parser.add_argument(*flags, **kwargs)
+    parser.add_argument("--dry-run", "--dry_run", action="store_true",
+                        help="build backbone, method, loss, optimizer and schedule, print a one-line summary, "
+                             "and stop (reads no data, downloads nothing)")
     add_original_flags(parser)
 
 

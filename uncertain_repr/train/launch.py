@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from . import distributed as dist_utils
-from .config import TrainConfig, parse_args
+from .config import TrainConfig
 from .loop import FitResult, fit
 
 CACHE_PREFIX = "hdf5/"
@@ -160,8 +160,19 @@ def report(result: FitResult) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m uncertain_repr.train``."""
-    config = parse_args(argv)
+    """Entry point of ``python -m uncertain_repr.train`` (``--dry-run`` as in ``uncertain-repr train``)."""
+    from ..cli import SuggestingParser
+    from .config import add_arguments, config_from_args
+
+    parser = SuggestingParser(prog="uncertain_repr.train", description="Train an uncertainty method.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    config = config_from_args(args)
+    if args.dry_run:
+        from .dry_run import dry_run
+
+        print(dry_run(config).summary)
+        return 0
     result = run(config)
     if int(os.environ.get("RANK", "0")) == 0:
         print(report(result), file=sys.stdout)
