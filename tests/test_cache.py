@@ -101,8 +101,9 @@ def test_resume_after_crash_equals_uninterrupted_build(model, tmp_path):
     for name in ref[0]:
         np.testing.assert_array_equal(got[0][name], ref[0][name])
     assert not partial.exists() and not (tmp_path / "run.h5.partial.progress.json").exists()
-    with pytest.raises(FileExistsError):
-        build(model, SyntheticImages(16), target, epochs=2)
+    assert build(model, SyntheticImages(16), target, epochs=2, batch_size=4, chunk_size=8) == target  # no-op
+    with pytest.raises(FileExistsError, match="other settings"):
+        build(model, SyntheticImages(16), target, epochs=3)
 
 
 def test_unfinished_file_with_other_settings_is_not_silently_mixed(model, tmp_path):

@@ -134,9 +134,13 @@ def test_model_card_metrics_and_training(tmp_path):
 
 # ------------------------------------------------------------------------------ strictness and corruption
 def rewrite(path: Path, edit) -> None:
+    """Edit a weight file and record its new sha256 in config.json (as a deliberate re-save would)."""
     tensors = safetensors.torch.load_file(path)
     edit(tensors)
     safetensors.torch.save_file(tensors, path)
+    config = json.loads((path.parent / "config.json").read_text())
+    config["uncertain_repr"]["weights_sha256"][path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (path.parent / "config.json").write_text(json.dumps(config))
 
 
 def copy_folder(folder, tmp_path):
@@ -222,7 +226,7 @@ def test_writes_are_atomic(saved, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    monkeypatch.setattr(safetensors.torch, "save", boom)
     with pytest.raises(OSError, match="disk full"):
         ur.Uncertainizer("test_vit", "embed-norm").save_pretrained(target)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before  # old checkpoint intact

@@ -11,21 +11,29 @@ plus a JSON manifest (backbone name and weight hash, transform, dataset, library
 items feed ``model(embedding=item["embedding"])``, which never touches the backbone.
 
 Writes are resumable and atomic: rows go to ``<path>.partial`` chunk by chunk, the number of
-finished rows is recorded in ``<path>.partial.progress.json`` (temp file + rename) after each
+finished rows is recorded in ``<path>.partial.progress.json`` (one in-place write) after each
 chunk is flushed, and only a complete file is renamed to ``path``. Augmentations are seeded per
 sample from ``(seed, epoch, index)``, so a resumed build writes exactly the rows of an
 uninterrupted one, and the rows do not depend on the batch size, worker count or rank count.
+One build at a time writes a file: ``<path>.lock`` is held (``flock``) for the whole build and a
+second one is refused. A failed write (e.g. a full disk) removes the unfinished file. Rerunning a
+finished build with the same settings returns the file as it is, so a torchrun command whose
+ranks partly finished can simply be rerun. The reader presents the rows of all shards sorted by
+``(epoch, index)``, so a cache reads the same whatever the number of processes that wrote it.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
+import errno
 import glob
 import hashlib
 import json
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -34,6 +42,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ._locks import exclusive_lock
 from .version import __version__
 
 FORMAT_VERSION = 1
@@ -44,6 +53,7 @@ _SHARD_FIELDS = (
     "format_version", "backbone", "backbone_sha256", "embed_dim", "transform", "augment", "dataset",
     "split", "dataset_length", "epochs", "seed", "dtype", "amp", "num_soft_labels", "world_size",
 )
+_PROGRESS_BYTES = 64  # fixed size of the progress record, rewritten in place
 _SHARD_NAME = re.compile(r"^(?P<stem>.+)\.rank(?P<rank>\d+)-of-(?P<world>\d+)\.h5$")
 
 PathLike = Union[str, os.PathLike]
@@ -133,10 +143,15 @@ def _find_shards(path: Path) -> List[Path]:
     return [shards[r] for r in range(world)]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _write_progress(path: Path, rows: int) -> None:
+    """Record ``rows`` finished rows: one fixed-size write at offset 0, so after the first one it needs
+    no new disk space (a full disk cannot stop it) and a kill cannot leave half a record."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps({"rows": rows}).ljust(_PROGRESS_BYTES).encode())
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- writer
@@ -240,9 +255,6 @@ def build(
     An interrupted build resumes from the last complete chunk when called again with the same
     arguments; ``ValueError`` if the unfinished file was started with different ones.
     """
-    import h5py
-    from tqdm.auto import tqdm
-
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if not augment and epochs != 1:
@@ -291,13 +303,40 @@ def build(
     }
     final = shard_path(path, rank, world_size)
     final.parent.mkdir(parents=True, exist_ok=True)
+    keys = [(e, i) for e in range(epochs) for i in range(rank, n, world_size)]
+    # One writer per file: a second build of the same output is refused while this one runs
+    # (independent of HDF5's own file locking, which is often off on network file systems).
+    with exclusive_lock(final.with_name(final.name + ".lock"), f"the embedding cache {final}"):
+        if final.exists():
+            return _finished(final, manifest)
+        return _write(model, dataset, final, manifest, keys, batch_size=batch_size, num_workers=num_workers,
+                      chunk_size=chunk_size, device=device, progress=progress, on_chunk=on_chunk)
+
+
+def _finished(final: Path, manifest: Mapping[str, Any]) -> Path:
+    """``final`` if it was built with the same settings (rerunning a finished build is a no-op), else
+    ``FileExistsError`` naming the differences."""
+    existing = _read_manifest(final)
+    bad = _mismatches(existing, {k: v for k, v in manifest.items() if k != "library_version"})
+    if bad:
+        raise FileExistsError(f"{final} already exists and was built with other settings ({'; '.join(bad)}); "
+                              "delete it or choose another path")
+    return final
+
+
+def _write(
+    model: nn.Module, dataset: Dataset, final: Path, manifest: Mapping[str, Any], keys: Sequence[Tuple[int, int]],
+    *, batch_size: int, num_workers: int, chunk_size: int, device: torch.device, progress: Optional[bool],
+    on_chunk: Optional[Callable[[int], None]],
+) -> Path:
+    """Write (or resume) the rows ``keys`` of one shard; the caller holds the shard's lock."""
+    import h5py
+    from tqdm.auto import tqdm
+
+    seed, augment, dtype, rank = manifest["seed"], manifest["augment"], manifest["dtype"], manifest["rank"]
+    num_soft = manifest["num_soft_labels"]
     partial = final.with_name(final.name + ".partial")
     progress_file = final.with_name(final.name + ".partial.progress.json")
-    if final.exists():
-        raise FileExistsError(f"{final} already exists; delete it or choose another path")
-
-    shard_indices = list(range(rank, n, world_size))
-    keys = [(e, i) for e in range(epochs) for i in shard_indices]
     total, width = len(keys), int(manifest["embed_dim"])
 
     done = _read_progress(progress_file) if partial.exists() else 0
@@ -313,17 +352,32 @@ def build(
             handle.close()
             raise ValueError(f"unfinished cache {partial} was started with other settings ({'; '.join(bad)}); "
                              "delete it to start over")
+        try:
+            _reserve_space(partial, handle.id.get_filesize())
+        except OSError:
+            handle.close()
+            raise
     else:
-        handle = h5py.File(partial, "w")
+        # Nothing of it is recorded as finished, and we hold the lock: a leftover of a killed build.
+        partial.unlink(missing_ok=True)
+        # created exclusively, and its disk space reserved before HDF5 writes anything into it
+        _reserve_space(partial, total * (width * np.dtype(dtype).itemsize + 3 * 8 + num_soft * 4), create=True)
+        handle = h5py.File(partial, "w")  # our own reserved file (we hold the lock)
         rows = min(chunk_size, total)
-        handle.attrs["manifest"] = json.dumps(manifest)
-        handle.create_dataset("embeddings", (total, width), dtype=dtype, chunks=(rows, width))
-        handle.create_dataset("labels", (total,), dtype="int64", chunks=(rows,))
-        handle.create_dataset("indices", data=np.array([i for _, i in keys], dtype=np.int64))
-        handle.create_dataset("epochs", data=np.array([e for e, _ in keys], dtype=np.int64))
-        if num_soft:
-            handle.create_dataset("soft_labels", (total, num_soft), dtype="float32", chunks=(rows, num_soft))
-        handle.flush()
+        try:
+            handle.attrs["manifest"] = json.dumps(manifest)
+            handle.create_dataset("embeddings", (total, width), dtype=dtype, chunks=(rows, width), **_preallocated())
+            handle.create_dataset("labels", (total,), dtype="int64", chunks=(rows,), **_preallocated())
+            handle.create_dataset("indices", data=np.array([i for _, i in keys], dtype=np.int64))
+            handle.create_dataset("epochs", data=np.array([e for e, _ in keys], dtype=np.int64))
+            if num_soft:
+                handle.create_dataset("soft_labels", (total, num_soft), dtype="float32", chunks=(rows, num_soft),
+                                      **_preallocated())
+            _reserve_space(partial, handle.id.get_filesize())
+            handle.flush()
+            _write_progress(progress_file, 0)
+        except (OSError, RuntimeError) as err:
+            raise _abandon(handle, partial, progress_file, err) from None
 
     was_training = model.training
     model.eval()
@@ -340,15 +394,18 @@ def build(
         nonlocal done, pending
         if not pending:
             return
-        handle["embeddings"][done: done + pending] = np.concatenate(buffer["embeddings"]).astype(dtype)
-        handle["labels"][done: done + pending] = np.concatenate(buffer["labels"])
-        if num_soft:
-            handle["soft_labels"][done: done + pending] = np.concatenate(buffer["soft_labels"])
-        handle.flush()
+        try:
+            handle["embeddings"][done: done + pending] = np.concatenate(buffer["embeddings"]).astype(dtype)
+            handle["labels"][done: done + pending] = np.concatenate(buffer["labels"])
+            if num_soft:
+                handle["soft_labels"][done: done + pending] = np.concatenate(buffer["soft_labels"])
+            handle.flush()
+        except (OSError, RuntimeError) as err:  # an I/O error: the file's state is unknown from here on
+            raise _abandon(handle, partial, progress_file, err) from None
         done, pending = done + pending, 0
         for parts in buffer.values():
             parts.clear()
-        _atomic_write_text(progress_file, json.dumps({"rows": done}))
+        _write_progress(progress_file, done)
         if on_chunk is not None:
             on_chunk(done)
 
@@ -371,6 +428,12 @@ def build(
             if pending >= chunk_size:
                 flush()
         flush()
+        try:
+            handle.close()
+            os.truncate(partial, partial.stat().st_size)  # give back the reserved blocks past its end
+            _fsync(partial)
+        except (OSError, RuntimeError) as err:
+            raise _abandon(handle, partial, progress_file, err) from None
     finally:
         handle.close()
         bar.close()
@@ -380,7 +443,125 @@ def build(
     return final
 
 
+def _preallocated() -> Dict[str, Any]:
+    """``create_dataset`` options: every chunk gets its place in the file at once, without fill writes
+    (:func:`_reserve_space` then reserves those places on disk)."""
+    import h5py
+
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return {"dcpl": dcpl, "fill_time": "never"}
+
+
+def _reserve_space(partial: Path, size: int, *, create: bool = False) -> None:
+    """Reserve the disk blocks of ``partial`` up to ``size`` bytes plus room for HDF5's metadata
+    (``fallocate``, the file's length unchanged): a disk that fills up while the build runs then
+    never fails an HDF5 write (after which HDF5 can crash the process). ``OSError`` naming the
+    cache if it does not fit; with ``create``, ``partial`` is created exclusively here and removed
+    again on failure."""
+    needed = size + size // 50 + (64 << 10)
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | (os.O_EXCL if create else 0), 0o666)
+    try:
+        try:
+            _fallocate_keep_size(fd, needed)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            # this file system cannot reserve: at least check that the space is there now
+            if shutil.disk_usage(partial.parent).free < needed - os.fstat(fd).st_blocks * 512:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+    except OSError as err:
+        if create:
+            partial.unlink(missing_ok=True)
+        name = partial.name[: -len(".partial")]
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(err.errno, f"reserving disk space for the embedding cache {name} failed: {err}") from None
+        raise OSError(err.errno, f"not enough free space for the embedding cache {name} in {partial.parent}: "
+                                 f"it needs about {needed / 2**20:.1f} MiB "
+                                 f"({shutil.disk_usage(partial.parent).free / 2**20:.1f} MiB free)") from None
+    finally:
+        os.close(fd)
+
+
+def _fallocate_keep_size(fd: int, size: int) -> None:
+    """Linux ``fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, size)``: reserve the blocks without changing the
+    file's length. ``OSError`` (EOPNOTSUPP where the system or file system has no such call)."""
+    import ctypes
+
+    function = getattr(ctypes.CDLL(None, use_errno=True), "fallocate", None)
+    if function is None:
+        raise OSError(errno.EOPNOTSUPP, "fallocate is not available")
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if function(fd, 1, 0, size) != 0:  # 1 = FALLOC_FL_KEEP_SIZE
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as file:
+        os.fsync(file.fileno())
+
+
+def _abandon(handle: Any, partial: Path, progress_file: Path, err: Exception) -> OSError:
+    """After a failed write (full disk, I/O error) nothing in ``partial`` can be trusted: close it,
+    remove it and its progress record (freeing the space), and return the ``OSError`` to raise.
+
+    ``err`` is an ``OSError``, or the ``RuntimeError`` h5py raises for a failed flush (errno in its text).
+    """
+    with contextlib.suppress(Exception):
+        handle.close()
+    partial.unlink(missing_ok=True)
+    progress_file.unlink(missing_ok=True)
+    code = getattr(err, "errno", None)
+    found = re.search(r"errno = (\d+)", str(err))
+    code = code or (int(found[1]) if found else errno.EIO)
+    reason = str(err).splitlines()[0] if isinstance(err, OSError) else os.strerror(code)
+    return OSError(code, f"writing the embedding cache {partial} failed: {reason}; the unfinished file was "
+                         "removed, rerun the same command once the problem is fixed")
+
+
 # ----------------------------------------------------------------------------- reader
+_COLUMNS = ("embeddings", "labels", "indices", "epochs")
+
+
+def _open_h5(file: Path) -> Any:
+    """``h5py.File(file, "r")``; ``ValueError`` naming the file if it is truncated or not HDF5."""
+    import h5py
+
+    try:
+        return h5py.File(file, "r")
+    except OSError as err:
+        raise ValueError(f"{file} is not a readable embedding cache (truncated or corrupt?): {err}") from None
+
+
+def _manifest_of(handle: Any, file: Path) -> Dict[str, Any]:
+    try:
+        return json.loads(handle.attrs["manifest"])
+    except (KeyError, ValueError):
+        raise ValueError(f"{file} has no readable manifest: it was not written by uncertain_repr.cache.build") from None
+
+
+def _read_manifest(file: Path) -> Dict[str, Any]:
+    with _open_h5(file) as handle:
+        _checked_length(handle, file)
+        return _manifest_of(handle, file)
+
+
+def _checked_length(handle: Any, file: Path) -> int:
+    """Number of rows; ``ValueError`` naming the file unless every column has it (and the manifest's width)."""
+    missing = [name for name in _COLUMNS if name not in handle]
+    if missing:
+        raise ValueError(f"embedding cache {file} lacks the column(s) {', '.join(missing)}")
+    lengths = {name: int(handle[name].shape[0]) for name in (*_COLUMNS, "soft_labels") if name in handle}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"embedding cache {file} is inconsistent: its columns have different lengths {lengths}")
+    width = _manifest_of(handle, file).get("embed_dim")
+    if handle["embeddings"].ndim != 2 or (width is not None and handle["embeddings"].shape[1] != width):
+        raise ValueError(f"embedding cache {file}: embeddings of shape {handle['embeddings'].shape}, "
+                         f"the manifest says width {width}")
+    return lengths["labels"]
+
+
 class CachedEmbeddings(Dataset):
     """All shards of an embedding cache as one map-style dataset.
 
@@ -403,15 +584,15 @@ class CachedEmbeddings(Dataset):
         transform: Optional[Callable] = None,
         in_memory: bool = False,
     ) -> None:
-        import h5py
-
         self.path = Path(path)
         self.files = _find_shards(self.path)
-        manifests, lengths = [], []
+        manifests, lengths, keys = [], [], []
         for file in self.files:
-            with h5py.File(file, "r") as handle:
-                manifests.append(json.loads(handle.attrs["manifest"]))
-                lengths.append(int(handle["labels"].shape[0]))
+            with _open_h5(file) as handle:
+                manifests.append(_manifest_of(handle, file))
+                lengths.append(_checked_length(handle, file))
+                if len(self.files) > 1:
+                    keys.append((handle["epochs"][()], handle["indices"][()]))
         for file, manifest in zip(self.files[1:], manifests[1:]):
             bad = _mismatches(manifest, {k: manifests[0].get(k) for k in _SHARD_FIELDS})
             if bad:
@@ -420,6 +601,16 @@ class CachedEmbeddings(Dataset):
             raise ValueError(f"shard files and the ranks in their manifests disagree: {[m['rank'] for m in manifests]}")
         self.manifest: Dict[str, Any] = {k: v for k, v in manifests[0].items() if k != "rank"}
         self._offsets = np.cumsum([0] + lengths).tolist()
+        # Rows in one canonical order, by (epoch, index), whatever the number of shards: a cache
+        # written by any number of processes reads (and so trains) like a single-process one.
+        self._order: Optional[np.ndarray] = None
+        if keys:
+            epochs, indices = (np.concatenate(column) for column in zip(*keys))
+            self._order = np.lexsort((indices, epochs))
+            same = (np.diff(epochs[self._order]) == 0) & (np.diff(indices[self._order]) == 0)
+            if same.any():
+                raise ValueError(f"embedding cache {self.path}: its shards hold {int(same.sum())} duplicate "
+                                 "(epoch, index) rows; rebuild it")
         self._handles: Dict[int, Any] = {}
         self._pid: Optional[int] = None
         self._arrays: Optional[List[Dict[str, np.ndarray]]] = None
@@ -430,7 +621,7 @@ class CachedEmbeddings(Dataset):
         if in_memory:
             self._arrays = []
             for file in self.files:
-                with h5py.File(file, "r") as handle:
+                with _open_h5(file) as handle:
                     self._arrays.append({name: handle[name][()] for name in self._columns(handle)})
 
     @property
@@ -456,15 +647,15 @@ class CachedEmbeddings(Dataset):
         if self._pid != os.getpid():  # first use in this process (e.g. a forked DataLoader worker)
             self._handles, self._pid = {}, os.getpid()
         if shard not in self._handles:
-            import h5py
-
-            self._handles[shard] = h5py.File(self.files[shard], "r")
+            self._handles[shard] = _open_h5(self.files[shard])
         return self._handles[shard]
 
     def _locate(self, index: int) -> Tuple[int, int]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} cached rows")
         index %= len(self)
+        if self._order is not None:
+            index = int(self._order[index])
         shard = bisect.bisect_right(self._offsets, index) - 1
         return shard, index - self._offsets[shard]
 

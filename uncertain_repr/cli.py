@@ -62,14 +62,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors a user can act on: reported in one line, no traceback. OSError covers missing files, full or
+# read-only disks, permissions and another run holding the output's lock; EOFError a truncated file.
+USER_ERRORS = (ValueError, TypeError, LookupError, ImportError, OSError, EOFError)
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+# How to continue after Ctrl-C, where rerunning the same command is not enough.
+RESUME_HINTS = {"train": "rerun the same command with --resume to continue"}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point: parse ``argv`` and run the chosen command; errors exit with status 2."""
+    """Entry point: parse ``argv`` and run the chosen command.
+
+    Errors exit with status 2 and one line on stderr; Ctrl-C exits with 130 and says how to resume.
+    """
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as err:
-        print(f"uncertain-repr {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        hint = "rerun the same command to resume"
+        if not getattr(args, "resume", False):
+            hint = RESUME_HINTS.get(args.command, hint)
+        print(f"uncertain-repr {args.command}: interrupted; {hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except USER_ERRORS as err:
+        message = str(err) if isinstance(err, (ValueError, TypeError, OSError)) else f"{type(err).__name__}: {err}"
+        if isinstance(err, EOFError):
+            message += " (a file ended early: truncated?)"
+        print(f"uncertain-repr {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ every key of both weight files must match the model rebuilt from ``config.json``
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -48,6 +50,9 @@ FORMAT_VERSION = 1
 HUB_PREFIX = "hf-hub:"
 LOCAL_PREFIX = "local-dir:"
 LIBRARY_NAME = "uncertain-repr"
+WEIGHTS_SHA256_KEY = "weights_sha256"  # in the config block: {weight file name: sha256 hex}
+# A git branch/tag name or commit hash as the Hub accepts it: no leading "/", "." or "-", no "\\".
+_REVISION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+-]*")
 _REQUIRED_BLOCK_KEYS = ("format_version", "method", "method_args", "stopgrad", "embed_dim", "num_classes")
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -175,22 +180,30 @@ def write_checkpoint(
         **({"training": card.training} if card.training else {}),
     }
     json.dumps(block)  # fail before writing anything if provenance is not JSON
-    # timm's own config writer (what `timm.create_model("hf-hub:...")` reads); the tensors are written
-    # here, contiguous, so that a channels-last model saves too.
-    save_config_for_hf(model.backbone, folder / CONFIG_NAME, model_config={CONFIG_KEY: block})
+    # The tensors are written here, contiguous, so that a channels-last model saves too; the
+    # sha256 of each weight file goes into the config and is checked by load_model.
+    digests = {}
     if backbone_weights is None:
-        write_safetensors(model.backbone, folder / BACKBONE_WEIGHTS)
-    write_safetensors(model.method, folder / HEAD_WEIGHTS)
+        digests[BACKBONE_WEIGHTS] = write_safetensors(model.backbone, folder / BACKBONE_WEIGHTS)
+    digests[HEAD_WEIGHTS] = write_safetensors(model.method, folder / HEAD_WEIGHTS)
+    block[WEIGHTS_SHA256_KEY] = digests
+    # timm's own config writer (what `timm.create_model("hf-hub:...")` reads)
+    save_config_for_hf(model.backbone, folder / CONFIG_NAME, model_config={CONFIG_KEY: block})
     config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
     (folder / MODEL_CARD).write_text(render_model_card(config, card, load_name), encoding="utf-8")
 
 
-def write_safetensors(module: nn.Module, path: Path) -> None:
-    """``module.state_dict()`` as contiguous CPU tensors in a safetensors file."""
+def write_safetensors(module: nn.Module, path: Path) -> str:
+    """``module.state_dict()`` as contiguous CPU tensors in a safetensors file; returns its sha256.
+
+    Written with Python's ``open``, so the file mode follows the umask like every other file.
+    """
     import safetensors.torch
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    safetensors.torch.save_file(tensors, path, metadata={"format": "pt"})
+    data = safetensors.torch.save(tensors, metadata={"format": "pt"})
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def _check_replaceable(path: Path) -> None:
@@ -306,6 +319,12 @@ def render_model_card(config: Dict[str, Any], card: ModelCard, load_name: str) -
             if block.get("backbone_weights")
             else f"The backbone alone loads with timm: `timm.create_model({timm_name!r}, pretrained=True)`.\n\n"
         ),
+        (
+            f"The SHA-256 of each weight file is recorded in `config.json` (`{CONFIG_KEY}.{WEIGHTS_SHA256_KEY}`) "
+            "and checked when loading; weights holding NaN or infinity are refused.\n\n"
+            if block.get(WEIGHTS_SHA256_KEY)
+            else ""
+        ),
         "## Preprocessing (the model's `pretrained_cfg`)\n\n",
         _table({k: f"`{v}`" for k, v in preprocessing.items()}),
     ]
@@ -322,15 +341,39 @@ def render_model_card(config: Dict[str, Any], card: ModelCard, load_name: str) -
 
 
 # ------------------------------------------------------------------------------------------ loading
-def read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
-    """All tensors of ``path`` on the CPU; ``ValueError`` naming the file if it is truncated or corrupt."""
+def read_safetensors(path: Path, sha256: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """All tensors of ``path`` on the CPU, checked: ``ValueError`` naming the file if its sha256 is not
+    ``sha256`` (when given), if it is truncated or corrupt, or if a tensor holds NaN or infinity."""
     import safetensors.torch
     from safetensors import SafetensorError
 
+    data = Path(path).read_bytes()
     try:
-        return safetensors.torch.load_file(path, device="cpu")
+        tensors = safetensors.torch.load(data)
     except SafetensorError as err:
         raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
+    if sha256 is not None:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != sha256:
+            raise ValueError(f"{path} has sha256 {digest}, but config.json records {sha256}: the file was "
+                             "changed or damaged after it was saved; download or copy it again")
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{path} holds NaN or infinite values in {', '.join(sorted(bad)[:5])}: refusing to load "
+                         "weights that would make every output NaN")
+    return tensors
+
+
+def recorded_sha256(block: Mapping[str, Any], name: str, config_path: Path) -> Optional[str]:
+    """The sha256 ``config.json`` records for the weight file ``name`` (``None`` in configs written before
+    checksums were recorded); ``ValueError`` if the record is malformed."""
+    digests = block.get(WEIGHTS_SHA256_KEY)
+    if digests is None:
+        return None
+    digest = digests.get(name) if isinstance(digests, dict) else None
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise ValueError(f"{config_path}: {CONFIG_KEY}.{WEIGHTS_SHA256_KEY} has no valid sha256 for {name}")
+    return digest
 
 
 def load_state_strict(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
@@ -368,12 +411,25 @@ def read_config(folder: Path) -> Dict[str, Any]:
     missing = [k for k in _REQUIRED_BLOCK_KEYS if k not in block]
     if missing:
         raise ValueError(f"{path}: the {CONFIG_KEY!r} block lacks {', '.join(missing)}")
+    check_architecture(config, path)
     if block["format_version"] > FORMAT_VERSION:
         raise ValueError(
             f"{path} has checkpoint format {block['format_version']}, newer than this uncertain_repr "
             f"{__version__} reads ({FORMAT_VERSION}); upgrade uncertain_repr"
         )
     return config
+
+
+def check_architecture(config: Mapping[str, Any], path: Path) -> None:
+    """``ValueError`` naming ``path`` unless ``config["architecture"]`` is a timm model name."""
+    import timm
+
+    arch = config.get("architecture")
+    if not isinstance(arch, str) or not arch:
+        raise ValueError(f"{path} has no 'architecture' (the timm model name of the backbone)")
+    if not timm.is_model(arch):
+        raise ValueError(f"{path}: architecture {arch!r} is not a timm model in the installed timm "
+                         f"{timm.__version__}; upgrade timm or fix the config")
 
 
 def load_folder(folder: PathLike) -> nn.Module:
@@ -390,7 +446,7 @@ def load_folder(folder: PathLike) -> nn.Module:
     for name in needed:
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} not found: the checkpoint folder is incomplete")
-    backbone_args = dict(block.get("backbone_args") or {})
+    backbone_args = confined_backbone_args(folder, block.get("backbone_args") or {})
     backbone = timm.create_model(f"{LOCAL_PREFIX}{folder}", pretrained=False, **backbone_args)
     if package_weights:
         from .backbone_weights import load_backbone_weights
@@ -406,12 +462,29 @@ def load_folder(folder: PathLike) -> nn.Module:
         )
     model.backbone_name = block.get("backbone")
     model.backbone_args = backbone_args
-    if not package_weights:
-        load_state_strict(
-            model.backbone, read_safetensors(folder / BACKBONE_WEIGHTS), str(folder / BACKBONE_WEIGHTS)
-        )
-    load_state_strict(model.method, read_safetensors(folder / HEAD_WEIGHTS), str(folder / HEAD_WEIGHTS))
+    parts = ((HEAD_WEIGHTS, model.method),) if package_weights else ((BACKBONE_WEIGHTS, model.backbone),
+                                                                     (HEAD_WEIGHTS, model.method))
+    for name, module in parts:
+        digest = recorded_sha256(block, name, folder / CONFIG_NAME)
+        load_state_strict(module, read_safetensors(folder / name, digest), str(folder / name))
     return model.eval()
+
+
+def confined_backbone_args(folder: Path, backbone_args: Mapping[str, Any]) -> Dict[str, Any]:
+    """``backbone_args`` of ``folder``'s config, with a ``checkpoint_path`` resolved inside ``folder``.
+
+    ``ValueError`` if it is absolute or leads outside the folder: a checkpoint reads only its own files.
+    """
+    args = dict(backbone_args)
+    if "checkpoint_path" in args:
+        value = args["checkpoint_path"]
+        root = folder.resolve()
+        target = (root / str(value)).resolve() if isinstance(value, str) and value else None
+        if target is None or Path(str(value)).is_absolute() or not target.is_relative_to(root):
+            raise ValueError(f"{folder / CONFIG_NAME}: backbone_args.checkpoint_path {value!r} is not a file "
+                             f"inside the checkpoint folder; a checkpoint may only read its own files")
+        args["checkpoint_path"] = str(target)
+    return args
 
 
 def conversion_instructions(entry: PretrainedEntry) -> str:
@@ -426,12 +499,28 @@ def conversion_instructions(entry: PretrainedEntry) -> str:
     )
 
 
+def check_hub_name(repo_id: str, revision: Optional[str]) -> None:
+    """``ValueError`` unless ``repo_id`` is ``org/name`` and ``revision`` a branch, tag or commit name
+    (no absolute or ``..`` paths: a Hub name never resolves to a local folder)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ValueError(f"{HUB_PREFIX}{repo_id!r} is not a Hub repo id (org/name): {err}") from None
+    if revision is not None and (
+        not _REVISION.fullmatch(revision) or ".." in revision or "//" in revision or revision.endswith("/")
+    ):
+        raise ValueError(f"revision {revision!r} is not a Hub branch, tag or commit name")
+
+
 def _split_revision(repo: str, revision: Optional[str]) -> Tuple[str, Optional[str]]:
     repo_id, sep, rev = repo.partition("@")
     if not repo_id or (sep and not rev) or "@" in rev:
         raise ValueError(f"a Hub checkpoint is named 'hf-hub:org/name[@revision]', got {HUB_PREFIX + repo!r}")
     if sep and revision is not None and revision != rev:
         raise ValueError(f"two revisions given: {rev!r} in the name and revision={revision!r}")
+    check_hub_name(repo_id, rev or revision)
     return repo_id, rev or revision
 
 

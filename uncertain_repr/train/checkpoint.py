@@ -10,26 +10,14 @@ is written to a temp file and renamed, after the epoch's checkpoint folder exist
 from __future__ import annotations
 
 import os
+import pickle
 import random
-import shutil
 from pathlib import Path
 from typing import Any, Dict
 
 import numpy as np
 import torch
 from torch import nn
-
-
-def save_model(model: nn.Module, directory: Path) -> Path:
-    """Write ``model`` in the Hub layout to ``directory`` (atomically: temp folder + rename)."""
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    if directory.exists():  # left over from a run that was killed after writing it
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
-    return directory
 
 
 def trained_state(model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -82,13 +70,39 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+RESUME_KEYS = ("model", "loss", "optimizer", "scheduler", "scaler", "epoch", "num_updates", "history",
+               "best_epoch", "best_metrics", "rng")
+
+
 def save_resume(path: Path, state: Dict[str, Any]) -> None:
-    """``torch.save`` to a temp file, then rename over ``path``."""
+    """``torch.save`` to a temp file, flushed to disk, then renamed over ``path``."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_resume(path: Path) -> Dict[str, Any]:
-    """Read ``resume.pt`` with ``weights_only=True`` (no pickled objects)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Read ``resume.pt`` with ``weights_only=True`` (no pickled objects).
+
+    ``ValueError`` naming the file if it is empty, truncated, holds objects other than tensors,
+    numbers and strings, or lacks entries.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, PermissionError):
+        raise
+    except (EOFError, RuntimeError, pickle.UnpicklingError, ValueError, OSError) as err:  # torch: EINVAL if cut
+        problem = "is empty" if Path(path).stat().st_size == 0 else "is truncated or not a plain-tensor resume file"
+        detail = (str(err).splitlines() or [""])[0]
+        raise ValueError(f"resume file {path} {problem} ({type(err).__name__}: {detail}); the run cannot be "
+                         "continued from it: start over in another output folder") from None
+    missing = [key for key in RESUME_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ValueError(f"resume file {path} lacks {', '.join(missing)}; it was not written by uncertain_repr.train")
+    return state

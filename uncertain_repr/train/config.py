@@ -59,6 +59,7 @@ class TrainConfig:
     dataset: str = ""
     data_dir: str = ""
     train_split: str = "train"
+    allow_eval_cache: bool = False
     dataset_eval: str = ""
     data_dir_eval: str = ""
     val_split: str = "validation"
@@ -214,6 +215,7 @@ _HELP = {
     "dataset": "training set: 'hdf5/PATH.h5' for an embedding cache, or a dataset name",
     "data_dir": "root folder of the training set",
     "train_split": "split of the training set",
+    "allow_eval_cache": "train on an embedding cache built with the evaluation transform (refused otherwise)",
     "dataset_eval": "validation set ('hdf5/PATH.h5' or a name; default: --dataset unless it is a cache)",
     "data_dir_eval": "root of the validation set (default: --data-dir)",
     "val_split": "split used for validation",

@@ -93,6 +93,7 @@ def build_datasets(
     train_set = open_dataset(config.dataset, config.data_dir, config.train_split, model, train=True,
                              img_size=config.img_size, legacy=config.legacy_preprocessing, ssl=config.ssl)
     eval_name = config.dataset_eval
+    check_training_cache(config, train_set)
     if not eval_name and not config.dataset_downstream and not config.dataset.startswith(CACHE_PREFIX):
         eval_name = config.dataset
     val_set = None
@@ -116,6 +117,19 @@ def build_test_sets(config: TrainConfig, model: nn.Module) -> Tuple[Dict[str, Da
         return {}, {}
     return (_downstream(config, model, config.dataset_downstream, config.test_split),
             _downstream(config, model, config.further_dataset_downstream, config.test_split))
+
+
+def check_training_cache(config: TrainConfig, train_set: Dataset) -> None:
+    """``ValueError`` if the training set is a cache built with the evaluation transform (its manifest
+    says ``augment=false``), unless ``config.allow_eval_cache``."""
+    manifest = getattr(train_set, "manifest", None)
+    if manifest is None or manifest.get("augment", True) or config.allow_eval_cache:
+        return
+    raise ValueError(
+        f"training set {config.dataset} was cached with the evaluation transform (manifest: augment=false, "
+        f"transform {manifest.get('transform')}); cache the training split with the training transform "
+        "(uncertain-repr cache --is_training true), or pass --allow-eval-cache to train on it anyway"
+    )
 
 
 def run(config: TrainConfig) -> FitResult:

@@ -19,13 +19,14 @@ import random
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .._locks import exclusive_lock
 from ..losses import LossBatch
 from ..metrics import Evaluator
 from . import distributed as dist_utils
@@ -36,6 +37,10 @@ from .sampler import GlobalOrderSampler
 
 RESUME_FILE = "resume.pt"
 SUMMARY_FILE = "summary.csv"
+LOCK_FILE = ".lock"  # held by the one run writing the folder
+# What writes killed half-way leave (temp checkpoint folders, temp files); removed when a run starts.
+LEFTOVERS = (".checkpoint-*.tmp", ".checkpoint-*.old-*", f".{RESUME_FILE}.tmp-*", f".{SUMMARY_FILE}.tmp-*",
+             ".last.tmp-*", ".best.tmp-*")
 INIT_UNC_BATCHES = 10  # global batches averaged for --unc_start_value, as the original
 
 
@@ -279,16 +284,52 @@ def fit(
         loss_fn: a ready loss (default: ``losses.create(config.loss, ...)``); its parameters are trained too.
         output_dir: checkpoints, ``resume.pt`` and ``summary.csv`` go here (default ``config.output``;
             nothing is written without one). A folder holding a run is continued with ``resume=True``.
+            One run at a time writes a folder: a second one is refused (``LockedError``) while it runs.
         on_epoch_end: called on every rank with ``(epoch, summary_row)`` after the epoch is saved.
 
     Returns:
         a :class:`FitResult` (summary rows, best epoch and its metrics).
     """
+    config = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
+    output = Path(output_dir) if output_dir is not None else (Path(config.output) if config.output else None)
+    with _one_writer(output):
+        return _fit(model, train_set, config, output, val_set=val_set, downstream_sets=downstream_sets,
+                    loss_fn=loss_fn, on_epoch_end=on_epoch_end)
+
+
+@contextlib.contextmanager
+def _one_writer(output: Optional[Path]) -> Iterator[None]:
+    """Hold ``output``'s lock (rank 0) for the whole run, and remove what killed writes left behind."""
+    if output is None or not dist_utils.is_main():
+        yield
+        return
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"output {output} is an existing file; give a folder")
+    output.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(output / LOCK_FILE, f"the training output {output}"):
+        for pattern in LEFTOVERS:
+            for leftover in output.glob(pattern):
+                if leftover.is_dir() and not leftover.is_symlink():
+                    shutil.rmtree(leftover)
+                else:
+                    leftover.unlink()
+        yield
+
+
+def _fit(
+    model: nn.Module,
+    train_set: Dataset,
+    config: TrainConfig,
+    output: Optional[Path],
+    *,
+    val_set: Optional[Dataset],
+    downstream_sets: Optional[Mapping[str, Dataset]],
+    loss_fn: Optional[nn.Module],
+    on_epoch_end: Optional[Callable[[int, Dict[str, float]], None]],
+) -> FitResult:
     from .. import losses
 
-    config = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
     downstream_sets = dict(downstream_sets or {})
-    output = Path(output_dir) if output_dir is not None else (Path(config.output) if config.output else None)
     rank, world = dist_utils.rank(), dist_utils.world_size()
     if not callable(getattr(model, "set_trainable", None)):
         raise TypeError(f"model must be an Uncertainizer, got {type(model).__name__}")
@@ -341,6 +382,8 @@ def fit(
         result.best_metrics = dict(state["best_metrics"])
         set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
         scheduler.step(start_epoch)
+        if dist_utils.is_main():  # finish what a run killed right after writing resume.pt left undone
+            _record_epoch(output, result, start_epoch - 1)
     else:
         seed = config.seed + rank
         torch.manual_seed(seed)
@@ -445,12 +488,17 @@ def _save_epoch(
             "num_updates": num_updates, "history": result.history, "best_epoch": result.best_epoch,
             "best_metrics": result.best_metrics, "rng": rngs, "config": config.to_dict(),
         })
-        _write_summary(output / SUMMARY_FILE, result.history)
-        best = result.best_epoch if result.best_epoch is not None else epoch
-        _point_link(output / "last", f"checkpoint-{epoch}")
-        _point_link(output / "best", f"checkpoint-{best}")
-        keep = {f"checkpoint-{epoch}", f"checkpoint-{best}"}
-        for folder in output.glob("checkpoint-*"):
-            if folder.name not in keep and folder.is_dir():
-                shutil.rmtree(folder)
+        _record_epoch(output, result, epoch)
     dist_utils.barrier()
+
+
+def _record_epoch(output: Path, result: FitResult, epoch: int) -> None:
+    """After ``resume.pt`` of ``epoch``: ``summary.csv``, the ``last``/``best`` links, pruning (idempotent)."""
+    _write_summary(output / SUMMARY_FILE, result.history)
+    best = result.best_epoch if result.best_epoch is not None else epoch
+    _point_link(output / "last", f"checkpoint-{epoch}")
+    _point_link(output / "best", f"checkpoint-{best}")
+    keep = {f"checkpoint-{epoch}", f"checkpoint-{best}"}
+    for folder in output.glob("checkpoint-*"):
+        if folder.name not in keep and folder.is_dir():
+            shutil.rmtree(folder)
