@@ -62,6 +62,11 @@ class CachedViewPairs(Dataset):
                 epochs.append(handle["epochs"][()])
         return np.concatenate(indices), np.concatenate(epochs)
 
+    @property
+    def manifest(self):
+        """The cache's manifest (its backbone, transform, ...), if it has one."""
+        return getattr(self.cache, "manifest", None)
+
     def __len__(self) -> int:
         return len(self.pairs)
 
