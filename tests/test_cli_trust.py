@@ -168,7 +168,7 @@ def test_uncached_weights_offline_are_one_line_saying_how_to_get_them(tmp_path, 
     assert "Retrying" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, line
 
 
-def test_unreachable_hub_fails_at_once_without_hf_hub_offline(monkeypatch, tmp_path):
+def test_unreachable_hub_fails_at_once_without_hf_hub_offline(monkeypatch, tmp_path, capsys):
     """No network and no HF_HUB_OFFLINE: one probe, then the same one-line error (no minute of retries)."""
     import socket
 
@@ -185,7 +185,13 @@ def test_unreachable_hub_fails_at_once_without_hf_hub_offline(monkeypatch, tmp_p
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(socket, "create_connection", refuse)
     with pytest.raises(FileNotFoundError, match=r"huggingface\.co cannot be reached \(Network is unreachable\)"):
-        ur.Uncertainizer("vit_tiny_patch16_224", pretrained=True)
+        offline.check_timm_pretrained("vit_tiny_patch16_224")
+    assert main(["benchmark", "--model", "vit_tiny_patch16_224", "--method", "class-entropy",
+                 "--datasets", "soft/cifar10h", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("uncertain-repr benchmark: error: missing the pretrained weights of timm model "
+                          "'vit_tiny_patch16_224' (Hugging Face Hub repo timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k)")
+    assert "huggingface.co cannot be reached" in err and len(err.splitlines()) == 1
     with pytest.raises(FileNotFoundError, match=r"missing checkpoint hf-hub:org/name .*cannot be reached"):
         ur.load_model("hf-hub:org/name")
 

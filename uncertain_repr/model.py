@@ -118,10 +118,6 @@ class Uncertainizer(nn.Module):
             if not timm.is_model(backbone):  # also accepts pretrained tags (``name.tag``)
                 raise ValueError(f"unknown timm backbone {backbone!r} (see timm.list_models())")
             self.backbone_name = backbone
-            if pretrained is True:
-                from .offline import check_timm_pretrained
-
-                check_timm_pretrained(backbone, self.backbone_args)  # one clear line instead of a retry loop
             backbone = timm.create_model(backbone, pretrained=pretrained is True, **self.backbone_args)
             if isinstance(pretrained, str):
                 from .backbone_weights import load_backbone_weights
