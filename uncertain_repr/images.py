@@ -12,6 +12,7 @@ EXIF orientation is applied. Files above PIL's decompression-bomb limit
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple, Union
@@ -76,9 +77,11 @@ def decode_image(path: Union[str, Path]) -> Image.Image:
             with Image.open(path) as image:
                 return to_rgb(ImageOps.exif_transpose(image))
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        size = re.search(r"\((\d+) pixels\)", str(err))
         raise ValueError(
-            f"refusing to decode image {path}: {err} Downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS "
-            f"(now {Image.MAX_IMAGE_PIXELS}) in Python if you trust the file"
+            f"refusing to decode image {path}: {int(size[1]) if size else 'more'} pixels is more than "
+            f"PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS} (PIL's guard against decompression bombs). "
+            "Downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS in Python if you trust the file"
         ) from None
     except Exception as err:  # PIL raises many types on corrupt files (OSError, SyntaxError, struct.error, ...)
         raise ValueError(f"cannot decode image {path}: {err}") from None
