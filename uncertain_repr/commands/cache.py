@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if Path(args.output).is_dir():
         raise ValueError(f"--output {args.output} is a folder; give the .h5 file to write")
+    if Path(args.output).exists():
+        raise ValueError(f"--output {args.output} already exists; delete it or choose another path")
     # the data first: a wrong --data-dir or --dataset is reported before any backbone weights are loaded
     if not Path(args.data_dir).is_dir():
         raise FileNotFoundError(f"--data-dir {args.data_dir}: data folder not found (needed by --dataset {args.dataset})")

@@ -71,11 +71,12 @@ def build_model(args: argparse.Namespace):
         if args.model:
             raise ValueError("give --model or --backbone, not both")
         method = args.method or "pred-net"
+        model = Uncertainizer(args.backbone, method)
         print(
             f"WARNING: {args.backbone} + {method} is RANDOMLY INITIALISED: these uncertainties are meaningless.",
             file=sys.stderr,
         )
-        return Uncertainizer(args.backbone, method)
+        return model
     name = args.model or DEFAULT_MODEL
     model = load_model(name)
     if args.method is None or args.method == model.method_name:
