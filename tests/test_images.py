@@ -177,3 +177,11 @@ def test_empty_and_unconvertible_images_are_clear_errors():
         to_rgb(Image.new("L", (0, 3)))
     with pytest.raises(ValueError, match="cannot convert a mode La image to RGB"):
         to_rgb(Image.new("La", (2, 2)))
+
+
+def test_dataset_files_decode_16_bit_images_on_their_scale_too(tmp_path):
+    from uncertain_repr.data.sources import FileImages
+
+    gray = np.asarray(Image.open(IMAGES / "brick.png"))
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "brick16.png")
+    assert np.array_equal(np.asarray(FileImages([tmp_path / "brick16.png"]).load(0))[..., 1], gray)
