@@ -131,8 +131,9 @@ def test_soft_labels_classification_and_averages(saved_run):
         entropy = -np.nansum(np.where(q > 0, q * np.log(q), 0.0), axis=1)
     valid = a.soft_labels.sum(axis=1) > 0
     assert m["a_rcorr_entropy"] == pytest.approx(spearmanr(a.uncertainties[1][valid], entropy[valid])[0], abs=1e-9)
-    # Classification only on the upstream set (the default), from the stored logits.
-    assert up.logits is not None and a.logits is None and a.predictions is not None
+    # Saved outputs hold the logits of every set; classification only on the upstream set (the default).
+    assert up.logits is not None and a.logits is not None and a.predictions is not None
+    np.testing.assert_array_equal(a.predictions, a.logits.argmax(1))
     assert m["up_top1"] == pytest.approx((up.logits.argmax(1) == up.labels).mean(), abs=1e-12)
     assert not any(k.endswith("_top1") for k in m if not k.startswith("up_"))
     # Averages over the downstream sets that have the metric; rcorr_entropy only exists for "a".
@@ -166,7 +167,7 @@ def test_mixed_id_ood_on_equal_seeded_subsets(saved_run):
 def test_recompute_from_npz_equals_original_and_files(saved_run, tmp_path):
     result, out = saved_run
     again = benchmark.recompute(out / "embeddings", out=tmp_path)
-    assert again["metrics"] == result["metrics"]  # exactly
+    assert again["metrics"] == result["metrics"] and again["controls"] == result["controls"]  # exactly
     assert again["meta"]["recomputed_from"] == str(out / "embeddings")
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["metrics"] == result["metrics"] and on_disk == benchmark.load_results(out)
@@ -176,7 +177,8 @@ def test_recompute_from_npz_equals_original_and_files(saved_run, tmp_path):
     assert [d["name"] for d in meta["data"]["datasets"]] == ["up", "a", "b"]
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["method"] for r in rows] == METHODS
+    assert [r["method"] for r in rows] == METHODS + ["random", "sharpness"]
+    assert [r["kind"] for r in rows] == ["method"] * 3 + ["control"] * 2
     assert float(rows[1]["avg_downstream_auroc_correct"]) == result["metrics"]["embed-norm"]["avg_downstream_auroc_correct"]
     report = (out / "report.md").read_text()
     assert "avg_downstream" in report and meta["weights_sha256"] in report
@@ -186,7 +188,8 @@ def test_methods_from_one_pass_equal_separate_runs(saved_run):
     result, _ = saved_run
     alone = run_tiny(methods=["embed-norm"])
     assert alone["metrics"]["embed-norm"] == result["metrics"]["embed-norm"]
-    own = benchmark.run(tiny_model(), datasets(), upstream=upstream(), num_workers=0, progress=False)
+    # Same batches as run_tiny: a matmul's float32 rounding may depend on the batch it is in.
+    own = benchmark.run(tiny_model(), datasets(), upstream=upstream(), batch_size=32, num_workers=0, progress=False)
     assert list(own["metrics"]) == ["class-entropy"] and own["metrics"]["class-entropy"] == result["metrics"]["class-entropy"]
 
 
@@ -247,7 +250,8 @@ def test_cli_compare_and_from_npz(saved_run, tmp_path, capsys):
     header, _, *rows = table.splitlines()
     assert f"{out / 'results.json'} [max-prob]" in header and f"{other} [embed-norm]" in header
     first = rows[0].split("|")
-    assert first[1].strip() == "avg_downstream_r1" and len(first) == 1 + 1 + 4 + 1  # metric + 3 + 1 runs
+    assert f"{other} [random (control)]" in header
+    assert first[1].strip() == "avg_downstream_r1" and len(first) == 1 + 1 + 4 + 4 + 1  # metric + 3 + 1 runs + 2x2 controls
     assert main(["benchmark", "--from-npz", str(out / "embeddings"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["metrics"] == result["metrics"]
     assert main(["benchmark", "--compare", str(tmp_path / "missing.json")]) == 2
@@ -260,3 +264,41 @@ def test_import_uncertain_repr_does_not_import_benchmark():
     code = "import sys, uncertain_repr; print('uncertain_repr.benchmark' in sys.modules, 'matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def _resampled_auroc(unc, positives, key, n):
+    rng = np.random.default_rng(key)
+    out = []
+    for _ in range(n):
+        idx = rng.integers(0, len(unc), size=len(unc))
+        out.append(roc_auc_score(positives[idx], unc[idx]))
+    return np.array(out)
+
+
+def test_bootstrap_mixed_and_average_intervals_vs_plain_numpy(tmp_path):
+    import zlib
+
+    result = run_tiny(bootstrap=60, out=tmp_path, save_embeddings=True)
+    boot, R = result["bootstrap"], 60
+    up = benchmark.load_npz(tmp_path / "embeddings" / "up.npz")
+    per_dataset = []
+    for name in ("a", "b"):
+        ood = benchmark.load_npz(tmp_path / "embeddings" / f"{name}.npz")
+        n = min(len(up), len(ood))
+        id_idx = benchmark.scoring.seeded_subset(up.indices, n, seed=0, dataset="up", purpose="mixed")
+        ood_idx = benchmark.scoring.seeded_subset(ood.indices, n, seed=0, dataset=name, purpose="mixed")
+        unc = np.r_[up.uncertainties[1][id_idx], ood.uncertainties[1][ood_idx]].astype(np.float64)
+        key = [0, zlib.crc32(name.encode()), zlib.crc32(b"bootstrap-mixed")]
+        values = _resampled_auroc(unc, np.r_[np.zeros(n, bool), np.ones(n, bool)], key, R)
+        got = boot["intervals"]["embed-norm"][f"{name}_auroc_ood"]
+        assert got == pytest.approx(np.percentile(values, [2.5, 97.5]), abs=1e-12)
+        correct = _nn_correct(ood.embeddings.astype(np.float64), ood.labels)
+        per_dataset.append(_resampled_auroc(ood.uncertainties[1].astype(np.float64), ~correct,
+                                            [0, zlib.crc32(name.encode()), zlib.crc32(b"bootstrap")], R))
+    # the average's interval: the mean of the datasets' resampled values
+    avg = boot["intervals"]["embed-norm"]["avg_downstream_auroc_correct"]
+    assert avg == pytest.approx(np.percentile(np.mean(per_dataset, axis=0), [2.5, 97.5]), abs=1e-12)
+    assert set(boot["intervals"]) == set(METHODS) | {"random", "sharpness"}
+    assert set(boot["differences"]) == {"class-entropy - embed-norm", "class-entropy - max-prob", "embed-norm - max-prob"} | {
+        f"{m} - {c}" for m in METHODS for c in ("random", "sharpness")}
+    assert "a_r1" not in boot["differences"]["embed-norm - max-prob"]  # R@1 does not depend on the method

@@ -17,6 +17,7 @@ from .test_benchmark import METHODS, datasets, tiny_model, upstream
 # batches one process sees, so even the float32 forward passes agree bit for bit (a matmul's
 # rounding may depend on the batch it is in); everything after that must then be exact.
 BATCH = 5
+BOOTSTRAP = 20
 
 
 def _worker(rank: int, init_file: str, out: str) -> None:
@@ -24,9 +25,10 @@ def _worker(rank: int, init_file: str, out: str) -> None:
     try:
         result = benchmark.run(
             tiny_model(), datasets(), upstream=upstream(), methods=METHODS, batch_size=BATCH, num_workers=0,
-            progress=False, out=out, save_embeddings=True,
+            progress=False, out=out, save_embeddings=True, bootstrap=BOOTSTRAP,
         )
-        Path(out, f"returned_{rank}.json").write_text(json.dumps(result["metrics"]))
+        returned = {k: result[k] for k in ("metrics", "controls", "bootstrap")}
+        Path(out, f"returned_{rank}.json").write_text(json.dumps(returned))
     finally:
         dist.destroy_process_group()
 
@@ -38,10 +40,11 @@ def test_two_processes_equal_one_process(tmp_path: Path):
     mp.spawn(_worker, args=(str(tmp_path / "init"), str(out)), nprocs=2, join=True)
     single = benchmark.run(
         tiny_model(), datasets(), upstream=upstream(), methods=METHODS, batch_size=BATCH, num_workers=0,
-        progress=False, out=tmp_path / "single", save_embeddings=True,
+        progress=False, out=tmp_path / "single", save_embeddings=True, bootstrap=BOOTSTRAP,
     )
-    for rank in (0, 1):  # every rank returns the same numbers
-        assert json.loads((out / f"returned_{rank}.json").read_text()) == single["metrics"]
+    for rank in (0, 1):  # every rank returns the same numbers, controls and bootstrap intervals
+        returned = json.loads((out / f"returned_{rank}.json").read_text())
+        assert returned == {k: single[k] for k in ("metrics", "controls", "bootstrap")}
     # Rank 0 wrote the files; each sample appears exactly once in the saved outputs.
     assert benchmark.load_results(out)["metrics"] == single["metrics"]
     for name, n in (("up", 100), ("a", 120), ("b", 90)):

@@ -96,7 +96,8 @@ def test_cli_on_a_checkpoint_folder(shared_data, tmp_path, capsys):
             "--max-samples", "40", "--batch-size", "20", "--num-workers", "0", "--out", str(tmp_path / "out")]
     assert main(argv) == 0
     table = capsys.readouterr().out
-    assert "| soft/cifar10h " in table and "rcorr_entropy" in table
+    assert "soft/cifar10h (test split, 40 images" in table and "rcorr_entropy" in table
+    assert "| embed-norm " in table and "| random (control) " in table and "| sharpness (control) " in table
     result = benchmark.load_results(tmp_path / "out")
     meta = result["meta"]
     assert meta["model"] == str(checkpoint) and meta["methods"] == ["embed-norm"]

@@ -327,3 +327,13 @@ def test_subset_and_few_shot(cub_root):
     sub = test.subset([6, 0])
     assert sub.labels.tolist() == [3, 2] and sub[0]["index"] == 0 and sub.describe(0) == test.describe(6)
     assert urd.few_shot_indices(test.labels, 2).tolist() == [0, 1, 3, 5]  # class 2: step 1 -> 0,1; class 3: step 2 -> 3,5
+
+
+def test_list_datasets_shows_every_benchmark_dataset():
+    # The original README's zero-shot list (url-spec §4.1/§4.3): soft/cifar is its CIFAR10H fold layout.
+    paper = ["repr/cub", "repr/cars", "repr/sop", "soft/cifar", "soft/treeversity1", "vtab/caltech101",
+             "vtab/cifar100", "vtab/dtd", "vtab/oxford_flowers102", "vtab/oxford_iiit_pet", "vtab/resisc45",
+             "vtab/sun397", "vtab/svhn"]
+    names = urd.list_datasets()
+    assert set(paper) <= set(names) and {"soft/cifar10h", "folder/<name>", "soft/<name>"} <= set(names)
+    assert len(names) == len(set(names))

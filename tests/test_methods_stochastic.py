@@ -311,6 +311,7 @@ def test_sngp_random_features_are_buffers_with_rbf_scaling():
 
 
 def test_sngp_spectral_norm_caps_backbone_layers_deterministically(backbones):
+    torch.manual_seed(0)  # power iteration from random u, v: within 1% after 3 x 10 steps for most, not all, starts
     spec = {"num_inducing": 32, "use_spec_norm": True, "spec_norm_bound": 0.5, "spec_norm_iterations": 10}
     model = build(backbones, "test_resnet", "sngp", **spec)
     convs = [m for m in model.backbone.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]

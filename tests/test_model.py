@@ -50,7 +50,7 @@ def test_output_contract(backbones, name, method, batch):
 
 
 def test_embed_dim_is_pre_logits_width_not_num_features():
-    model = ur.Uncertainizer("test_convnext", "pred-net", backbone_args={"head_hidden_size": 48})
+    model = ur.Uncertainizer("test_convnext", "pred-net", backbone_args={"head_hidden_size": 48}, pretrained=False)
     assert model.backbone.num_features == 64
     assert model.embed_dim == 48 and model.method.net[0].in_features == 48
 
@@ -95,13 +95,13 @@ def test_pred_net_scale_is_saved_buffer_setting_mean():
 
 
 def test_timm_data_config_stays_visible():
-    model = ur.Uncertainizer("test_vit")
+    model = ur.Uncertainizer("test_vit", pretrained=False)
     assert timm.data.resolve_model_data_config(model) == timm.data.resolve_model_data_config(model.backbone)
     assert model.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)
 
 
 def test_freezing_really_freezes():
-    model = ur.Uncertainizer("test_resnet", "pred-net").set_trainable(backbone=False, classifier=False)
+    model = ur.Uncertainizer("test_resnet", "pred-net", pretrained=False).set_trainable(backbone=False, classifier=False)
     model.train()
     assert model.backbone.training is False and model.method.training is True
     bn = next(m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d))
@@ -121,14 +121,14 @@ def test_freezing_really_freezes():
 
 def test_stopgrad_stops_gradient_into_backbone():
     for stopgrad, expect_grad in ((True, False), (False, True)):
-        model = ur.Uncertainizer("test_vit", "pred-net", stopgrad=stopgrad)
+        model = ur.Uncertainizer("test_vit", "pred-net", stopgrad=stopgrad, pretrained=False)
         model(images(model, 2)).uncertainty.sum().backward()
         grad = model.backbone.patch_embed.proj.weight.grad
         assert (grad is not None and grad.abs().sum() > 0) == expect_grad
 
 
 def test_embedding_input_skips_backbone():
-    model = ur.Uncertainizer("test_vit", "class-entropy").eval()
+    model = ur.Uncertainizer("test_vit", "class-entropy", pretrained=False).eval()
     x = images(model, 3)
     with torch.no_grad():
         full = model(x)
@@ -142,7 +142,7 @@ def test_embedding_input_skips_backbone():
 
 @pytest.mark.slow
 def test_compile_and_export_match_eager():
-    model = ur.Uncertainizer("test_vit", "pred-net").eval()
+    model = ur.Uncertainizer("test_vit", "pred-net", pretrained=False).eval()
     x = images(model, 2)
     with torch.no_grad():
         eager = model(x)
@@ -190,13 +190,13 @@ def test_custom_module_probe_and_errors():
     assert model.embed_dim == 4 and model.num_classes == 0
     assert timm.data.resolve_model_data_config(model)["input_size"] == (3, 16, 16)
     with pytest.raises(ValueError, match="cannot infer the embedding width"):
-        ur.Uncertainizer(body, "embed-norm")
+        ur.Uncertainizer(body, "pred-net")
     with pytest.raises(ValueError, match="needs logits, but the backbone has no classifier"):
         ur.Uncertainizer(body, "class-entropy", embed_dim=4)
 
 
 def test_bad_input_errors():
-    model = ur.Uncertainizer("test_vit", "pred-net").eval()
+    model = ur.Uncertainizer("test_vit", "pred-net", pretrained=False).eval()
     with pytest.raises(ValueError, match=r"x must have shape \[B, C, H, W\]"):
         model(torch.randn(3, 160, 160))
     with pytest.raises(ValueError, match="x must have 3 channels"):
@@ -208,14 +208,14 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match=r"x contains NaN or inf values \(in batch rows \[1\]\)"):
         model(bad)
     with pytest.raises(ValueError, match="unknown uncertainty method 'nope'; known methods: .*pred-net"):
-        ur.Uncertainizer("test_vit", "nope")
+        ur.Uncertainizer("test_vit", "nope", pretrained=False)
     with pytest.raises(ValueError, match="unknown timm backbone 'no_such_net'"):
-        ur.Uncertainizer("no_such_net")
+        ur.Uncertainizer("no_such_net", pretrained=False)
     with pytest.raises(ValueError, match="needs logits"):
-        ur.Uncertainizer("test_vit", "class-entropy", backbone_args={"num_classes": 0})
+        ur.Uncertainizer("test_vit", "class-entropy", backbone_args={"num_classes": 0}, pretrained=False)
     with pytest.raises(TypeError, match="method 'pred-net'.*unexpected keyword argument 'widht'"):
-        ur.Uncertainizer("test_vit", "pred-net", widht=3)
-    fixed = ur.Uncertainizer("test_vit", "pred-net", pretrained_cfg=None)
+        ur.Uncertainizer("test_vit", "pred-net", widht=3, pretrained=False)
+    fixed = ur.Uncertainizer("test_vit", "pred-net", pretrained_cfg=None, pretrained=False)
     fixed.backbone.pretrained_cfg = {**fixed.backbone.pretrained_cfg, "fixed_input_size": True}
     with pytest.raises(ValueError, match=r"x must be \(160, 160\) pixels"):
         fixed(torch.randn(1, 3, 128, 128))
@@ -228,7 +228,7 @@ def test_register_custom_method():
             return embedding.var(dim=1)
 
     assert "test-variance" in ur.list_methods()
-    model = ur.Uncertainizer("test_vit", "test-variance").eval()
+    model = ur.Uncertainizer("test_vit", "test-variance", pretrained=False).eval()
     out = model(images(model, 3))
     torch.testing.assert_close(out.uncertainty, out.embedding.var(dim=1))
     with pytest.raises(ValueError, match="already registered"):

@@ -6,7 +6,7 @@ value) with a message that names the argument and what was expected.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -34,16 +34,26 @@ def check_images(
 ) -> torch.Tensor:
     """Validate a float image batch ``[B, C, H, W]``; ``img_size`` only for fixed-size backbones."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of images [B, C, H, W], got {type(x).__name__}")
+        raise TypeError(
+            f"{name} must be a torch.Tensor of images [B, C, H, W], got {type(x).__name__} "
+            "(for PIL images or arrays apply the model's transforms: "
+            "timm.data.create_transform(**timm.data.resolve_model_data_config(model)))"
+        )
     if not x.is_floating_point():
         raise TypeError(
             f"{name} must be a floating-point tensor (normalised images), got dtype {x.dtype}; "
             "convert with x.float() and apply the model's transforms"
         )
     if x.ndim != 4:
-        raise ValueError(f"{name} must have shape [B, C, H, W], got {tuple(x.shape)} ({x.ndim}-D)")
+        hint = {
+            2: "; for pre-computed embeddings call model(embedding=e)",
+            3: "; for one image use x.unsqueeze(0)",
+        }.get(x.ndim, "")
+        raise ValueError(f"{name} must have shape [B, C, H, W], got {tuple(x.shape)} ({x.ndim}-D){hint}")
     if x.shape[0] < 1:
         raise ValueError(f"{name} must hold at least one image, got batch size 0")
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"{name} must have at least 1 x 1 pixels, got shape {tuple(x.shape)}")
     if in_chans is not None and x.shape[1] != in_chans:
         raise ValueError(f"{name} must have {in_chans} channels (dim 1), got shape {tuple(x.shape)}")
     if img_size is not None and tuple(x.shape[2:]) != tuple(img_size):
@@ -54,14 +64,36 @@ def check_images(
     return x
 
 
-def check_embedding(e: object, *, dim: int, name: str = "embedding") -> torch.Tensor:
-    """Validate a float embedding batch ``[B, dim]``."""
+def check_method_output(
+    uncertainty: object, logits: object, *, batch: int, method: str
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The contract of an uncertainty method's ``forward``: ``uncertainty [B]`` (``[B, 1]`` accepted),
+    real-valued, returned as float32; ``logits`` ``None`` or ``[B, C]``. Finiteness is checked by the
+    caller, together with the embedding's (one device sync)."""
+    if not isinstance(uncertainty, torch.Tensor):
+        raise TypeError(f"method {method!r} must return the uncertainty as a torch.Tensor [B], got {type(uncertainty).__name__}")
+    if tuple(uncertainty.shape) not in ((batch,), (batch, 1)):
+        raise ValueError(
+            f"method {method!r} returned an uncertainty of shape {tuple(uncertainty.shape)}; "
+            f"expected [B] = [{batch}], one value per sample"
+        )
+    if uncertainty.is_complex() or uncertainty.dtype == torch.bool:
+        raise TypeError(f"method {method!r} returned an uncertainty of dtype {uncertainty.dtype}; expected real numbers")
+    if logits is not None and (not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != batch):
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"method {method!r} returned logits {got}; expected None or [B, C] with B = {batch}")
+    return uncertainty.float().reshape(batch), logits
+
+
+def check_embedding(e: object, *, dim: Optional[int], name: str = "embedding") -> torch.Tensor:
+    """Validate a float embedding batch ``[B, dim]`` (any width when ``dim`` is ``None``)."""
+    shape = f"[B, {'D' if dim is None else dim}]"
     if not isinstance(e, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [B, {dim}], got {type(e).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor {shape}, got {type(e).__name__}")
     if not e.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {e.dtype}")
-    if e.ndim != 2 or e.shape[1] != dim:
-        raise ValueError(f"{name} must have shape [B, {dim}], got {tuple(e.shape)}")
+    if e.ndim != 2 or (dim is not None and e.shape[1] != dim):
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(e.shape)}")
     if e.shape[0] < 1:
         raise ValueError(f"{name} must hold at least one row, got batch size 0")
     check_finite(name, e)

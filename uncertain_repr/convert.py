@@ -330,6 +330,7 @@ def convert_checkpoint(
     model = Uncertainizer(
         arch,
         "pred-net",
+        pretrained=False,  # the checkpoint's weights are loaded below
         stopgrad=stopgrad,
         backbone_args={"num_classes": num_classes},
         width=shape["width"],

@@ -85,6 +85,12 @@ def save_pretrained(
     (how a small head ships inside a Python package). An existing ``path`` is replaced only if it
     holds nothing but checkpoint files. Returns ``path``.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or path of the checkpoint folder, got {type(path).__name__}")
+    if card is not None and not isinstance(card, ModelCard):
+        raise TypeError(f"card must be an uncertain_repr.hub.ModelCard, got {type(card).__name__}")
+    if backbone_weights is not None and not isinstance(backbone_weights, str):
+        raise TypeError(f"backbone_weights must be a package weights name (str), got {type(backbone_weights).__name__}")
     path = Path(path)
     check_saveable(model)
     with atomic_folder(path) as tmp:
@@ -518,6 +524,15 @@ def load_model(
     """
     if preprocessing not in PREPROCESSING_PRESETS:
         raise ValueError(f"preprocessing must be one of {PREPROCESSING_PRESETS}, got {preprocessing!r}")
+    if revision is not None and not isinstance(revision, str):
+        raise TypeError(f"revision must be a str (Hub branch, tag or commit), got {type(revision).__name__}")
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}: {err}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={str(device)!r}, but no CUDA GPU is available here; use device='cpu'")
     model = load_folder(resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir))
     set_preprocessing(model, preprocessing)
     return model if device is None else model.to(device)

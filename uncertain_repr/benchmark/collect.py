@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -10,7 +9,8 @@ import torch
 
 from ..methods import UncertaintyMethod, create_method
 from ..model import Uncertainizer
-from .outputs import DatasetOutputs
+from .outputs import ROWS, DatasetOutputs
+from .progress import track
 
 
 def resolve_methods(model: Uncertainizer, methods: Optional[Sequence[str]]) -> List[UncertaintyMethod]:
@@ -69,16 +69,6 @@ def _forward(
     return embedding.float(), stacked, logits
 
 
-def _progress(batches: Iterable, total: int, description: str, enabled: bool) -> Iterable:
-    if not enabled:
-        return batches
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # progress bars are a convenience, tqdm an optional dependency
-        return batches
-    return tqdm(batches, total=total, desc=description, unit="batch", file=sys.stderr, leave=False)
-
-
 @torch.no_grad()
 def collect(
     model: Uncertainizer,
@@ -88,7 +78,7 @@ def collect(
     dataset: str,
     keep_logits: bool,
     device: torch.device,
-    progress: bool = False,
+    progress: str = "off",
     total: Optional[int] = None,
 ) -> DatasetOutputs:
     """Run ``model`` over ``loader`` (batches of dataset items) and keep everything the metrics need.
@@ -97,12 +87,14 @@ def collect(
     ``soft_labels [B, K]``, ``image_cropped [B, C, H, W]`` + ``crop_fraction [B]``. The cropped
     images go through the same backbone pass for every method. ``keep_logits`` stores the
     logits (``[N, C]``, needed for classification metrics); their argmax is always stored.
+    Per-sample ``sharpness [B]`` / ``sharpness_cropped [B]`` of the batches are kept (controls).
+    ``progress``: ``"bar"``, ``"log"`` or ``"off"`` over ``total`` images (see ``progress.track``).
 
     Raises ``ValueError`` naming the dataset and image index if an embedding or uncertainty is
     NaN/inf.
     """
     store: dict = {}
-    for batch in _progress(loader, total or 0, dataset, progress):
+    for batch in track(loader, total=total or 0, description=dataset, mode=progress):
         indices = torch.as_tensor(batch["index"]).long()
         embedding, unc, logits = _forward(model, methods, batch["image"].to(device), dataset, indices)
         parts = {"indices": indices, "labels": torch.as_tensor(batch["label"]).long(), "embeddings": embedding}
@@ -112,6 +104,9 @@ def collect(
             parts["crop_fractions"] = torch.as_tensor(batch["crop_fraction"]).float()
         if "soft_labels" in batch:
             parts["soft_labels"] = torch.as_tensor(batch["soft_labels"]).float()
+        for control in ("sharpness", "sharpness_cropped"):
+            if control in batch:
+                parts[control] = torch.as_tensor(batch[control]).double()
         if logits is not None:
             parts["predictions"] = logits.argmax(dim=1)
             if keep_logits:
@@ -129,7 +124,7 @@ def collect(
             uncertainties=np.zeros((len(methods), 0), np.float32),
         )
     arrays = {
-        name: np.concatenate(values, axis=1 if name in ("uncertainties", "uncertainties_cropped") else 0)
+        name: np.concatenate(values, axis=1 if name in ROWS else 0)
         for name, values in store.items()
     }
     return DatasetOutputs(name=dataset, methods=names, **arrays)

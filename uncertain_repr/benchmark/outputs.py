@@ -13,7 +13,11 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch.distributed as dist
 
-OPTIONAL = ("uncertainties_cropped", "crop_fractions", "soft_labels", "logits", "predictions")
+OPTIONAL = (
+    "uncertainties_cropped", "crop_fractions", "soft_labels", "logits", "predictions",
+    "sharpness", "sharpness_cropped", "sample_ids",
+)
+ROWS = ("uncertainties", "uncertainties_cropped")  # [M, N]: the sample axis is the last one
 
 
 @dataclass
@@ -30,8 +34,12 @@ class DatasetOutputs:
         uncertainties_cropped: ``[M, N]`` float32 uncertainties of the cropped images, or ``None``.
         crop_fractions: ``[N]`` float32 kept side fraction of those crops, or ``None``.
         soft_labels: ``[N, K]`` float32 annotator counts/probabilities, or ``None``.
-        logits: ``[N, C]`` float32 classifier logits (kept only where classification is scored).
+        logits: ``[N, C]`` float32 classifier logits (kept where classification is scored or outputs are saved).
         predictions: ``[N]`` int64 argmax of the logits, or ``None`` without a classifier.
+        sharpness: ``[N]`` float64 sharpness control uncertainty of the images (see
+            :func:`~uncertain_repr.benchmark.controls.sharpness_uncertainty`), or ``None``.
+        sharpness_cropped: ``[N]`` float64 the same for the cropped images, or ``None``.
+        sample_ids: ``[N]`` str file path (or other description) of each sample, or ``None``.
     """
 
     name: str
@@ -45,6 +53,9 @@ class DatasetOutputs:
     soft_labels: Optional[np.ndarray] = None
     logits: Optional[np.ndarray] = None
     predictions: Optional[np.ndarray] = None
+    sharpness: Optional[np.ndarray] = None
+    sharpness_cropped: Optional[np.ndarray] = None
+    sample_ids: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
@@ -58,7 +69,7 @@ class DatasetOutputs:
         """The samples where the boolean mask ``keep [N]`` is True."""
         changes = {}
         for name, value in self.arrays().items():
-            changes[name] = value[:, keep] if name in ("uncertainties", "uncertainties_cropped") else value[keep]
+            changes[name] = value[:, keep] if name in ROWS else value[keep]
         return replace(self, **changes)
 
     def method_row(self, method: str) -> int:
@@ -76,7 +87,7 @@ def concatenate(parts: Sequence[DatasetOutputs]) -> DatasetOutputs:
     first = parts[0]
     joined = {}
     for name in first.arrays():
-        axis = 1 if name in ("uncertainties", "uncertainties_cropped") else 0
+        axis = 1 if name in ROWS else 0
         joined[name] = np.concatenate([getattr(p, name) for p in parts], axis=axis)
     _, unique_first = np.unique(joined["indices"], return_index=True)
     return replace(first, **joined).select(_mask(len(joined["indices"]), unique_first))
@@ -95,6 +106,13 @@ def gather(outputs: DatasetOutputs) -> DatasetOutputs:
         dist.all_gather_object(parts, outputs)
         return concatenate([p for p in parts if p is not None and len(p)] or [outputs])
     return concatenate([outputs])
+
+
+def gather_labels(outputs: DatasetOutputs) -> np.ndarray:
+    """The ``[N]`` labels of all ranks' shards, ordered by index (each index once); no embeddings are sent."""
+    light = DatasetOutputs(name=outputs.name, methods=(), indices=outputs.indices, labels=outputs.labels,
+                           embeddings=outputs.embeddings[:, :0], uncertainties=outputs.uncertainties[:0])
+    return gather(light).labels
 
 
 def file_name(dataset: str) -> str:

@@ -63,26 +63,81 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
-def format_table(result: Dict[str, Any], method: Optional[str] = None) -> str:
-    """A Markdown table (readable as plain text): one row per dataset plus the downstream average.
+def _rows_by_dataset(flat: Dict[str, Optional[float]], datasets: Sequence[str]) -> Dict[str, Dict[str, Optional[float]]]:
+    rows: Dict[str, Dict[str, Optional[float]]] = {}
+    for key, value in flat.items():
+        dataset, metric = split_key(key, datasets)
+        rows.setdefault(dataset, {})[metric] = value
+    return rows
 
-    Columns are the headline metrics that at least one dataset has; ``n/a`` = not defined there.
-    """
+
+def scored_rows(result: Dict[str, Any], method: Optional[str] = None) -> List[Tuple[str, str, Dict[str, Optional[float]]]]:
+    """``(label, name, flat metrics)`` of the methods (or only ``method``), then of the controls (``"random (control)"``)."""
     methods = [method] if method is not None else list(result["metrics"])
-    tables = []
-    for name in methods:
-        flat = result["metrics"][name]
-        rows_of: Dict[str, Dict[str, Optional[float]]] = {}
-        for key, value in flat.items():
-            dataset, metric = split_key(key, result["datasets"])
-            rows_of.setdefault(dataset, {})[metric] = value
-        columns = [m for m in HEADLINE if any(m in row for row in rows_of.values())]
-        order = [d for d in [*result["datasets"], AVERAGE] if d in rows_of]
-        rows = [[d + (" (upstream)" if d == result.get("upstream") else "")]
-                + [_fmt(rows_of[d][c]) if c in rows_of[d] else "" for c in columns] for d in order]
-        title = f"{result['meta'].get('model', '')} / method {name}"
-        tables.append(f"{title}\n\n{_markdown(['dataset', *columns], rows)}")
+    rows = [(m, m, result["metrics"][m]) for m in methods]
+    return rows + [(f"{c} (control)", c, flat) for c, flat in result.get("controls", {}).items()]
+
+
+def _cell(value: Optional[float], interval: Optional[Sequence[Optional[float]]]) -> str:
+    if interval is None or value is None:
+        return _fmt(value)
+    return f"{_fmt(value)} [{_fmt(interval[0])}, {_fmt(interval[1])}]"
+
+
+def _dataset_title(result: Dict[str, Any], dataset: str) -> str:
+    if dataset == AVERAGE:
+        return f"{AVERAGE} (mean over the downstream datasets)"
+    info = {d["name"]: d for d in result["meta"].get("data", {}).get("datasets", [])}.get(dataset, {})
+    details = [info.get("role")] if info.get("role") == "upstream" else []
+    if info.get("split"):
+        details.append(f"{info['split']} split")
+    if "num_samples" in info:
+        details.append(f"{info['num_samples']} images")
+    if info.get("singleton_queries") is not None:
+        details.append(f"{info['singleton_queries']} singleton queries")
+    return dataset + (f" ({', '.join(details)})" if details else "")
+
+
+def format_table(result: Dict[str, Any], method: Optional[str] = None) -> str:
+    """Markdown tables (readable as plain text): one per dataset plus one for the downstream average.
+
+    Rows are the methods (or only ``method``) and the controls (``random``, ``sharpness``: a
+    method should beat them); columns the headline metrics that the dataset has (``n/a`` = not
+    defined). With a bootstrap, R@1 and the AUROC-type cells show their interval: ``0.6123 [0.6010, 0.6240]``.
+    """
+    rows_of = [(label, name, _rows_by_dataset(flat, result["datasets"])) for label, name, flat in scored_rows(result, method)]
+    intervals = result.get("bootstrap", {}).get("intervals", {})
+    tables = [f"{result['meta'].get('model', '')}" + (f" ({_bootstrap_note(result)})" if intervals else "")]
+    for dataset in [*result["datasets"], AVERAGE]:
+        present = [(label, name, rows[dataset]) for label, name, rows in rows_of if dataset in rows]
+        if not present:
+            continue
+        columns = [m for m in HEADLINE if any(m in row for _, _, row in present)]
+        cells = [[label] + [_cell(row[c], intervals.get(name, {}).get(f"{dataset}_{c}")) if c in row else ""
+                            for c in columns] for label, name, row in present]
+        tables.append(f"{_dataset_title(result, dataset)}\n\n{_markdown(['method', *columns], cells)}")
     return "\n\n".join(tables)
+
+
+def _bootstrap_note(result: Dict[str, Any]) -> str:
+    b = result["bootstrap"]
+    return f"{b['confidence']:.0%} bootstrap intervals over {b['n_resamples']} resamples of the samples, seed {b['seed']}"
+
+
+def format_differences(result: Dict[str, Any]) -> str:
+    """The paired bootstrap differences of a run as one Markdown table ('' without a bootstrap).
+
+    One row per pair and key: ``A - B``, the difference, its interval and the p-value; an
+    interval that excludes 0 means A and B rank the same way on (nearly) every resample.
+    """
+    differences = result.get("bootstrap", {}).get("differences", {})
+    rows = [[pair, key, _fmt(d["difference"]), f"[{_fmt(d['low'])}, {_fmt(d['high'])}]",
+             "n/a" if d["p_value"] is None else f"{d['p_value']:.3f}"]
+            for pair, keys in differences.items() for key, d in keys.items()]
+    if not rows:
+        return ""
+    header = ["A - B", "metric", "difference", "interval", "p"]
+    return f"Paired differences ({_bootstrap_note(result)})\n\n{_markdown(header, rows)}"
 
 
 def compare_table(results: Sequence[Dict[str, Any]], labels: Optional[Sequence[str]] = None) -> str:
@@ -100,8 +155,8 @@ def compare_table(results: Sequence[Dict[str, Any]], labels: Optional[Sequence[s
     keys: Dict[str, Tuple[int, int, int]] = {}
     for label, result in zip(labels, results):
         datasets = result["datasets"]
-        for method, flat in result["metrics"].items():
-            columns.append((f"{label} [{method}]", flat))
+        for method_label, _, flat in scored_rows(result):
+            columns.append((f"{label} [{method_label}]", flat))
             for key in flat:
                 dataset, metric = split_key(key, datasets)
                 if metric in HEADLINE:
@@ -113,14 +168,22 @@ def compare_table(results: Sequence[Dict[str, Any]], labels: Optional[Sequence[s
 
 
 def to_csv(result: Dict[str, Any]) -> str:
-    """One row per method: ``model``, ``method`` and every ``<dataset>_<metric>`` key (empty = undefined)."""
-    keys = list(dict.fromkeys(k for flat in result["metrics"].values() for k in flat))
+    """One row per method and control: ``model``, ``method``, ``kind`` (method/control) and every
+    ``<dataset>_<metric>`` key (empty = undefined), each bootstrapped key followed by ``<key>_low``, ``<key>_high``."""
+    rows = scored_rows(result)
+    intervals = result.get("bootstrap", {}).get("intervals", {})
+    keys = list(dict.fromkeys(k for _, _, flat in rows for k in flat))
+    bounded = {k for per_method in intervals.values() for k in per_method}
+    columns = [c for k in keys for c in ((k, f"{k}_low", f"{k}_high") if k in bounded else (k,))]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["model", "method", *keys])
-    for method, flat in result["metrics"].items():
-        writer.writerow([result["meta"].get("model", ""), method,
-                         *["" if flat.get(k) is None else repr(flat[k]) for k in keys]])
+    writer.writerow(["model", "method", "kind", *columns])
+    for label, name, flat in rows:
+        values = dict(flat)
+        for key, (low, high) in intervals.get(name, {}).items():
+            values[f"{key}_low"], values[f"{key}_high"] = low, high
+        writer.writerow([result["meta"].get("model", ""), name, "method" if name in result["metrics"] else "control",
+                         *["" if values.get(c) is None else repr(values[c]) for c in columns]])
     return buffer.getvalue()
 
 
@@ -131,7 +194,7 @@ def _report(result: Dict[str, Any], images: Sequence[Path], folder: Path) -> str
         "# URL benchmark results",
         "",
         f"- model: {meta.get('model')}",
-        f"- methods: {', '.join(result['metrics'])}",
+        f"- methods: {', '.join(result['metrics'])}; controls: {', '.join(result.get('controls', {})) or 'none'}",
         f"- weights sha256: `{meta.get('weights_sha256')}`",
         f"- datasets: " + ", ".join(
             f"{d['name']} ({d['role']}, {d['num_samples']} of {d['dataset_size']} images)" for d in meta["data"]["datasets"]
@@ -145,6 +208,9 @@ def _report(result: Dict[str, Any], images: Sequence[Path], folder: Path) -> str
     if meta.get("recomputed_from"):
         lines.append(f"- recomputed from saved outputs in `{meta['recomputed_from']}`")
     lines += ["", format_table(result), ""]
+    differences = format_differences(result)
+    if differences:
+        lines += [differences, ""]
     for image in images:
         lines += [f"![{image.stem}]({image.relative_to(folder).as_posix()})", ""]
     return "\n".join(lines)

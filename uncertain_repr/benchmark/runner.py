@@ -7,7 +7,6 @@ import hashlib
 import importlib
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,8 +22,11 @@ from ..data import create_loader
 from ..model import Uncertainizer
 from ..version import __version__
 from .collect import collect, resolve_methods
-from .outputs import DatasetOutputs, file_name, gather, load_npz, save_npz, write_json
-from .scoring import flatten, mixed_selection, score_dataset, score_mixed, seeded_subset
+from .controls import CONTROLS, has_sharpness, item_sharpness, with_controls
+from .intervals import Distributions, dataset_distributions, mixed_distributions, summarize
+from .outputs import DatasetOutputs, file_name, gather, gather_labels, load_npz, save_npz, write_json
+from .progress import Progress, progress_mode
+from .scoring import count_singleton_queries, flatten, mixed_selection, score_dataset, score_mixed, seeded_subset
 
 PathLike = Union[str, os.PathLike]
 DatasetSpec = Union[str, Tuple[str, Dataset]]
@@ -40,6 +42,7 @@ class _Entry:
     dataset: Dataset
     classify: bool
     source: str  # "named" (opened from data_dir) or "given"
+    split: Optional[str]  # of a named dataset
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -81,15 +84,28 @@ def weights_sha256(model: nn.Module) -> str:
 
 
 # ------------------------------------------------------------------------------------------ data
-def _open_named(name: str, data_dir: Optional[PathLike], split: str, model: Uncertainizer, *, legacy: bool, crops: bool, seed: int) -> Dataset:
-    """A named dataset from ``data_dir`` with the model's eval transform (and seeded crops)."""
+def _open_named(
+    name: str, data_dir: Optional[PathLike], split: str, model: Uncertainizer, *, legacy: bool, crops: bool, seed: int,
+    options: Mapping[str, Any],
+) -> Dataset:
+    """A named dataset from ``data_dir`` with the model's eval transform (and seeded crops); ``options`` go to the reader."""
     if data_dir is None:
         raise ValueError(f"data_dir is needed to open the named dataset {name!r}")
     from .. import data
 
     transform = data.eval_transform(model, legacy=legacy)
-    dataset = data.create_dataset(name, data_dir, split, transform=transform)
+    dataset = data.create_dataset(name, data_dir, split, transform=transform, **options)
     return data.WithCrops(dataset, seed=seed) if crops else dataset
+
+
+def parse_spec(spec: str, default_split: str) -> Tuple[str, str]:
+    """``"repr/cub:validation"`` -> ``("repr/cub", "validation")``; ``"repr/cub"`` -> ``("repr/cub", default_split)``."""
+    name, sep, split = spec.rpartition(":")
+    if not sep:
+        return spec, default_split
+    if not name or not split:
+        raise ValueError(f"a dataset with a split is written name:split, e.g. repr/cub:validation, got {spec!r}")
+    return name, split
 
 
 def _entries(
@@ -97,6 +113,8 @@ def _entries(
     upstream: Optional[DatasetSpec],
     classify: Optional[Sequence[str]],
     open_named,
+    splits: Mapping[str, str],
+    options: Mapping[str, Mapping[str, Any]],
 ) -> List[_Entry]:
     if isinstance(datasets, str):
         raise TypeError("datasets must be a list of names (or (name, dataset) pairs), not one string")
@@ -106,11 +124,14 @@ def _entries(
     roles = ([(upstream, "upstream")] if upstream is not None else []) + [(s, "downstream") for s in specs]
     entries, names = [], []
     for spec, role in roles:
-        name, given = (spec, None) if isinstance(spec, str) else tuple(spec)
+        if isinstance(spec, str):
+            (name, split), given = parse_spec(spec, splits[role]), None
+        else:
+            (name, given), split = tuple(spec), None
         if not isinstance(name, str) or not name:
-            raise TypeError(f"a dataset is a name or a (name, torch Dataset) pair, got {spec!r}")
+            raise TypeError(f"a dataset is a name, name:split or a (name, torch Dataset) pair, got {spec!r}")
         names.append(name)
-        entries.append((name, role, given))
+        entries.append((name, role, given, split))
     if len(set(names)) != len(names):
         raise ValueError(f"each dataset may appear once (upstream included), got {names}")
     upstream_name = entries[0][0] if upstream is not None else None
@@ -118,11 +139,14 @@ def _entries(
     unknown = classify_set - set(names)
     if unknown:
         raise ValueError(f"classify names datasets that are not evaluated: {sorted(unknown)}")
+    named = {name for name, _, given, _ in entries if given is None}
+    if set(options) - named:
+        raise ValueError(f"dataset_options names datasets that are not opened by name here: {sorted(set(options) - named)}")
     # Open every dataset before the first forward pass: a bad name or folder fails in seconds, not after hours.
     return [
-        _Entry(name, role, given if given is not None else open_named(name, role), name in classify_set,
-               "given" if given is not None else "named")
-        for name, role, given in entries
+        _Entry(name, role, given if given is not None else open_named(name, split, options.get(name, {})),
+               name in classify_set, "given" if given is not None else "named", split)
+        for name, role, given, split in entries
     ]
 
 
@@ -140,7 +164,38 @@ class _Subset(Dataset):
         item = self.dataset[position]
         if not isinstance(item, Mapping) or "image" not in item or "label" not in item:
             raise TypeError(f"dataset items must be dicts with 'image' and 'label', got {type(item).__name__}")
-        return {**item, "index": position}
+        item = {**item, "index": position}
+        for key, image in (("sharpness", "image"), ("sharpness_cropped", "image_cropped")):
+            value = item_sharpness(item[image]) if image in item else None
+            if value is not None:  # the sharpness control, for image datasets
+                item[key] = value
+        return item
+
+
+def sample_ids(dataset: Dataset, indices: np.ndarray) -> Optional[np.ndarray]:
+    """``[N]`` str: where each sample is read from (``describe()`` of an ImageDataset, ``samples`` of an ImageFolder)."""
+    if hasattr(dataset, "describe"):
+        return np.array([str(dataset.describe(int(i))) for i in indices], dtype=str)
+    samples = getattr(dataset, "samples", None)
+    if isinstance(samples, Sequence) and len(samples) == len(dataset):
+        return np.array([str(samples[int(i)][0]) for i in indices], dtype=str)
+    return None
+
+
+def _any_rank(flag: bool) -> bool:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        flags: List[Optional[bool]] = [None] * dist.get_world_size()
+        dist.all_gather_object(flags, bool(flag))
+        return any(flags)
+    return bool(flag)
+
+
+def _from_rank0(value: Any) -> Any:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+    return value
 
 
 def _rank_world() -> Tuple[int, int]:
@@ -173,8 +228,10 @@ def run(
     seed: int = 0,
     channels_last: bool = False,
     mixed_max_samples: int = 50_000,
-    progress: Optional[bool] = None,
+    progress: Progress = None,
     command: Optional[str] = None,
+    dataset_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    bootstrap: int = 0,
 ) -> Dict[str, Any]:
     """Evaluate ``model`` zero-shot on ``datasets`` with the URL benchmark's metrics.
 
@@ -184,10 +241,12 @@ def run(
         datasets: downstream dataset names (``"repr/cub"``, ``"soft/cifar10h"``, ...) opened from
             ``data_dir``, or ``(name, dataset)`` pairs / a ``{name: dataset}`` mapping of torch
             datasets whose items are dicts with ``image`` (a transformed tensor), ``label`` and
-            optionally ``soft_labels``, ``image_cropped`` + ``crop_fraction``.
+            optionally ``soft_labels``, ``image_cropped`` + ``crop_fraction``. A name may carry
+            its own split: ``"repr/cub:validation"``.
         data_dir: root folder of the named datasets.
         num_workers: data loader workers (default: ``create_loader``'s, min(4, CPUs)).
-        split: split of the downstream sets; ``upstream_split`` (default: ``split``) of ``upstream``.
+        split: split of the downstream sets without their own ``name:split``; ``upstream_split``
+            (default: ``split``) that of ``upstream``.
         upstream: the in-distribution set (e.g. ``"folder/imagenet"``): gets ``top1``/``top5``
             and is the ID half of ``auroc_ood``/``auroc_correct_mixed`` on each downstream set.
         methods: evaluate several uncertainty methods from one backbone pass (the model's own
@@ -205,12 +264,20 @@ def run(
         channels_last: run the model in channels-last memory format (about 2x faster for conv
             backbones on CPU; results equal up to float rounding).
         mixed_max_samples: cap of the equal ID and OOD subset sizes (the original's 50,000).
-        progress: tqdm bars per dataset; default: on rank 0 when stderr is a terminal.
+        progress: ``None``/``True``: a tqdm bar per dataset when stderr is a terminal, else a log
+            line (images done / total, img/s) after the first batch and every 30 s; ``False``:
+            silent; or ``"bar"`` / ``"log"``. Only rank 0 reports.
         command: the command line that started the run, recorded in ``meta``.
+        dataset_options: reader options per named dataset, e.g.
+            ``{"folder/mine": {"class_map": "classes.txt"}}`` (see ``create_dataset``).
+        bootstrap: ``N > 0`` adds ``result["bootstrap"]``: seeded 95% percentile intervals of R@1
+            and every AUROC-type metric over ``N`` resamples of the samples, and paired
+            differences between the methods/controls (see :mod:`.intervals`).
 
     Returns:
         ``{"meta": {...}, "datasets": [...], "metrics": {method: {"<dataset>_<metric>": value,
-        "avg_downstream_<metric>": value}}}``; undefined metrics are ``None``. Under
+        "avg_downstream_<metric>": value}}, "controls": {"random" | "sharpness": {...}}}``, the
+        controls scored like methods (see :mod:`.controls`); undefined metrics are ``None``. Under
         torch.distributed every rank computes its shard and returns the same result; rank 0 writes.
     """
     started = time.time()
@@ -220,6 +287,8 @@ def run(
         raise ValueError(f"max_samples must be >= 1 or None, got {max_samples}")
     if mixed_max_samples < 1:
         raise ValueError(f"mixed_max_samples must be >= 1, got {mixed_max_samples}")
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
+        raise ValueError(f"bootstrap must be an int >= 0 (resamples; 0 = off), got {bootstrap!r}")
     if (save_embeddings or plots) and out is None:
         raise ValueError("save_embeddings and plots write files: pass out= (a folder)")
     if plots:
@@ -237,68 +306,63 @@ def run(
         m.to(device)
     splits = {"upstream": upstream_split or split, "downstream": split}
 
-    def open_named(name: str, role: str) -> Dataset:
-        return _open_named(name, data_dir, splits[role], net, legacy=legacy_preprocessing, crops=crops, seed=seed)
+    def open_named(name: str, name_split: str, options: Mapping[str, Any]) -> Dataset:
+        return _open_named(name, data_dir, name_split, net, legacy=legacy_preprocessing, crops=crops, seed=seed,
+                           options=options)
 
-    entries = _entries(datasets, upstream, classify, open_named)
-    show = (rank == 0 and sys.stderr.isatty()) if progress is None else (progress and rank == 0)
+    entries = _entries(datasets, upstream, classify, open_named, splits, dataset_options or {})
+    mode = progress_mode(progress, rank=rank)
     out_dir = None if out is None else Path(out)
 
-    per_dataset: Dict[str, Dict[str, Dict[str, float]]] = {m.name: {} for m in evaluated_methods}
-    upstream_outputs: Optional[DatasetOutputs] = None
-    upstream_all: Optional[np.ndarray] = None
+    scores = _Scores(seed=seed, mixed_max_samples=mixed_max_samples, bootstrap=bootstrap, device=device)
     plot_data = []
     data_meta = []
     for entry in entries:
         if len(entry.dataset) == 0:
-            raise ValueError(f"dataset {entry.name!r} ({splits[entry.role]} split) is empty")
+            raise ValueError(f"dataset {entry.name!r} ({entry.split} split) is empty")
         evaluated = np.arange(len(entry.dataset))
         if max_samples is not None and max_samples < len(evaluated):
             evaluated = seeded_subset(evaluated, max_samples, seed=seed, dataset=entry.name, purpose="max-samples")
         loader = create_loader(_Subset(entry.dataset, evaluated), batch_size, shuffle=False, num_workers=num_workers)
         local = collect(
-            net, evaluated_methods, loader, dataset=entry.name, keep_logits=entry.classify,
-            device=device, progress=show, total=len(loader),
+            net, evaluated_methods, loader, dataset=entry.name, keep_logits=entry.classify or save_embeddings,
+            device=device, progress=mode, total=len(evaluated),
         )
-        for m in evaluated_methods:
-            per_dataset[m.name][entry.name] = score_dataset(local, m.name, classify=entry.classify, device=device)
-        if entry.role == "upstream":
-            upstream_outputs, upstream_all = replace(local, logits=None), evaluated
-        elif upstream_outputs is not None:
-            id_chosen, ood_chosen = mixed_selection(
-                upstream_all, evaluated, id_name=upstream_outputs.name, ood_name=entry.name,
-                seed=seed, max_samples=mixed_max_samples,
-            )
-            for m in evaluated_methods:
-                per_dataset[m.name][entry.name].update(
-                    score_mixed(upstream_outputs, local, m.name, id_chosen=id_chosen, ood_chosen=ood_chosen, device=device)
-                )
-        if save_embeddings or plots:
-            full = gather(local)
-            if rank == 0 and save_embeddings:
-                save_npz(full, out_dir / "embeddings" / f"{file_name(entry.name)}.npz")
-            if rank == 0 and plots:
-                from .plots import PlotData
+        full = gather(local) if (save_embeddings or plots or bootstrap) else None
+        sharpness = _any_rank(has_sharpness(local))
+        scores.add(local, role=entry.role, classify=entry.classify, evaluated=evaluated, sharpness=sharpness,
+                   full=full if rank == 0 else None)
+        if rank == 0 and save_embeddings:
+            saved = replace(full, sample_ids=sample_ids(entry.dataset, full.indices))
+            save_npz(saved, out_dir / "embeddings" / f"{file_name(entry.name)}.npz")
+        if rank == 0 and plots:
+            from .plots import PlotData
 
-                plot_data.append(PlotData.from_outputs(full, role=entry.role))
+            plot_data.append(PlotData.from_outputs(full, role=entry.role))
         data_meta.append({
-            "name": entry.name, "role": entry.role, "split": splits[entry.role] if entry.source == "named" else None,
+            "name": entry.name, "role": entry.role, "split": entry.split if entry.source == "named" else None,
             "source": entry.source, "num_samples": int(len(evaluated)), "dataset_size": len(entry.dataset),
             "classify": entry.classify, "crops": (crops and entry.source == "named") or local.crop_fractions is not None,
+            "singleton_queries": count_singleton_queries(gather_labels(local) if full is None else full.labels),
         })
 
     downstream = [e.name for e in entries if e.role == "downstream"]
+    metrics, controls, summary = scores.results(downstream, [m.name for m in evaluated_methods])
     result = {
         "meta": _meta(
             net, description, evaluated_methods, data_meta, legacy=legacy_preprocessing,
             data_dir=None if data_dir is None else os.fspath(data_dir), max_samples=max_samples,
             mixed_max_samples=mixed_max_samples, seed=seed, batch_size=batch_size, device=str(device),
-            world_size=world, command=command, elapsed_s=round(time.time() - started, 1),
+            world_size=world, command=command, bootstrap=bootstrap, controls=list(controls),
+            elapsed_s=round(time.time() - started, 1),
         ),
         "datasets": [e.name for e in entries],
         "upstream": entries[0].name if upstream is not None else None,
-        "metrics": {name: _json_floats(flatten(values, downstream)) for name, values in per_dataset.items()},
+        "metrics": metrics,
+        "controls": controls,
     }
+    if bootstrap:
+        result["bootstrap"] = _from_rank0(summary)
     if out_dir is not None and rank == 0:
         from .results import write_results
 
@@ -307,6 +371,59 @@ def run(
             write_json({"result": result, "files": {e.name: f"{file_name(e.name)}.npz" for e in entries}},
                        out_dir / "embeddings" / MANIFEST)
     return result
+
+
+class _Scores:
+    """The metrics (and bootstrap distributions) of every method and control, added dataset by dataset.
+
+    ``add()`` takes one rank's shard (``local``) for the metrics and, where the bootstrap runs
+    (rank 0), the complete outputs (``full``).
+    """
+
+    def __init__(self, *, seed: int, mixed_max_samples: int, bootstrap: int, device: Any) -> None:
+        self.seed, self.mixed_max_samples, self.bootstrap, self.device = seed, mixed_max_samples, bootstrap, device
+        self.per_dataset: Dict[str, Dict[str, Dict[str, float]]] = {}  # method/control -> dataset -> metrics
+        self.distributions: Dict[str, Distributions] = {}  # dataset -> method/control -> metric -> resamples
+        self.upstream: Optional[Tuple[DatasetOutputs, np.ndarray, Optional[DatasetOutputs]]] = None
+
+    def add(self, local: DatasetOutputs, *, role: str, classify: bool, evaluated: np.ndarray, sharpness: bool,
+            full: Optional[DatasetOutputs]) -> None:
+        name = local.name
+        scored = with_controls(local, seed=self.seed, sharpness=sharpness)
+        for m in scored.methods:
+            self.per_dataset.setdefault(m, {})[name] = score_dataset(scored, m, classify=classify, device=self.device)
+        booted = with_controls(full, seed=self.seed, sharpness=sharpness) if self.bootstrap and full is not None else None
+        if booted is not None:
+            self.distributions[name] = dataset_distributions(
+                booted, classify=classify, n_resamples=self.bootstrap, seed=self.seed, device=self.device
+            )
+        if role == "upstream":
+            self.upstream = (replace(scored, logits=None), evaluated, None if booted is None else replace(booted, logits=None))
+            return
+        if self.upstream is None:
+            return
+        up, up_evaluated, up_booted = self.upstream
+        id_chosen, ood_chosen = mixed_selection(
+            up_evaluated, evaluated, id_name=up.name, ood_name=name, seed=self.seed, max_samples=self.mixed_max_samples,
+        )
+        for m in scored.methods:
+            if m in up.methods:
+                self.per_dataset[m][name].update(
+                    score_mixed(up, scored, m, id_chosen=id_chosen, ood_chosen=ood_chosen, device=self.device)
+                )
+        if booted is not None and up_booted is not None:
+            mixed = mixed_distributions(up_booted, booted, id_chosen=id_chosen, ood_chosen=ood_chosen,
+                                        n_resamples=self.bootstrap, seed=self.seed, device=self.device)
+            for m, values in mixed.items():
+                self.distributions[name][m].update(values)
+
+    def results(self, downstream: Sequence[str], methods: Sequence[str]):
+        """``(metrics, controls, bootstrap summary or None)`` of the run, flattened per method."""
+        flat = {m: _json_floats(flatten(v, downstream)) for m, v in self.per_dataset.items()}
+        summary = None
+        if self.bootstrap and self.distributions:
+            summary = summarize(self.distributions, downstream, n_resamples=self.bootstrap, seed=self.seed)
+        return {m: flat[m] for m in methods}, {c: flat[c] for c in CONTROLS if c in flat}, summary
 
 
 def _json_floats(flat: Mapping[str, Any]) -> Dict[str, Optional[float]]:
@@ -360,32 +477,25 @@ def recompute(npz_dir: PathLike, *, out: Optional[PathLike] = None, plots: bool 
 
         require_matplotlib()
     meta = original["meta"]
-    seed, mixed_max = meta["seed"], meta["mixed_max_samples"]
     upstream_name = original["upstream"]
     roles = {d["name"]: d for d in meta["data"]["datasets"]}
-    per_dataset: Dict[str, Dict[str, Dict[str, float]]] = {m: {} for m in meta["methods"]}
-    upstream_outputs, plot_data = None, []
+    scores = _Scores(seed=meta["seed"], mixed_max_samples=meta["mixed_max_samples"], bootstrap=meta.get("bootstrap", 0),
+                     device=None)
+    plot_data = []
     for name in original["datasets"]:
         outputs = load_npz(npz_dir / manifest["files"][name])
         if outputs.name != name or list(outputs.methods) != meta["methods"]:
             raise ValueError(f"{manifest['files'][name]} holds {outputs.name!r} / {list(outputs.methods)}, "
                              f"the manifest expects {name!r} / {meta['methods']}")
-        for m in meta["methods"]:
-            per_dataset[m][name] = score_dataset(outputs, m, classify=roles[name]["classify"])
-        if name == upstream_name:
-            upstream_outputs = outputs
-        elif upstream_outputs is not None:
-            id_chosen, ood_chosen = mixed_selection(
-                upstream_outputs.indices, outputs.indices, id_name=upstream_name, ood_name=name,
-                seed=seed, max_samples=mixed_max,
-            )
-            for m in meta["methods"]:
-                per_dataset[m][name].update(score_mixed(upstream_outputs, outputs, m, id_chosen=id_chosen, ood_chosen=ood_chosen))
+        scores.add(outputs, role="upstream" if name == upstream_name else "downstream", classify=roles[name]["classify"],
+                   evaluated=outputs.indices, sharpness=has_sharpness(outputs), full=outputs)
         if plots:
             plot_data.append(PlotData.from_outputs(outputs, role=roles[name]["role"]))
     downstream = [n for n in original["datasets"] if n != upstream_name]
-    result = dict(original, meta=dict(meta, recomputed_from=os.fspath(npz_dir)),
-                  metrics={m: _json_floats(flatten(v, downstream)) for m, v in per_dataset.items()})
+    metrics, controls, summary = scores.results(downstream, meta["methods"])
+    result = dict(original, meta=dict(meta, recomputed_from=os.fspath(npz_dir)), metrics=metrics, controls=controls)
+    if summary is not None:
+        result["bootstrap"] = summary
     if out is not None:
         from .results import write_results
 

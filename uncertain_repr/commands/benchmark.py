@@ -27,10 +27,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--from-npz", metavar="DIR", help="recompute the metrics from a run's embeddings/ folder, without the model")
     parser.add_argument("--method", help="uncertainty method for a timm --model name (built with its pretrained weights)")
     parser.add_argument("--methods", type=_names, help="several methods from one backbone pass, e.g. class-entropy,embed-norm,max-prob")
-    parser.add_argument("--datasets", type=_names, help="downstream datasets, e.g. repr/cub,repr/cars,soft/cifar10h")
+    parser.add_argument("--datasets", type=_names,
+                        help="downstream datasets, each optionally name:split, e.g. repr/cub,folder/mine:validation,soft/cifar10h")
     parser.add_argument("--data-dir", help="folder holding the datasets")
-    parser.add_argument("--split", default="test", help="split of the downstream datasets (default: %(default)s)")
-    parser.add_argument("--upstream", help="in-distribution dataset, e.g. folder/imagenet (adds auroc_ood, auroc_correct_mixed)")
+    parser.add_argument("--split", default="test", help="split of the downstream datasets without their own :split (default: %(default)s)")
+    parser.add_argument("--class-map", action="append", metavar="[DATASET=]FILE",
+                        help="for folder/ datasets whose folder names are not the class ids: a text file of folder names, "
+                             "one per line, line i = class i; FILE alone applies to every folder/ dataset, "
+                             "DATASET=FILE to one (repeatable)")
+    parser.add_argument("--upstream", help="in-distribution dataset (name or name:split), e.g. folder/imagenet "
+                                           "(adds auroc_ood, auroc_correct_mixed)")
     parser.add_argument("--upstream-split", help="split of the upstream dataset (default: --split)")
     parser.add_argument("--classify", type=_names, help="datasets whose labels are the classifier's classes (default: the upstream set)")
     parser.add_argument("--out", help="folder for results.json, results.csv, report.md (nothing is written without it)")
@@ -44,8 +50,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-crops", action="store_true", help="skip the crop test (croppedHasBiggerUnc, rcorr_crop_unc): half the cost")
     parser.add_argument("--save-embeddings", action="store_true", help="write embeddings/<dataset>.npz (needs --out)")
     parser.add_argument("--plots", action="store_true", help="write PNG plots into the report (needs --out and matplotlib)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds crops and random subsets (default: %(default)s)")
+    parser.add_argument("--bootstrap", type=positive_int, metavar="N",
+                        help="95%% intervals of R@1 and the AUROC-type metrics, and paired differences between the methods "
+                             "and controls, from N seeded resamples of the samples (e.g. 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds crops, random subsets, the random control and the bootstrap (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
+
+
+def class_map_options(values, datasets, upstream) -> dict:
+    """``--class-map`` values -> ``dataset_options``: ``{name: {"class_map": file}}`` for folder/ datasets."""
+    from ..benchmark.runner import parse_spec
+
+    names = [parse_spec(d, "")[0] for d in [*(datasets or []), *([upstream] if upstream else [])]]
+    options: dict = {}
+    for value in values or []:
+        name, sep, path = value.partition("=")
+        if sep and name in names:
+            targets = [name]
+        else:
+            targets, path = [n for n in names if n.startswith("folder/")], value
+            if not targets:
+                raise ValueError(f"--class-map {value}: no folder/ dataset to apply it to (or write DATASET=FILE)")
+        for target in targets:
+            if target in options:
+                raise ValueError(f"--class-map given twice for {target}")
+            options[target] = {"class_map": path}
+    return options
 
 
 def _init_distributed(device: str):
@@ -70,7 +100,10 @@ def _command_line(args: argparse.Namespace) -> str:
         if key in ("command", "run") or value is None or value is False or DEFAULTS.get(key) == value:
             continue
         flag = "--" + key.replace("_", "-")
-        if value is True:
+        if key in REPEATED:
+            for item in value:
+                words += [flag, str(item)]
+        elif value is True:
             words.append(flag)
         else:
             words += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
@@ -78,6 +111,7 @@ def _command_line(args: argparse.Namespace) -> str:
 
 
 DEFAULTS = {"split": "test", "batch_size": 64, "device": "cpu", "seed": 0}
+REPEATED = ("class_map",)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             if not args.datasets:
                 raise ValueError("--datasets is required with --model")
+            options = class_map_options(args.class_map, args.datasets, args.upstream)
             import torch.distributed as dist
 
             if args.method and not Path(args.model).is_dir():  # a timm name with its pretrained weights
@@ -114,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
                     classify=args.classify, out=args.out, max_samples=args.max_samples, batch_size=args.batch_size,
                     num_workers=args.num_workers, device=device, legacy_preprocessing=args.legacy_preprocessing,
                     crops=not args.no_crops, save_embeddings=args.save_embeddings, plots=args.plots, seed=args.seed,
-                    channels_last=args.channels_last,
+                    channels_last=args.channels_last, dataset_options=options, bootstrap=args.bootstrap or 0,
                     command=_command_line(args),
                 )
                 rank = dist.get_rank() if dist.is_initialized() else 0
@@ -126,7 +161,10 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as err:  # e.g. --plots without matplotlib
         print(f"uncertain-repr benchmark: error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2) if args.json else benchmark.format_table(result))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print("\n\n".join(filter(None, [benchmark.format_table(result), benchmark.format_differences(result)])))
     if args.out:
         print(f"\nwritten to {args.out}/ (results.json, results.csv, report.md)", file=sys.stderr)
     return 0

@@ -13,6 +13,7 @@ to fold k if one of its folder names is ``fold<k>``.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -83,7 +84,7 @@ def _fold_of(image_path: str) -> int:
 
 @register_dataset("soft/", SPLITS)
 def annotated_folds(root: Path, split: str, name: str) -> ImageDataset:
-    """``soft/<name>``: a known short name (see ``FOLDER_NAMES``) or the folder name itself."""
+    """``soft/<name>``: a known short name (see ``FOLDER_NAMES``, each also registered by name) or the folder name itself."""
     folder = root / FOLDER_NAMES.get(name, name)
     if not folder.is_dir():
         raise FileNotFoundError(f"soft-label dataset folder not found: {folder}")
@@ -105,3 +106,8 @@ def annotated_folds(root: Path, split: str, name: str) -> ImageDataset:
         soft_labels=counts,
         classes=classes,
     )
+
+
+# The known sets by name, so that list_datasets() shows them (soft/treeversity1 is a URL benchmark set).
+for _short in FOLDER_NAMES:
+    register_dataset(f"soft/{_short}", SPLITS)(partial(annotated_folds, name=_short))

@@ -7,6 +7,7 @@ Split synonyms are mapped to canonical names before the reader sees them.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
@@ -93,9 +94,18 @@ def create_dataset(
         raise ValueError(f"split for {name} must be one of {list(entry.splits)}, got {split!r}")
     if not isinstance(root, (str, Path)):
         raise TypeError(f"root must be a str or Path, got {type(root).__name__}")
+    if isinstance(root, str) and not root.strip():
+        raise ValueError("root must name the folder holding the dataset, got an empty string")
+    if transform is not None and not callable(transform):
+        raise TypeError(f"transform must be a callable (PIL image -> sample) or None, got {type(transform).__name__}")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root folder not found: {root}")
+    params = inspect.signature(entry.reader).parameters
+    options = [p.name for p in list(params.values())[2:] if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD]
+    unknown = sorted(set(kwargs) - set(options) | set(kwargs) & set(extra))
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise TypeError(f"create_dataset({name!r}): unknown reader options {unknown}; it takes {options or 'none'}")
     dataset = entry.reader(root, canonical, **extra, **kwargs)
     dataset.transform = transform
     dataset.on_error = on_error

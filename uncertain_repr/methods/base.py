@@ -17,21 +17,25 @@ class UncertaintyMethod(nn.Module):
     ``requires_grad=False``, so that freezing and unfreezing cannot overwrite it.
 
     Args:
-        embed_dim: width ``D`` of the embedding.
-        num_classes: number of logits ``C`` of the classifier (0 if there is none).
+        embed_dim: width ``D`` of the embedding (``None`` only for methods with
+            ``needs_embed_dim = False`` on a backbone whose width is unknown).
+        num_classes: number of logits ``C`` of the classifier (0 if there is none, ``None`` if unknown).
     """
 
     name: ClassVar[str] = ""
     needs_logits: ClassVar[bool] = False
+    #: False for methods that size nothing by ``D`` (``embed-norm``, ``constant``, the softmax
+    #: baselines): ``Uncertainizer`` then wraps a plain module without knowing its width.
+    needs_embed_dim: ClassVar[bool] = True
     #: True when the method reads the backbone itself (hooked layers, stochastic re-runs): the model
     #: then refuses cached embeddings and calls ``forward(..., reembed=fn)``, where ``fn()`` runs the
     #: backbone on the same images again and returns a fresh embedding ``[B, D]``.
     needs_images: bool = False
 
-    def __init__(self, embed_dim: int, num_classes: int = 0) -> None:
+    def __init__(self, embed_dim: Optional[int], num_classes: Optional[int] = 0) -> None:
         super().__init__()
-        self.embed_dim = int(embed_dim)
-        self.num_classes = int(num_classes)
+        self.embed_dim = None if embed_dim is None else int(embed_dim)
+        self.num_classes = None if num_classes is None else int(num_classes)
 
     def attach(self, backbone: nn.Module, classifier: Optional[nn.Module] = None) -> None:
         """Called once by ``Uncertainizer`` with the backbone and its classifier (or ``None``), e.g. to
@@ -41,7 +45,8 @@ class UncertaintyMethod(nn.Module):
         state dict finds the same keys."""
 
     def uncertainty(self, embedding: torch.Tensor, logits: Optional[torch.Tensor]) -> torch.Tensor:
-        """Uncertainty ``[B]`` from ``embedding [B, D]`` and ``logits [B, C]`` (or ``None``)."""
+        """Uncertainty ``[B]`` (finite, any float dtype; ``Uncertainizer`` returns it as float32) from
+        ``embedding [B, D]`` and ``logits [B, C]`` (or ``None``)."""
         raise NotImplementedError
 
     def forward(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional
 
 import torch
@@ -23,6 +25,7 @@ class ClassEntropy(UncertaintyMethod):
     """``u = H(softmax(logits))`` in nats, in ``[0, log C]``."""
 
     needs_logits = True
+    needs_embed_dim = False
 
     def uncertainty(self, embedding: torch.Tensor, logits: Optional[torch.Tensor]) -> torch.Tensor:
         return softmax_entropy(logits)
@@ -33,6 +36,7 @@ class MaxProb(UncertaintyMethod):
     """``u = 1 - max_c softmax(logits)_c``, in ``[0, 1 - 1/C]``."""
 
     needs_logits = True
+    needs_embed_dim = False
 
     def uncertainty(self, embedding: torch.Tensor, logits: Optional[torch.Tensor]) -> torch.Tensor:
         return 1.0 - torch.softmax(logits.float(), dim=-1).amax(dim=-1)
@@ -42,6 +46,8 @@ class MaxProb(UncertaintyMethod):
 class EmbedNorm(UncertaintyMethod):
     """``u = 1 / max(||e||_2, 1e-12)``: a large embedding norm means certainty."""
 
+    needs_embed_dim = False
+
     def uncertainty(self, embedding: torch.Tensor, logits: Optional[torch.Tensor]) -> torch.Tensor:
         return 1.0 / embedding.float().norm(dim=-1).clamp_min(MIN_NORM)
 
@@ -50,8 +56,12 @@ class EmbedNorm(UncertaintyMethod):
 class Constant(UncertaintyMethod):
     """``u = value`` for every sample: the uninformative baseline (AUROC 0.5 through ties)."""
 
-    def __init__(self, embed_dim: int, num_classes: int = 0, *, value: float = 1.0) -> None:
+    needs_embed_dim = False
+
+    def __init__(self, embed_dim: Optional[int], num_classes: Optional[int] = 0, *, value: float = 1.0) -> None:
         super().__init__(embed_dim, num_classes)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"constant: value must be a finite number, got {value!r}")
         self.value = float(value)
 
     def uncertainty(self, embedding: torch.Tensor, logits: Optional[torch.Tensor]) -> torch.Tensor:

@@ -9,6 +9,7 @@ from torch import nn
 
 from ._registry import register_method
 from .base import UncertaintyMethod
+from .predictive import check_positive_int
 
 EPS = 1e-6
 
@@ -33,8 +34,8 @@ class PredNet(UncertaintyMethod):
         self, embed_dim: int, num_classes: int = 0, *, width: int = 512, depth: int = 2, negative_slope: float = 0.01
     ) -> None:
         super().__init__(embed_dim, num_classes)
-        if width < 1 or depth < 0:
-            raise ValueError(f"pred-net needs width >= 1 and depth >= 0, got width={width}, depth={depth}")
+        width = check_positive_int(width, "width", "pred-net")
+        depth = check_positive_int(depth, "depth", "pred-net", minimum=0)
         layers, in_dim = [], embed_dim
         for _ in range(depth):
             layers += [nn.Linear(in_dim, width), nn.LeakyReLU(negative_slope)]

@@ -28,10 +28,14 @@ def check_mode(mode: str, allowed: Tuple[str, ...], method: str) -> str:
     return mode
 
 
-def check_positive_int(value: int, name: str, method: str) -> int:
-    """``value`` as an int >= 1, else a ``ValueError`` naming the argument."""
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{method}: {name} must be an integer >= 1, got {value!r}")
+def check_positive_int(value: int, name: str, method: str, *, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum`` (default 1), else a ``ValueError`` naming the argument."""
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and value >= minimum
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{method}: {name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
