@@ -137,10 +137,6 @@ def run(args: argparse.Namespace) -> int:
             options = class_map_options(args.class_map, args.datasets, args.upstream)
             import torch.distributed as dist
 
-            if args.method and not Path(args.model).is_dir():  # a timm name with its pretrained weights
-                from ..offline import check_timm_pretrained
-
-                check_timm_pretrained(args.model)
             device = _init_distributed(args.device)
             try:
                 result = benchmark.run(

@@ -71,7 +71,7 @@ def build_model(args: argparse.Namespace):
         if args.model:
             raise ValueError("give --model or --backbone, not both")
         method = args.method or "pred-net"
-        model = Uncertainizer(args.backbone, method)
+        model = Uncertainizer(args.backbone, method, pretrained=False)  # warned about below, in CLI words
         print(
             f"WARNING: {args.backbone} + {method} is RANDOMLY INITIALISED: these uncertainties are meaningless.",
             file=sys.stderr,

