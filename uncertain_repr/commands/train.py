@@ -14,9 +14,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._validation import check_device
     from ..train.config import config_from_args
     from ..train.launch import report, run as run_training
 
-    result = run_training(config_from_args(args))
+    config = config_from_args(args)
+    if config.device:
+        check_device(config.device, name="--device")
+    result = run_training(config)
     print(report(result))
     return 0
