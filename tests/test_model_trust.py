@@ -87,7 +87,8 @@ def test_timm_name_without_pretrained_warns_that_numbers_are_meaningless():
 
 def test_pretrained_true_offline_is_one_clear_error():
     # tests run with HF_HUB_OFFLINE=1 and timm's Hub weights are not cached here
-    with pytest.raises(FileNotFoundError, match=r"pretrained=True: timm's weights for 'test_vit' are not in the"):
+    with pytest.raises(FileNotFoundError, match=r"missing the pretrained weights of timm model 'test_vit' \(Hugging Face "
+                       r"Hub repo timm/test_vit.r160_in1k\): not in the local cache .*HF_HUB_OFFLINE is set\. To get it"):
         ur.Uncertainizer("test_vit", pretrained=True)
     with pytest.raises(TypeError, match="pretrained must be True, False or a package weights name, got 1"):
         ur.Uncertainizer("test_vit", pretrained=1)

@@ -528,6 +528,12 @@ def _download(repo: str, revision: Optional[str], cache_dir: Optional[PathLike])
     from huggingface_hub import snapshot_download
 
     repo_id, revision = _split_revision(repo, revision)
+    from .offline import check_hub_download
+
+    check_hub_download(
+        repo_id, (CONFIG_NAME,), revision=revision, cache_dir=cache_dir, what=f"checkpoint {HUB_PREFIX}{repo}",
+        how="load it once with network access, or copy the checkpoint folder here and load the folder",
+    )
     return Path(
         snapshot_download(
             repo_id,

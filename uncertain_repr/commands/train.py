@@ -20,12 +20,15 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._validation import check_device
     from ..train.config import config_from_args
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", UserWarning)
         warnings.showwarning = _one_line_warning
         config = config_from_args(args)
+        if config.device:
+            check_device(config.device, name="--device")
         if args.dry_run:
             from ..train.dry_run import dry_run
 

@@ -34,9 +34,11 @@ class ImageSource(Protocol):
 
 
 def _decode(data: Union[Path, io.BytesIO], name: str) -> Image.Image:
+    from ..images import to_rgb  # 16-bit and float images on their true scale, not clipped to white/black
+
     try:
         with Image.open(data) as image:
-            return image.convert("RGB")
+            return to_rgb(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageDecodeError(f"cannot decode image {name}: {err}") from None
 
@@ -140,9 +142,11 @@ class TorchvisionImages:
 
 
 def _to_rgb(image: Any) -> Image.Image:
+    from ..images import to_rgb
+
     if not isinstance(image, Image.Image):
         image = Image.fromarray(image)
-    return image.convert("RGB")
+    return to_rgb(image)
 
 
 def indexed_images(folder: Path, tar_name: str, members: Sequence[str]) -> ImageSource:

