@@ -8,6 +8,14 @@ batches and returns the URL benchmark's results dict, also under ``torch.distrib
 
 from ._checks import UndefinedMetricWarning
 from .auroc import auroc, auroc_ood
+from .bootstrap import (
+    BootstrapInterval,
+    PairedDifference,
+    bootstrap_ci,
+    bootstrap_distribution,
+    paired_bootstrap_difference,
+    paired_difference,
+)
 from .classification import top_k_accuracy
 from .cropped import cropped_has_bigger_uncertainty
 from .evaluator import Evaluator
@@ -19,14 +27,20 @@ from .soft_label_entropy import soft_label_entropy
 from .summary import uncertainty_summary
 
 __all__ = [
+    "BootstrapInterval",
     "Evaluator",
+    "PairedDifference",
     "UndefinedMetricWarning",
     "aurc",
     "auroc",
     "auroc_ood",
+    "bootstrap_ci",
+    "bootstrap_distribution",
     "cropped_has_bigger_uncertainty",
     "nearest_neighbor_correct",
     "nearest_neighbor_index",
+    "paired_bootstrap_difference",
+    "paired_difference",
     "r_auroc",
     "r_auroc_mixed",
     "rank_correlation",
