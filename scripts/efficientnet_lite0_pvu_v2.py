@@ -82,9 +82,8 @@ def _sources(data_root: Path, model, scale: float):
         ("s1000_train_eval", head(s1000("train", eval_t), n(900), "views"), 1, False),
         ("s1000_val", head(s1000("validation", view), n(100), "views"), max(1, int(4 * min(1, scale * 10))), True),
         ("s1000_val_eval", head(s1000("validation", eval_t), n(100), "views"), 1, False),
-        ("tiny_train", head(tiny("train", eval_t), n(2000), "views"), 1, False),
-        ("tiny_val", head(tiny("validation", eval_t), n(1000), "views"), 1, False),
-        ("s1000_train_b", head(s1000("train", view), n(900), "views"), max(1, int(4 * min(1, scale * 10))), True),
+        ("tiny_train", head(tiny("train", eval_t), n(1000), "views"), 1, False),
+        ("tiny_val", head(tiny("validation", eval_t), n(600), "views"), 1, False),
     ]
 
 
@@ -95,9 +94,8 @@ def cmd_views(args) -> None:
         path = out / f"{stem}.h5"
         if path.exists():
             continue
-        seed = 1 if stem.endswith("_b") else 0
         cache.build(model, ds, path, epochs=views, augment=augment, batch_size=50, num_workers=args.workers,
-                       seed=seed, chunk_size=200, progress=False, dataset_name=f"{ds.name}:{stem}")
+                    seed=0, chunk_size=200, progress=False, dataset_name=f"{ds.name}:{stem}")
         print(f"wrote {path}", flush=True)
 
 
@@ -105,7 +103,7 @@ def cmd_views(args) -> None:
 EVAL_SETS = {  # name: (root under --data, split, max samples, classify)
     "soft/imagenet_val1300": ("", "test", None, True),
     "soft/cifar10h": ("", "test", 2000, False),
-    "idx/fashion_mnist": ("/usr/share/datasets", "test", 2000, False),
+    "idx/fashion_mnist": ("/usr/share/datasets", "test", 1000, False),
 }
 
 
@@ -122,8 +120,9 @@ def cmd_embed(args) -> None:
             continue
         ds = data.WithCrops(data.create_dataset(name, root or args.data, split, transform=data.eval_transform(model)), seed=0)
         chosen = np.arange(len(ds))
-        cap = None if cap is None else max(4, int(cap * args.scale)) if args.scale < 1 else cap
-        if cap is not None and cap < len(chosen):
+        cap = cap or len(chosen)
+        cap = max(4, int(cap * args.scale)) if args.scale < 1 else cap
+        if cap < len(chosen):
             chosen = seeded_subset(chosen, cap, seed=0, dataset=name, purpose="max-samples")
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, chosen.tolist()), batch_size=50,
                                              num_workers=args.workers)
@@ -145,7 +144,7 @@ def cmd_embed(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------ heads
-TRAIN = ("s1000_train_a", "s1000_train_b", "s1000_train_eval", "tiny_train")
+TRAIN = ("s1000_train_a", "s1000_train_eval", "tiny_train")
 SELECT = ("s1000_val", "s1000_val_eval", "tiny_val")
 FREE = ("class-entropy", "max-prob", "embed-norm")
 CANDIDATES = {  # name: (method, method args, loss, loss args); every one trained with the same data and schedule
@@ -155,6 +154,7 @@ CANDIDATES = {  # name: (method, method args, loss, loss args); every one traine
     "pnl-none": ("pred-net-logits", {"base": "none"}, "losspred-order", {}),
     "pnl-maxprob-allpairs": ("pred-net-logits", {"base": "max-prob"}, "losspred-order", {"pairing": "all"}),
     "pnl-maxprob-losspred": ("pred-net-logits", {"base": "max-prob"}, "losspred", {}),
+    "pnl-maxprob-w1024": ("pred-net-logits", {"base": "max-prob", "width": 1024}, "losspred-order", {}),
 }
 
 
