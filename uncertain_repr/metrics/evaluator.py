@@ -14,8 +14,10 @@ from .classification import top_k_accuracy
 from .cropped import cropped_has_bigger_uncertainty
 from .nearest_neighbor import Metric, nearest_neighbor_correct
 from .r_auroc import r_auroc_mixed
+from .retrieval import retrieval_scores
 from .rank_correlation import rcorr_crop_unc, rcorr_entropy
 from .summary import uncertainty_summary
+
 
 def _cpu(x: torch.Tensor | np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return torch.as_tensor(x).detach().to(device="cpu", dtype=dtype)
@@ -34,6 +36,9 @@ class Evaluator:
         chunk_size: 1-NN query rows per matrix product, see :func:`nearest_neighbor_correct`.
         backend: ``"torch"`` or ``"faiss"``, see :func:`nearest_neighbor_correct`.
         device: where the 1-NN matrix products run at ``compute()`` (default: CPU), e.g. "cuda".
+        exclude_singleton_queries: leave out of ``r1``/``auroc_correct``, as queries, the samples
+            whose class has no other member (see :func:`retrieval_metrics`); off by default, as
+            in the original. ``n_singleton_queries`` is reported either way.
     """
 
     def __init__(
@@ -43,11 +48,13 @@ class Evaluator:
         chunk_size: Optional[int] = None,
         backend: Literal["torch", "faiss"] = "torch",
         device: Union[str, torch.device, None] = None,
+        exclude_singleton_queries: bool = False,
     ) -> None:
         self.metric = metric
         self.chunk_size = chunk_size
         self.backend = backend
         self.device = torch.device("cpu") if device is None else torch.device(device)
+        self.exclude_singleton_queries = exclude_singleton_queries
         self.reset()
 
     def reset(self) -> None:
@@ -106,6 +113,12 @@ class Evaluator:
                 f"update() got inputs {sorted(batch)} but earlier batches had {sorted(self._store)}; "
                 "give each optional input in every batch or in none"
             )
+        for name in ("embeddings", "soft_labels", "logits"):
+            if name in batch and self._num_batches and batch[name].shape[1] != self._store[name][0].shape[1]:
+                raise ValueError(
+                    f"{name} has width {batch[name].shape[1]} in this update() but "
+                    f"{self._store[name][0].shape[1]} in earlier batches; it must be the same in every batch"
+                )
         for name, value in batch.items():
             self._store.setdefault(name, []).append(value)
         self._num_batches += 1
@@ -134,7 +147,8 @@ class Evaluator:
     def compute(self) -> Dict[str, float]:
         """All metrics whose inputs were given (keys of absent inputs are absent, not 0).
 
-        Keys: ``r1``, ``auroc_correct`` and the :func:`uncertainty_summary` keys always;
+        Keys: ``r1``, ``auroc_correct``, ``n_singleton_queries`` (queries whose class has no
+        other member; an int) and the :func:`uncertainty_summary` keys always;
         ``top1``, ``top5``, ``auroc_classification`` with logits; ``croppedHasBiggerUnc`` with
         uncertainties_cropped; ``rcorr_crop_unc`` with crop_fractions; ``rcorr_entropy`` with
         soft_labels. Fractions are in [0, 1] (the original's top1/top5 were percent) and values
@@ -146,10 +160,7 @@ class Evaluator:
             emb.to(self.device), labels, metric=self.metric, chunk_size=self.chunk_size, backend=self.backend
         )
         unc_np = unc.double().numpy()
-        out: Dict[str, float] = {
-            "r1": float(correct.double().mean()),
-            "auroc_correct": _auroc_np(unc_np, ~correct.numpy()),
-        }
+        out = retrieval_scores(unc_np, correct, labels.numpy(), self.exclude_singleton_queries)
         if "logits" in d:
             logits = d["logits"]
             out["top1"] = top_k_accuracy(logits, labels, 1)
