@@ -13,7 +13,7 @@ import logging
 import sys
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, Literal, Optional, Tuple
+from typing import Callable, Iterator, Literal, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -35,20 +35,40 @@ _MATMUL_UNIT = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}
 _PROGRESS_LOG_SECONDS = 30.0
 
 
-def _prepare(x: torch.Tensor, metric: str) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """float64 rows to search and the per-column penalty: score(q, j) = a * q.x_j - penalty_j."""
-    x = x.double()
-    if metric == "cosine":
-        # Zero vectors stay zero (like sklearn.preprocessing.normalize): similarity 0 to everything.
-        norms = x.norm(dim=1, keepdim=True)
-        return x / torch.where(norms > 0, norms, torch.ones_like(norms)), None
+class _Prepared(NamedTuple):
+    """The search's view of the embeddings: score(q, j) = a * q.x_j - penalty_j, q and x_j prepared."""
+
+    source: torch.Tensor  # the embeddings as given
+    divisor: Optional[torch.Tensor]  # cosine: float64 row norms (1 for zero rows); euclidean: None
+    penalty: Optional[torch.Tensor]  # euclidean: float64 ||x_j||^2; cosine: None
+    norms: torch.Tensor  # float64 norms of the PREPARED rows (<= 1 for cosine)
+
+    def rows64(self, rows: slice | torch.Tensor) -> torch.Tensor:
+        """Prepared rows in float64 (elementwise, so bitwise the same however rows are chunked)."""
+        x = self.source[rows].double()
+        return x if self.divisor is None else x / self.divisor[rows, None]
+
+
+def _prepare(x: torch.Tensor, metric: str) -> _Prepared:
+    """Row norms in float64, one chunk at a time (no float64 copy of the embeddings is kept)."""
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+    step = max(1, _RECHECK_BYTES // (8 * x.shape[1]))
+    sq = torch.cat([(r * r).sum(dim=1) for r in x.split(step) for r in (r.double(),)])
+    norms = sq.sqrt()
     if metric == "euclidean":
         # argmin ||q - x_j||^2 = argmax (2 q.x_j - ||x_j||^2); ||q||^2 is constant per query.
-        return x, (x * x).sum(dim=1)
-    raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+        return _Prepared(x, None, sq, norms)
+    # Zero vectors stay zero (like sklearn.preprocessing.normalize): similarity 0 to everything.
+    return _Prepared(x, torch.where(norms > 0, norms, torch.ones_like(norms)), None, (norms > 0).double())
 
 
-def _gap_threshold(x: torch.Tensor, penalty: Optional[torch.Tensor]) -> torch.Tensor:
+def _float32_rows(p: _Prepared) -> torch.Tensor:
+    step = max(1, _RECHECK_BYTES // (8 * p.source.shape[1]))
+    return torch.cat([p.rows64(slice(s, s + step)).float() for s in range(0, p.source.shape[0], step)])
+
+
+def _gap_threshold(p: _Prepared) -> torch.Tensor:
     """Per query, a gap between float32 scores above which their float64 order is certain.
 
     A float32 dot product of length D (inputs rounded from float64) is within
@@ -57,10 +77,9 @@ def _gap_threshold(x: torch.Tensor, penalty: Optional[torch.Tensor]) -> torch.Te
     only if their float32 values are within 2e; the threshold is twice that, for slack.
     """
     unit = _MATMUL_UNIT.get(torch.get_float32_matmul_precision(), 2.0**-8)
-    norms = x.norm(dim=1)
-    biggest = norms.max()
-    scale = norms * biggest if penalty is None else 2 * norms * biggest + biggest**2
-    return (4 * (x.shape[1] + 4) * unit * scale).float()
+    biggest = p.norms.max()
+    scale = p.norms * biggest if p.penalty is None else 2 * p.norms * biggest + biggest**2
+    return (4 * (p.source.shape[1] + 4) * unit * scale).float()
 
 
 @contextmanager
@@ -121,15 +140,14 @@ def _merge(best: torch.Tensor, index: torch.Tensor, second: torch.Tensor, gap: t
     index[q] = torch.where(better, arg[:, 0] + offset, index[q])
 
 
-def _nn_float32_pass(x: torch.Tensor, penalty: Optional[torch.Tensor], gap: torch.Tensor,
-                     tile: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _nn_float32_pass(p: _Prepared, tile: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """(index of the float32 best, whether it is ambiguous) for every sample."""
-    n = x.shape[0]
-    x32 = x.float()
-    pen = None if penalty is None else penalty.float()
-    best = torch.full((n,), -torch.inf, device=x.device)
+    x32 = _float32_rows(p)
+    n, gap = x32.shape[0], _gap_threshold(p)
+    pen = None if p.penalty is None else p.penalty.float()
+    best = torch.full((n,), -torch.inf, device=x32.device)
     second = best.clone()
-    index = torch.zeros(n, dtype=torch.long, device=x.device)
+    index = torch.zeros(n, dtype=torch.long, device=x32.device)
     starts = range(0, n, tile)
     # Diagonal tiles first: every sample then starts from the best of its own tile, so later
     # tiles rarely come within the gap and their exact top-2 is rarely needed.
@@ -148,23 +166,24 @@ def _nn_float32_pass(x: torch.Tensor, penalty: Optional[torch.Tensor], gap: torc
     return index, second >= best - gap
 
 
-def _nn_float64_recheck(x: torch.Tensor, penalty: Optional[torch.Tensor], rows: torch.Tensor,
-                        index: torch.Tensor) -> None:
+def _nn_float64_recheck(p: _Prepared, rows: torch.Tensor, index: torch.Tensor) -> None:
     """Exact float64 1-NN of ``rows`` (lowest index among equal scores), written into ``index``."""
-    n = x.shape[0]
+    n = p.source.shape[0]
     chunk = max(1, _RECHECK_BYTES // (8 * n))
-    for part in rows.split(chunk):
-        sims = x[part] @ x.T
-        if penalty is not None:
-            sims.mul_(2).sub_(penalty)
-        sims[torch.arange(part.numel(), device=x.device), part] = -torch.inf
+    col_step = max(1, _RECHECK_BYTES // (8 * p.source.shape[1]))
+    for part in rows.split(chunk) if rows.numel() else ():
+        queries = p.rows64(part)
+        sims = torch.cat([queries @ p.rows64(slice(c, c + col_step)).T for c in range(0, n, col_step)], dim=1)
+        if p.penalty is not None:
+            sims.mul_(2).sub_(p.penalty)
+        sims[torch.arange(part.numel(), device=sims.device), part] = -torch.inf
         index[part] = sims.argmax(dim=1)  # first maximal value = lowest index wins
 
 
 def _nn_torch(x: torch.Tensor, metric: str, tile: int) -> torch.Tensor:
-    x64, penalty = _prepare(x, metric)
-    index, ambiguous = _nn_float32_pass(x64, penalty, _gap_threshold(x64, penalty), tile)
-    _nn_float64_recheck(x64, penalty, ambiguous.nonzero().squeeze(1), index)
+    p = _prepare(x, metric)
+    index, ambiguous = _nn_float32_pass(p, tile)
+    _nn_float64_recheck(p, ambiguous.nonzero().squeeze(1), index)
     return index
 
 
@@ -176,7 +195,7 @@ def _nn_faiss(x: torch.Tensor, metric: str) -> torch.Tensor:
             "backend='faiss' needs the optional package faiss (faiss-cpu or faiss-gpu); "
             "use backend='torch' (exact, no extra dependency) instead"
         ) from exc
-    data = np.ascontiguousarray(_prepare(x, metric)[0].cpu().numpy(), dtype=np.float32)
+    data = np.ascontiguousarray(_float32_rows(_prepare(x, metric)).cpu().numpy())
     index = faiss.IndexFlatIP(data.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(data.shape[1])
     index.add(data)
     _, hits = index.search(data, 2)
@@ -203,8 +222,6 @@ def nearest_neighbor_index(
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"embeddings must have at least 2 samples for a nearest neighbour, got N={n}")
-    if metric not in ("cosine", "euclidean"):
-        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
     if backend == "faiss":
         return _nn_faiss(x, metric)
     if backend != "torch":
