@@ -15,8 +15,9 @@
 2. ``auroc`` on M scores vs ``sklearn.metrics.roc_auc_score``.
 
 Peak memory = peak resident set size above the level at the start of each call (Linux /proc;
-resets the high-water mark via /proc/self/clear_refs), so torch, numpy and faiss allocations all
-count; the inputs themselves are allocated before and not counted.
+resets the high-water mark via /proc/self/clear_refs, after ``malloc_trim`` so that memory freed
+by the previous path is not silently reused), so torch, numpy and faiss allocations all count;
+the inputs themselves are allocated before and not counted.
 
 Run:  python benchmarks/bench_metrics.py [--n 20000 --d 384 --classes 500 --rounds 3]
       python benchmarks/bench_metrics.py --quick   (N=4,000, 1 round per path: a smoke test)
@@ -25,6 +26,8 @@ Run:  python benchmarks/bench_metrics.py [--n 20000 --d 384 --classes 500 --roun
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import os
 import time
 from pathlib import Path
@@ -48,6 +51,11 @@ def _status_kib(field: str) -> int:
 
 def measure(fn: Callable[[], object]) -> Tuple[object, float, float]:
     """(result, wall seconds, peak extra RSS in MiB or nan if /proc is unavailable)."""
+    gc.collect()
+    try:  # hand freed heap memory back to the OS, or the next path would reuse it unseen
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         start_kib = _status_kib("VmRSS")
