@@ -125,7 +125,10 @@ class Evaluator:
 
     def _gathered(self) -> Dict[str, torch.Tensor]:
         """Local batches, concatenated, gathered from all ranks, ordered by ``indices`` if given."""
-        local = {name: torch.cat(parts) for name, parts in self._store.items()}
+        for name, parts in self._store.items():
+            if len(parts) > 1:  # concatenate once and keep only that: no second copy held
+                parts[:] = [torch.cat(parts)]
+        local = {name: parts[0] for name, parts in self._store.items()}
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             shards: List[Dict[str, torch.Tensor]] = [{} for _ in range(dist.get_world_size())]
             dist.all_gather_object(shards, local)

@@ -28,8 +28,11 @@ _log = logging.getLogger(__name__)
 # D=384 on 2 loaded cores: 2048 is best on 1 thread, 3072-4096 on 2 (more work per parallel
 # region); 3072 is within 5% of the best in both and keeps peak memory within 2x of faiss.
 _TILE = 3072
-# Budget of one chunk of the float64 re-check (rows x N similarities).
-_RECHECK_BYTES = 64 * 2**20
+# Budget of one float64 chunk (re-check: rows x N similarities; preparation: rows x D values),
+# small next to the float32 copy and the tiles, so that peak memory stays within 2x of faiss.
+_CHUNK_BYTES = 8 * 2**20
+# Queries per gathered piece of a transposed tile (512 x 3072 floats = 6 MiB).
+_GATHER = 512
 # Unit roundoff of a float32 matrix product under torch's float32 matmul precision setting
 # ("high" may use TF32, "medium" bfloat16 products).
 _MATMUL_UNIT = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}
@@ -54,7 +57,7 @@ def _prepare(x: torch.Tensor, metric: str) -> _Prepared:
     """Row norms in float64, one chunk at a time (no float64 copy of the embeddings is kept)."""
     if metric not in ("cosine", "euclidean"):
         raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
-    step = max(1, _RECHECK_BYTES // (8 * x.shape[1]))
+    step = max(1, _CHUNK_BYTES // (8 * x.shape[1]))
     sq = torch.cat([(r * r).sum(dim=1) for r in x.split(step) for r in (r.double(),)])
     norms = sq.sqrt()
     if metric == "euclidean":
@@ -65,7 +68,7 @@ def _prepare(x: torch.Tensor, metric: str) -> _Prepared:
 
 
 def _float32_rows(p: _Prepared) -> torch.Tensor:
-    step = max(1, _RECHECK_BYTES // (8 * p.source.shape[1]))
+    step = max(1, _CHUNK_BYTES // (8 * p.source.shape[1]))
     return torch.cat([p.rows64(slice(s, s + step)).float() for s in range(0, p.source.shape[0], step)])
 
 
@@ -124,24 +127,24 @@ def _merge(best: torch.Tensor, index: torch.Tensor, second: torch.Tensor, gap: t
     """
     rows = slice(start, start + scores.shape[0])
     if bool(best[rows].isneginf().all()):  # first tile of these queries: all are candidates
-        cand, sub = torch.arange(scores.shape[0], device=scores.device), scores.contiguous()
+        pieces = [(torch.arange(scores.shape[0], device=scores.device), scores)]
     else:
         cand = (scores.amax(dim=1) >= best[rows] - gap[rows]).nonzero().squeeze(1)
-        if cand.numel() == 0:
-            return
-        if scores.stride(1) == 1:
-            sub = scores.index_select(0, cand)
-        else:  # a transposed tile: gathering its columns and transposing them is ~10x faster
-            sub = scores.T.index_select(1, cand).T.contiguous()
-    top, arg = sub.topk(min(2, scores.shape[1]), dim=1)
-    t1 = top[:, 0]
-    t2 = top[:, 1] if top.shape[1] == 2 else torch.full_like(t1, -torch.inf)
-    q = cand + start
-    b1, b2 = best[q], second[q]
-    second[q] = torch.maximum(torch.minimum(b1, t1), torch.maximum(b2, t2))
-    better = t1 > b1
-    best[q] = torch.where(better, t1, b1)
-    index[q] = torch.where(better, arg[:, 0] + offset, index[q])
+        # In pieces of _GATHER queries so the copies stay small; of a transposed tile, gathering
+        # columns and transposing them is ~10x faster than gathering its rows.
+        take = (lambda c: scores.index_select(0, c)) if scores.stride(1) == 1 else (
+            lambda c: scores.T.index_select(1, c).T.contiguous())
+        pieces = ((c, take(c)) for c in cand.split(_GATHER))
+    for cand, sub in pieces:
+        top, arg = sub.topk(min(2, scores.shape[1]), dim=1)
+        t1 = top[:, 0]
+        t2 = top[:, 1] if top.shape[1] == 2 else torch.full_like(t1, -torch.inf)
+        q = cand + start
+        b1, b2 = best[q], second[q]
+        second[q] = torch.maximum(torch.minimum(b1, t1), torch.maximum(b2, t2))
+        better = t1 > b1
+        best[q] = torch.where(better, t1, b1)
+        index[q] = torch.where(better, arg[:, 0] + offset, index[q])
 
 
 def _nn_float32_pass(p: _Prepared, tile: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -166,6 +169,7 @@ def _nn_float32_pass(p: _Prepared, tile: int) -> Tuple[torch.Tensor, torch.Tenso
             _merge(best, index, second, gap, s, sims if pen is None else sims - pen[c : c + tile], c)
             if c != s:  # the same pairs, seen from the candidates' side
                 _merge(best, index, second, gap, c, sims.T if pen is None else sims.T - pen[s : s + tile], s)
+            del sims  # before the next tile is allocated
             step(1)
     return index, second >= best - gap
 
@@ -173,8 +177,8 @@ def _nn_float32_pass(p: _Prepared, tile: int) -> Tuple[torch.Tensor, torch.Tenso
 def _nn_float64_recheck(p: _Prepared, rows: torch.Tensor, index: torch.Tensor) -> None:
     """Exact float64 1-NN of ``rows`` (lowest index among equal scores), written into ``index``."""
     n = p.source.shape[0]
-    chunk = max(1, _RECHECK_BYTES // (8 * n))
-    col_step = max(1, _RECHECK_BYTES // (8 * p.source.shape[1]))
+    chunk = max(1, _CHUNK_BYTES // (8 * n))
+    col_step = max(1, _CHUNK_BYTES // (8 * p.source.shape[1]))
     for part in rows.split(chunk) if rows.numel() else ():
         queries = p.rows64(part)
         sims = torch.cat([queries @ p.rows64(slice(c, c + col_step)).T for c in range(0, n, col_step)], dim=1)
