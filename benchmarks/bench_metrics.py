@@ -11,7 +11,8 @@
    (e) reference: faiss ``IndexFlatIP`` k=2 (rows L2-normalised in numpy) + sklearn
        ``roc_auc_score`` (sklearn ``NearestNeighbors`` brute force if faiss is not installed).
 
-   Each row prints the time and peak memory relative to (e).
+   Each row prints wall time, process CPU time (all threads; less sensitive to other load on
+   the machine) and peak memory, each also relative to (e).
 2. ``auroc`` on M scores vs ``sklearn.metrics.roc_auc_score``.
 
 Peak memory = peak resident set size above the level at the start of each call (Linux /proc;
@@ -19,7 +20,7 @@ resets the high-water mark via /proc/self/clear_refs, after ``malloc_trim`` so t
 by the previous path is not silently reused), so torch, numpy and faiss allocations all count;
 the inputs themselves are allocated before and not counted.
 
-Run:  python benchmarks/bench_metrics.py [--n 20000 --d 384 --classes 500 --rounds 3]
+Run:  python benchmarks/bench_metrics.py [--n 20000 --d 384 --classes 500 --rounds 3 --threads T]
       python benchmarks/bench_metrics.py --quick   (N=4,000, 1 round per path: a smoke test)
 """
 
@@ -49,8 +50,8 @@ def _status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def measure(fn: Callable[[], object]) -> Tuple[object, float, float]:
-    """(result, wall seconds, peak extra RSS in MiB or nan if /proc is unavailable)."""
+def measure(fn: Callable[[], object]) -> Tuple[object, float, float, float]:
+    """(result, wall seconds, process CPU seconds, peak extra RSS in MiB or nan without /proc)."""
     gc.collect()
     try:  # hand freed heap memory back to the OS, or the next path would reuse it unseen
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -61,11 +62,11 @@ def measure(fn: Callable[[], object]) -> Tuple[object, float, float]:
         start_kib = _status_kib("VmRSS")
     except OSError:
         start_kib = None
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = fn()
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = (_status_kib("VmHWM") - start_kib) / 1024 if start_kib is not None else float("nan")
-    return result, seconds, peak
+    return result, seconds, cpu, peak
 
 
 def clustered(n: int, d: int, classes: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -145,21 +146,20 @@ def retrieval_table(n: int, d: int, classes: int, rounds: int) -> None:
     paths = {**user_paths(emb, labels, unc), f"(e) {name}": reference}
     print(f"\n[1] R@1 + R-AUROC, N={n:,}, D={d}, {classes} classes, cosine; {rounds} interleaved "
           f"round(s), medians; load average before: {load()}")
-    times: Dict[str, List[float]] = {k: [] for k in paths}
-    peaks: Dict[str, List[float]] = {k: [] for k in paths}
+    samples: Dict[str, List[Tuple[float, float, float]]] = {k: [] for k in paths}
     results: Dict[str, Result] = {}
     for _ in range(rounds):
         for key, fn in paths.items():
-            results[key], seconds, peak = measure(fn)
-            times[key].append(seconds)
-            peaks[key].append(peak)
-    ref_key = list(paths)[-1]
-    t_ref, m_ref = float(np.median(times[ref_key])), float(np.median(peaks[ref_key]))
-    print(f"{'path':58}{'time s':>8}{'/ ref':>7}{'peak MiB':>10}{'/ ref':>7}{'R@1':>8}{'R-AUROC':>9}")
+            results[key], *figures = measure(fn)
+            samples[key].append(tuple(figures))
+    med = {k: np.median(np.array(v), axis=0) for k, v in samples.items()}  # wall, cpu, peak
+    ref = med[list(paths)[-1]]
+    print(f"{'path':52}{'wall s':>8}{'/ ref':>7}{'CPU s':>8}{'/ ref':>7}{'peak MiB':>10}{'/ ref':>7}"
+          f"{'R@1':>8}{'R-AUROC':>9}")
     for key in paths:
-        t, m = float(np.median(times[key])), float(np.median(peaks[key]))
-        r1, ra = results[key]
-        print(f"{key[:58]:58}{t:8.2f}{t / t_ref:7.2f}{m:10.0f}{m / max(m_ref, 1):7.2f}{r1:8.4f}{ra:9.4f}")
+        (t, c, m), (r1, ra) = med[key], results[key]
+        print(f"{key[:52]:52}{t:8.2f}{t / ref[0]:7.2f}{c:8.2f}{c / ref[1]:7.2f}{m:10.0f}{m / max(ref[2], 1):7.2f}"
+              f"{r1:8.4f}{ra:9.4f}")
     print(f"load average after: {load()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
 
 
@@ -182,8 +182,17 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=500, help="classes (default 500)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per path (default 3)")
     parser.add_argument("--scores", type=int, default=10**6, help="scores for the auroc table (default 10^6)")
+    parser.add_argument("--threads", type=int, default=None, help="torch and faiss threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="N=4,000, 1 round, 10^5 scores")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        try:
+            import faiss
+
+            faiss.omp_set_num_threads(args.threads)
+        except ImportError:
+            pass
     if args.quick:
         args.n, args.rounds, args.scores = 4_000, 1, 10**5
     retrieval_table(args.n, args.d, args.classes, args.rounds)
