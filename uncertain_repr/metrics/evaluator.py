@@ -38,7 +38,9 @@ class Evaluator:
         device: where the 1-NN matrix products run at ``compute()`` (default: CPU), e.g. "cuda".
         exclude_singleton_queries: leave out of ``r1``/``auroc_correct``, as queries, the samples
             whose class has no other member (see :func:`retrieval_metrics`); off by default, as
-            in the original. ``n_singleton_queries`` is reported either way.
+            in the original. Their number is reported either way, as the attribute
+            ``n_singleton_queries`` (set by ``compute()``; not a results key, so that tables
+            of metrics do not average a count).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class Evaluator:
         """Forget all stored batches."""
         self._store: Dict[str, List[torch.Tensor]] = {}
         self._num_batches = 0
+        self.n_singleton_queries: Optional[int] = None
 
     def update(
         self,
@@ -150,8 +153,7 @@ class Evaluator:
     def compute(self) -> Dict[str, float]:
         """All metrics whose inputs were given (keys of absent inputs are absent, not 0).
 
-        Keys: ``r1``, ``auroc_correct``, ``n_singleton_queries`` (queries whose class has no
-        other member; an int) and the :func:`uncertainty_summary` keys always;
+        Keys: ``r1``, ``auroc_correct`` and the :func:`uncertainty_summary` keys always;
         ``top1``, ``top5``, ``auroc_classification`` with logits; ``croppedHasBiggerUnc`` with
         uncertainties_cropped; ``rcorr_crop_unc`` with crop_fractions; ``rcorr_entropy`` with
         soft_labels. Fractions are in [0, 1] (the original's top1/top5 were percent) and values
@@ -164,6 +166,7 @@ class Evaluator:
         )
         unc_np = unc.double().numpy()
         out = retrieval_scores(unc_np, correct, labels.numpy(), self.exclude_singleton_queries)
+        self.n_singleton_queries = int(out.pop("n_singleton_queries"))
         if "logits" in d:
             logits = d["logits"]
             out["top1"] = top_k_accuracy(logits, labels, 1)

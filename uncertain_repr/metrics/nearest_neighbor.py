@@ -175,17 +175,29 @@ def _nn_float32_pass(p: _Prepared, tile: int) -> Tuple[torch.Tensor, torch.Tenso
 
 
 def _nn_float64_recheck(p: _Prepared, rows: torch.Tensor, index: torch.Tensor) -> None:
-    """Exact float64 1-NN of ``rows`` (lowest index among equal scores), written into ``index``."""
-    n = p.source.shape[0]
-    chunk = max(1, _CHUNK_BYTES // (8 * n))
-    col_step = max(1, _CHUNK_BYTES // (8 * p.source.shape[1]))
-    for part in rows.split(chunk) if rows.numel() else ():
-        queries = p.rows64(part)
-        sims = torch.cat([queries @ p.rows64(slice(c, c + col_step)).T for c in range(0, n, col_step)], dim=1)
-        if p.penalty is not None:
-            sims.mul_(2).sub_(p.penalty)
-        sims[torch.arange(part.numel(), device=sims.device), part] = -torch.inf
-        index[part] = sims.argmax(dim=1)  # first maximal value = lowest index wins
+    """Exact float64 1-NN of ``rows`` (lowest index among equal scores), written into ``index``.
+
+    Groups of up to _GATHER * 8 queries against column chunks of 8 MiB, each chunk prepared once
+    per group; chunks are visited in index order and only a strictly better score replaces the
+    best so far, so the lowest index wins as in one argmax over the whole row.
+    """
+    n, d = p.source.shape
+    for group in rows.split(_GATHER * 8) if rows.numel() else ():
+        queries = p.rows64(group)
+        best = torch.full((group.numel(),), -torch.inf, dtype=torch.float64, device=queries.device)
+        own = torch.arange(group.numel(), device=queries.device)
+        step = max(1, _CHUNK_BYTES // (8 * max(group.numel(), d)))
+        for c in range(0, n, step):
+            sims = queries @ p.rows64(slice(c, c + step)).T
+            if p.penalty is not None:
+                sims.mul_(2).sub_(p.penalty[c : c + step])
+            inside = (group >= c) & (group < c + step)
+            sims[own[inside], group[inside] - c] = -torch.inf  # exclude the query itself BY INDEX
+            arg = sims.argmax(dim=1)  # first maximal value = lowest index wins
+            value = sims.gather(1, arg[:, None]).squeeze(1)
+            better = value > best
+            best = torch.where(better, value, best)
+            index[group] = torch.where(better, arg + c, index[group])
 
 
 def _nn_torch(x: torch.Tensor, metric: str, tile: int) -> torch.Tensor:
