@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .._validation import check_device
 from . import distributed as dist_utils
 from .config import TrainConfig, parse_args
 from .loop import FitResult, fit
@@ -115,6 +116,8 @@ def check_training_cache(config: TrainConfig, train_set: Dataset) -> None:
 
 def run(config: TrainConfig) -> FitResult:
     """Join torchrun's process group (if any), build the model and datasets, and train."""
+    if config.device:
+        check_device(config.device, name="--device")
     check_data_paths(config)
     device = dist_utils.init_from_env(config.device)
     try:
@@ -137,9 +140,16 @@ def report(result: FitResult) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m uncertain_repr.train``."""
-    config = parse_args(argv)
-    result = run(config)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(report(result), file=sys.stdout)
-    return 0
+    """Entry point of ``python -m uncertain_repr.train``: errors reported as by ``uncertain-repr train``."""
+    from ..cli import run_command
+
+    configs: List[TrainConfig] = []
+
+    def train() -> int:
+        configs.append(parse_args(argv))
+        result = run(configs[0])
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(report(result), file=sys.stdout)
+        return 0
+
+    return run_command("train", train, resuming=lambda: bool(configs) and configs[0].resume)
