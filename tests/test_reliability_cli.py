@@ -72,16 +72,17 @@ def test_python_m_train_goes_through_the_cli_error_handler(monkeypatch, capsys):
     calls = []
     shared = cli.run_command
     monkeypatch.setattr(cli, "run_command", lambda *a, **k: calls.append(a[0]) or shared(*a, **k))
-    assert launch.main(["--epochs", "0"]) == cli.EXIT_ERROR == 2 and calls == ["train"]
-    assert capsys.readouterr().err == "uncertain-repr train: error: epochs must be >= 1, got 0\n"
+    model = ["--model", "test_vit", "--pretrained", "false"]
+    assert launch.main([*model, "--batch-size", "0"]) == cli.EXIT_ERROR == 2 and calls == ["train"]
+    assert capsys.readouterr().err == "uncertain-repr train: error: batch_size must be >= 1, got 0\n"
 
     def interrupted(config):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(launch, "run", interrupted)
-    assert launch.main([]) == cli.EXIT_INTERRUPTED == 130
+    assert launch.main(model) == cli.EXIT_INTERRUPTED == 130
     assert capsys.readouterr().err == "uncertain-repr train: interrupted; rerun the same command with --resume to continue\n"
-    assert launch.main(["--resume"]) == 130
+    assert launch.main([*model, "--resume"]) == 130
     assert capsys.readouterr().err == "uncertain-repr train: interrupted; rerun the same command to resume\n"
 
 

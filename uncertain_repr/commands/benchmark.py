@@ -14,13 +14,18 @@ HELP = "evaluate a model zero-shot on URL benchmark datasets (or compare/recompu
 
 
 def _names(text: str) -> list:
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    from ..train.original_flags import split_names
+
+    names = split_names(text)  # "a,b", or the original's "[a, b]"
     if not names:
         raise argparse.ArgumentTypeError("expected comma-separated names, e.g. repr/cub,repr/cars")
     return names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..train.original_flags import add_benchmark_aliases
+
+    add_benchmark_aliases(parser, _names)  # the original train.py's names of --datasets, --split, ...
     mode = parser.add_argument_group("what to do (one of)")
     mode.add_argument("--model", help="pretrained name, checkpoint folder, or timm name (with --method)")
     mode.add_argument("--compare", nargs="+", metavar="RESULTS", help="results.json files (or run folders) to show side by side")

