@@ -111,8 +111,8 @@ def check_device(device: object, *, name: str = "device") -> torch.device:
     backend = getattr(torch, parsed.type, None) if parsed.type != "mps" else torch.backends.mps
     available = getattr(backend, "is_available", None)
     if available is None or not available():
-        raise ValueError(f"{name} {device!r} is not available on this machine; use 'cpu'")
+        raise ValueError(f"{name} {str(parsed)!r} is not available on this machine; use 'cpu'")
     count = getattr(backend, "device_count", None)
     if parsed.index is not None and count is not None and parsed.index >= count():
-        raise ValueError(f"{name} {device!r} does not exist: this machine has {count()} {parsed.type} device(s)")
+        raise ValueError(f"{name} {str(parsed)!r} does not exist: this machine has {count()} {parsed.type} device(s)")
     return parsed

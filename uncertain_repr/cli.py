@@ -6,7 +6,7 @@ import argparse
 import difflib
 import importlib
 import sys
-from typing import Iterable, List, Optional, Sequence
+from typing import Callable, Iterable, List, Optional, Sequence
 
 from .version import __version__
 
@@ -72,24 +72,30 @@ RESUME_HINTS = {"train": "rerun the same command with --resume to continue"}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point: parse ``argv`` and run the chosen command.
-
-    Errors exit with status 2 and one line on stderr; Ctrl-C exits with 130 and says how to resume.
-    """
+    """Entry point: parse ``argv`` and run the chosen command (errors as :func:`run_command` reports them)."""
     args = build_parser().parse_args(argv)
+    return run_command(args.command, lambda: args.run(args), resuming=bool(getattr(args, "resume", False)))
+
+
+def run_command(command: str, run: Callable[[], Optional[int]], *, resuming: bool = False) -> int:
+    """Run ``command``'s ``run()`` and return its exit status; also what ``python -m uncertain_repr.train`` uses.
+
+    User errors (:data:`USER_ERRORS`) exit with status 2 and one line on stderr; Ctrl-C exits with 130
+    and says how to resume (``resuming``: the run was started with ``--resume``).
+    """
     try:
-        return int(args.run(args) or 0)
+        return int(run() or 0)
     except KeyboardInterrupt:
         hint = "rerun the same command to resume"
-        if not getattr(args, "resume", False):
-            hint = RESUME_HINTS.get(args.command, hint)
-        print(f"uncertain-repr {args.command}: interrupted; {hint}", file=sys.stderr)
+        if not resuming:
+            hint = RESUME_HINTS.get(command, hint)
+        print(f"uncertain-repr {command}: interrupted; {hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except USER_ERRORS as err:
         message = str(err) if isinstance(err, (ValueError, TypeError, OSError)) else f"{type(err).__name__}: {err}"
         if isinstance(err, EOFError):
             message += " (a file ended early: truncated?)"
-        print(f"uncertain-repr {args.command}: error: {message}", file=sys.stderr)
+        print(f"uncertain-repr {command}: error: {message}", file=sys.stderr)
         return EXIT_ERROR
 
 

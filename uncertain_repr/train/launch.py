@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .._validation import check_device
 from . import distributed as dist_utils
 from .config import TrainConfig
 from .loop import FitResult, fit
@@ -157,6 +159,8 @@ def check_training_cache(config: TrainConfig, train_set: Dataset) -> None:
 
 def run(config: TrainConfig) -> FitResult:
     """Join torchrun's process group (if any), build the model and datasets, and train."""
+    if config.device:
+        check_device(config.device, name="--device")
     check_data_paths(config)
     device = dist_utils.init_from_env(config.device)
     try:
@@ -198,13 +202,20 @@ def report(result: FitResult) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m uncertain_repr.train`` (``--dry-run`` as in ``uncertain-repr train``)."""
-    from ..cli import SuggestingParser
-    from .config import add_arguments, config_from_args
+    """Entry point of ``python -m uncertain_repr.train`` (``--dry-run`` as in ``uncertain-repr train``);
+    errors and Ctrl-C are reported as by ``uncertain-repr train`` (:func:`uncertain_repr.cli.run_command`)."""
+    from ..cli import SuggestingParser, run_command
+    from .config import add_arguments
 
     parser = SuggestingParser(prog="uncertain_repr.train", description="Train an uncertainty method.")
     add_arguments(parser)
     args = parser.parse_args(argv)
+    return run_command("train", lambda: _main(args), resuming=bool(getattr(args, "resume", False)))
+
+
+def _main(args: argparse.Namespace) -> int:
+    from .config import config_from_args
+
     config = config_from_args(args)
     if args.dry_run:
         from .dry_run import dry_run
