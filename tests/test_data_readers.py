@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -337,3 +338,39 @@ def test_list_datasets_shows_every_benchmark_dataset():
     names = urd.list_datasets()
     assert set(paper) <= set(names) and {"soft/cifar10h", "folder/<name>", "soft/<name>"} <= set(names)
     assert len(names) == len(set(names))
+
+
+class _TorchvisionItems:
+    """A torchvision-like dataset whose items ``[0]`` are given objects (images, arrays, anything)."""
+
+    root = "/data/fake"
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], 0
+
+
+def test_torchvision_images_that_cannot_be_converted_are_named():
+    ok = np.full((2, 3), 7, dtype=np.uint8)
+    too_bright = Image.fromarray(np.full((2, 2), 2.0, dtype=np.float32))  # mode F holds [0, 1]
+    source = urd.TorchvisionImages(_TorchvisionItems(
+        [ok, too_bright, np.zeros((2, 2), np.complex64), np.zeros((2, 2, 2, 2), np.uint8), torch.zeros(3, 2, 2)]
+    ))
+    assert np.asarray(source.load(0)).tolist() == [[[7, 7, 7]] * 3] * 2  # gray array -> RGB, as before
+    for position, reason in [(1, r"a mode F image must hold values in \[0\.0, 1\.0\], got \[2, 2\]"),
+                             (2, r"PIL cannot make an image of an array of shape \(2, 2\), dtype complex64"),
+                             (3, r"PIL cannot make an image of an array of shape \(2, 2, 2, 2\), dtype uint8")]:
+        with pytest.raises(urd.ImageDecodeError) as err:
+            source.load(position)
+        assert type(err.value) is urd.ImageDecodeError  # a ValueError: on_error='skip' skips it
+        assert re.match(rf"cannot decode image _TorchvisionItems\(/data/fake\)\[{position}\]: {reason}", str(err.value))
+    with pytest.raises(TypeError) as err:  # a dataset built with a transform: not a bad image, not skipped
+        source.load(4)
+    assert type(err.value) is TypeError
+    assert str(err.value).startswith("image _TorchvisionItems(/data/fake)[4] is a Tensor; the dataset must give "
+                                     "PIL images or numpy arrays (build it with transform=None)")

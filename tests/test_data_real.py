@@ -114,3 +114,16 @@ def test_imagenet_val1300_real_labels(shared_data):
     assert ds.subset([3, 1]).metadata["real_soft_entropy"].tolist()[1] == float(rows[1]["real_soft_entropy"])
     (expected,) = _decode_members(folder / "imagenet_val1300.tar", [rows[3]["path"]])
     assert np.array_equal(np.asarray(ds[3]["image"]), expected)
+
+
+def test_imagenet_sample1000_splits(shared_data):
+    folder = shared_data("imagenet_sample1000")
+    with open(folder / "index.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    splits = {s: urd.create_dataset("tar/imagenet_sample1000", folder.parent, s) for s in ("train", "validation", "all")}
+    assert [len(d) for d in splits.values()] == [900, 100, 1000]
+    assert splits["all"].labels.tolist() == [int(r["class_index"]) for r in rows]
+    assert all(c % 10 for c in splits["train"].labels.tolist())
+    assert sorted(splits["train"].labels.tolist() + splits["validation"].labels.tolist()) == list(range(1000))
+    expected = _decode_members(folder / "imagenet_sample1000.tar", [rows[10]["path"]])[0]
+    assert np.array_equal(np.asarray(splits["validation"][1]["image"]), expected)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
 import shutil
 import subprocess
@@ -66,9 +67,33 @@ def test_readme_quick_start_runs_verbatim():
 def test_mkdocs_site_builds_strict(tmp_path):
     if shutil.which("mkdocs") is None and importlib.util.find_spec("mkdocs") is None:
         pytest.skip("mkdocs is not installed (pip install 'uncertain-repr[docs]')")
-    result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
-        capture_output=True, text=True, cwd=REPO_ROOT, env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"},
-    )
+    result = build_site(REPO_ROOT, tmp_path / "site")
     assert result.returncode == 0, result.stdout + result.stderr
+    warnings = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("WARNING")]
+    assert not warnings, "\n".join(warnings)
     assert (tmp_path / "site" / "api" / "index.html").is_file()
+
+
+def build_site(root, site) -> subprocess.CompletedProcess:
+    """``mkdocs build --strict`` of ``root`` into ``site``. Not with ``-q``: quiet mode drops the warnings, and
+    with them the strict-mode failure (a broken link then builds with exit status 0)."""
+    path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))  # for the API page
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
+        capture_output=True, text=True, cwd=root, env={**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": path},
+    )
+
+
+@pytest.mark.slow
+def test_mkdocs_build_fails_on_a_broken_link(tmp_path):
+    if importlib.util.find_spec("mkdocs") is None:
+        pytest.skip("mkdocs is not installed (pip install 'uncertain-repr[docs]')")
+    copy = tmp_path / "repo"
+    shutil.copytree(REPO_ROOT / "docs", copy / "docs")
+    shutil.copy(REPO_ROOT / "mkdocs.yml", copy / "mkdocs.yml")
+    with open(copy / "docs" / "index.md", "a") as page:
+        page.write("\nSee [the script](../examples/run_benchmark.py).\n")  # the link that once slipped through
+    result = build_site(copy, tmp_path / "site")
+    assert result.returncode != 0
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "'index.md' contains a link '../examples/run_benchmark.py'" in warnings[0], warnings

@@ -60,7 +60,7 @@ def test_predict_json_and_errors(capsys):
     assert [r["image"] for r in rows] == images[:2]
     assert all(r["uncertainty"] > 0 and r["embedding_norm"] > 0 for r in rows)
     assert "RANDOMLY INITIALISED" in captured.err
-    assert main(["predict", "--backbone", "test_vit", "missing.png"]) == 2
+    assert main(["predict", "--backbone", "test_vit", "missing.png"]) == 1  # reported per file, see test_cli_trust
     assert "image not found: missing.png" in capsys.readouterr().err
 
 

@@ -278,6 +278,14 @@ def test_bad_names(saved):
         ur.load_model("vit_bse_patch16_224.pvu")
     with pytest.raises(FileNotFoundError, match="for a Hub repo write 'hf-hub:org/missing'"):
         ur.load_model("org/missing")
+    for missing in (saved[1].parent / "nope" / "x", "./nope", "local-dir:org/x"):
+        with pytest.raises(FileNotFoundError) as err:  # a path, not a Hub repo: no 'hf-hub:/...' suggestion
+            ur.load_model(missing)
+        folder = Path(os.fspath(missing).removeprefix("local-dir:")).absolute()
+        assert type(err.value) is FileNotFoundError and str(err.value) == (
+            f"name_or_path {os.fspath(missing)!r}: checkpoint folder {folder} not found; for a Hub repo write "
+            "'hf-hub:org/name', for a registered name see ur.list_pretrained()"
+        )
     with pytest.raises(ValueError, match="revision= applies to Hub checkpoints only"):
         ur.load_model(saved[1], revision="main")
     with pytest.raises(ValueError, match="two revisions given"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -100,6 +101,22 @@ def test_losspred_hand_case_and_classifier_term():
     assert got == pytest.approx(0.3 * np.mean((u - ce) ** 2), rel=1e-5)
     got = L.LossPred(lambda_value=0.3, inv_temp=0.5, train_classifier=True)(out, y).item()
     assert got == pytest.approx(ce.mean() + 0.3 * np.mean((u - ce) ** 2), rel=1e-5)
+
+
+def test_riskpred_is_the_url_era_formula_by_hand():
+    # RiskPrediction of the original (URL era): mean CE(z, y) + lambda * mean((u - CE_detached)^2), no temperature
+    z = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]], requires_grad=True)
+    y = torch.tensor([0, 2])
+    u = torch.tensor([0.1, 2.0])
+    ce = [math.log(math.exp(2) + 1 + math.exp(-1)) - 2, math.log(2 * math.exp(0.5) + 1)]
+    expected = (ce[0] + ce[1]) / 2 + 0.25 * ((0.1 - ce[0]) ** 2 + (2.0 - ce[1]) ** 2) / 2
+    loss = L.create("riskpred", lambda_value=0.25)(LossBatch(torch.zeros(2, 4), u, z), y)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()  # the uncertainty term is detached from the logits: d/dz is the CE gradient only
+    p = torch.softmax(z.detach(), 1)
+    torch.testing.assert_close(z.grad, (p - torch.nn.functional.one_hot(y, 3)) / 2)
+    with pytest.raises(TypeError, match="inv_temp"):
+        L.create("riskpred", inv_temp=2.0)
 
 
 @pytest.mark.parametrize("cls", [L.LossPred, L.LossPredOrder])
@@ -333,12 +350,12 @@ def test_learnable_switch_for_scalar_hyperparameters():
 
 # ------------------------------------------------------------------------------------ factory and contract
 def test_factory_names_and_errors():
-    assert L.list_losses() == sorted(["losspred-order", "losspred", "nivmf", "elk", "hib", "mcinfonce",
+    assert L.list_losses() == sorted(["losspred-order", "losspred", "riskpred", "nivmf", "elk", "hib", "mcinfonce",
                                       "infonce", "cross-entropy"])
     assert isinstance(L.create("losspred-order", leeway=0.1, pairing="all"), L.LossPredOrder)
     assert L.create("nivmf", num_classes=3, embed_dim=4).kappa.shape == (3, 4)
-    with pytest.raises(ValueError, match="unknown loss 'riskpred'.*cross-entropy.*losspred-order"):
-        L.create("riskpred")
+    with pytest.raises(ValueError, match="unknown loss 'vmf'.*cross-entropy.*losspred-order"):
+        L.create("vmf")
     with pytest.raises(TypeError, match="unknown hyperparameter.*gap"):
         L.create("losspred-order", gap=0.1)
 

@@ -7,6 +7,7 @@ sklearn roc_auc_score, scipy spearmanr, numpy entropy). Missing data skips local
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,8 @@ def test_real_resnet20_r1_r_auroc_and_cifar10h(resnet20_outputs):
     r_auroc_ref = roc_auc_score(~correct, unc_np)
     top1_ref = (logits.argmax(1).numpy() == y).mean()
     with np.errstate(divide="ignore", invalid="ignore"):
-        q = counts / counts.sum(axis=1, keepdims=True)
+        q = np.sort(counts, axis=1)  # sorted: rows with the same votes tie exactly, as in exact arithmetic
+        q = q / q.sum(axis=1, keepdims=True)
         h_gt = -np.where(q > 0, q * np.log(q), 0.0).sum(axis=1)
     rcorr_ref = spearmanr(unc_np, h_gt).statistic
 
@@ -85,3 +87,27 @@ def test_real_resnet20_r1_r_auroc_and_cifar10h(resnet20_outputs):
     assert 0.70 < out["r1"] < 0.90
     assert 0.65 < out["auroc_correct"] < 0.95
     assert 0.12 < out["rcorr_entropy"] < 0.40
+
+
+def test_cifar10h_permuted_vote_rows_tie_exactly(shared_data):
+    """On the real CIFAR-10H counts, rows with the same multiset of votes get one entropy; the
+    original's float32 formula (clamped log) breaks some of those ties."""
+    counts = np.load(shared_data("cifar10h", "cifar10h-counts.npy"))[:N_IMAGES]
+    groups: dict = {}
+    for i, row in enumerate(counts.tolist()):
+        groups.setdefault(tuple(sorted(row)), []).append(i)
+    ours = M.soft_label_entropy(counts).numpy()
+    q = torch.from_numpy(counts).float()
+    q = q / q.sum(1, keepdim=True)
+    original = -(q * q.log().clamp(min=torch.finfo(torch.float32).min)).sum(1).double().numpy()
+
+    def broken(h):  # extra distinct values inside groups that should tie
+        return sum(len(set(h[g].tolist())) - 1 for g in groups.values())
+
+    assert broken(ours) == 0 and broken(original) > 0
+    by_row = np.empty(len(counts))
+    for votes, members in groups.items():  # one exact value per multiset of votes (plain Python)
+        by_row[members] = -sum(v / sum(votes) * math.log(v / sum(votes)) for v in votes if v)
+    np.testing.assert_allclose(ours, by_row, rtol=1e-13)
+    unc = ours + np.random.default_rng(0).standard_normal(len(counts)) * 0.3
+    assert M.rcorr_entropy(unc, counts) == pytest.approx(spearmanr(unc, by_row).statistic, abs=1e-12)

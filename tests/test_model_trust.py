@@ -87,7 +87,8 @@ def test_timm_name_without_pretrained_warns_that_numbers_are_meaningless():
 
 def test_pretrained_true_offline_is_one_clear_error():
     # tests run with HF_HUB_OFFLINE=1 and timm's Hub weights are not cached here
-    with pytest.raises(FileNotFoundError, match=r"pretrained=True: timm's weights for 'test_vit' are not in the"):
+    with pytest.raises(FileNotFoundError, match=r"missing the pretrained weights of timm model 'test_vit' \(Hugging Face "
+                       r"Hub repo timm/test_vit.r160_in1k\): not in the local cache .*HF_HUB_OFFLINE is set\. To get it"):
         ur.Uncertainizer("test_vit", pretrained=True)
     with pytest.raises(TypeError, match="pretrained must be True, False or a package weights name, got 1"):
         ur.Uncertainizer("test_vit", pretrained=1)
@@ -390,7 +391,7 @@ def test_bad_load_and_save_arguments_are_named(tmp_path, model):
     with pytest.raises(ValueError, match="device must be a torch device such as 'cpu'.*got 'gpu'"):
         ur.load_model("efficientnet_lite0.pvu", device="gpu")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="device='cuda', but no CUDA GPU is available here"):
+        with pytest.raises(ValueError, match="device 'cuda' is not available on this machine; use 'cpu'"):
             ur.load_model("efficientnet_lite0.pvu", device="cuda")
     with pytest.raises(TypeError, match="revision must be a str"):
         ur.load_model("hf-hub:org/name", revision=3)
@@ -506,3 +507,19 @@ def test_methods_page_documents_the_core_methods_and_its_register_example_runs()
     with torch.no_grad():
         out = model(torch.randn(2, 3, 224, 224))
     torch.testing.assert_close(out.uncertainty, out.embedding.var(dim=1))
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", 3.5, "cuda", torch.device("cuda", 99), "mps"])
+def test_load_model_checks_device_as_the_command_line_does(device):
+    from uncertain_repr._validation import check_device
+
+    try:
+        check_device(device)
+    except ValueError as err:
+        expected = str(err)
+    else:
+        pytest.skip(f"{device} exists on this machine")
+    assert expected.startswith("device ") and "'cpu'" in expected
+    with pytest.raises(ValueError) as err:  # before anything is loaded: the name need not exist
+        ur.load_model("/no/such/checkpoint", device=device)
+    assert type(err.value) is ValueError and str(err.value) == expected

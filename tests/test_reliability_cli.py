@@ -64,3 +64,35 @@ def test_output_below_an_existing_file_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("uncertain-repr cache: error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert str(tmp_path / "file") in proc.stderr
+
+
+def test_python_m_train_goes_through_the_cli_error_handler(monkeypatch, capsys):
+    from uncertain_repr.train import launch
+
+    calls = []
+    shared = cli.run_command
+    monkeypatch.setattr(cli, "run_command", lambda *a, **k: calls.append(a[0]) or shared(*a, **k))
+    model = ["--model", "test_vit", "--pretrained", "false"]
+    assert launch.main([*model, "--batch-size", "0"]) == cli.EXIT_ERROR == 2 and calls == ["train"]
+    assert capsys.readouterr().err == "uncertain-repr train: error: batch_size must be >= 1, got 0\n"
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch, "run", interrupted)
+    assert launch.main(model) == cli.EXIT_INTERRUPTED == 130
+    assert capsys.readouterr().err == "uncertain-repr train: interrupted; rerun the same command with --resume to continue\n"
+    assert launch.main([*model, "--resume"]) == 130
+    assert capsys.readouterr().err == "uncertain-repr train: interrupted; rerun the same command to resume\n"
+
+
+def test_python_m_train_user_error_is_one_line(tmp_path):
+    proc = subprocess.run(  # what torchrun runs on every rank
+        [sys.executable, "-m", "uncertain_repr.train", "--model", "test_vit", "--pretrained", "false",
+         "--dataset", "folder/x", "--data-dir", str(tmp_path / "missing"), "--output", str(tmp_path / "out")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (f"uncertain-repr train: error: --data-dir {tmp_path / 'missing'}: data folder not found "
+                           "(needed by --dataset folder/x)\n")

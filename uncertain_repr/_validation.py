@@ -98,3 +98,21 @@ def check_embedding(e: object, *, dim: Optional[int], name: str = "embedding") -
         raise ValueError(f"{name} must hold at least one row, got batch size 0")
     check_finite(name, e)
     return e
+
+
+def check_device(device: object, *, name: str = "device") -> torch.device:
+    """``torch.device(device)``, ``ValueError`` if it is malformed or not available on this machine."""
+    try:
+        parsed = torch.device(device)  # type: ignore[arg-type]
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name} must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}") from None
+    if parsed.type == "cpu":
+        return parsed
+    backend = getattr(torch, parsed.type, None) if parsed.type != "mps" else torch.backends.mps
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise ValueError(f"{name} {str(parsed)!r} is not available on this machine; use 'cpu'")
+    count = getattr(backend, "device_count", None)
+    if parsed.index is not None and count is not None and parsed.index >= count():
+        raise ValueError(f"{name} {str(parsed)!r} does not exist: this machine has {count()} {parsed.type} device(s)")
+    return parsed

@@ -3,13 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
-from typing import List, Optional
+from typing import Callable, Iterable, List, Optional, Sequence
 
 from .version import __version__
 
 COMMANDS = ("predict", "benchmark", "convert", "cache", "train")
+
+
+def closest(word: str, candidates: Iterable[str]) -> Optional[str]:
+    """The candidate most similar to ``word`` (``difflib``), or ``None`` if none is close."""
+    matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def join_bracket_lists(argv: Sequence[str]) -> List[str]:
+    """Re-join a bracket list the shell split apart: ``['--x=[a,', 'b,', 'c]']`` -> ``['--x=[a, b, c]']``."""
+    out: List[str] = []
+    open_list = False
+    for token in argv:
+        if open_list:
+            out[-1] += " " + token
+        else:
+            out.append(token)
+        open_list = out[-1].count("[") > out[-1].count("]")
+    return out
+
+
+class SuggestingParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that re-joins shell-split bracket lists and rejects an unknown flag
+    with the closest accepted one (``unknown flag --lr-bas; did you mean --lr-base?``)."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        args = join_bracket_lists(sys.argv[1:] if args is None else list(args))
+        parsed, extra = super().parse_known_args(args, namespace)
+        unknown = [a for a in extra if a.startswith("-") and len(a) > 1 and not a[1:2].isdigit()]
+        if unknown:
+            name = unknown[0].split("=", 1)[0]
+            hint = closest(name, (s for action in self._actions for s in action.option_strings))
+            self.error(f"unknown flag {name}" + (f"; did you mean {hint}?" if hint else ""))
+        return parsed, extra
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="uncertain-repr", description="Uncertainty-aware pretrained image representations."
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=SuggestingParser)
     for name in COMMANDS:
         module = importlib.import_module(f".commands.{name}", __package__)
         command = sub.add_parser(name, help=module.HELP, description=module.__doc__.splitlines()[0])
@@ -37,24 +72,30 @@ RESUME_HINTS = {"train": "rerun the same command with --resume to continue"}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point: parse ``argv`` and run the chosen command.
-
-    Errors exit with status 2 and one line on stderr; Ctrl-C exits with 130 and says how to resume.
-    """
+    """Entry point: parse ``argv`` and run the chosen command (errors as :func:`run_command` reports them)."""
     args = build_parser().parse_args(argv)
+    return run_command(args.command, lambda: args.run(args), resuming=bool(getattr(args, "resume", False)))
+
+
+def run_command(command: str, run: Callable[[], Optional[int]], *, resuming: bool = False) -> int:
+    """Run ``command``'s ``run()`` and return its exit status; also what ``python -m uncertain_repr.train`` uses.
+
+    User errors (:data:`USER_ERRORS`) exit with status 2 and one line on stderr; Ctrl-C exits with 130
+    and says how to resume (``resuming``: the run was started with ``--resume``).
+    """
     try:
-        return int(args.run(args) or 0)
+        return int(run() or 0)
     except KeyboardInterrupt:
         hint = "rerun the same command to resume"
-        if not getattr(args, "resume", False):
-            hint = RESUME_HINTS.get(args.command, hint)
-        print(f"uncertain-repr {args.command}: interrupted; {hint}", file=sys.stderr)
+        if not resuming:
+            hint = RESUME_HINTS.get(command, hint)
+        print(f"uncertain-repr {command}: interrupted; {hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except USER_ERRORS as err:
         message = str(err) if isinstance(err, (ValueError, TypeError, OSError)) else f"{type(err).__name__}: {err}"
         if isinstance(err, EOFError):
             message += " (a file ended early: truncated?)"
-        print(f"uncertain-repr {args.command}: error: {message}", file=sys.stderr)
+        print(f"uncertain-repr {command}: error: {message}", file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -103,17 +103,26 @@ def _torch_load(path: Path) -> Any:
 def read_original_checkpoint(path: Union[str, os.PathLike]) -> OriginalCheckpoint:
     """Read an original ``.pth.tar`` (or a plain state dict) safely; see the module docstring."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"{path} is a folder: convert reads one original .pth.tar file (a checkpoint folder loads with load_model)"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"original checkpoint not found: {path}")
     try:
         raw = _torch_load(path)
     except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):  # e.g. "Unsupported operand": not a pickle of objects at all
+            raise ValueError(f"{path} is not a readable torch checkpoint (corrupt?): {str(err).strip()[:300]}") from None
         raise ValueError(
             f"refusing to read {path}: it holds pickled objects outside the allow-list (tensors, plain "
-            f"containers, argparse.Namespace), and loading them could run arbitrary code. {str(err).strip()[:400]}"
+            f"containers, argparse.Namespace), and loading them could run arbitrary code (or the file is corrupt). "
+            f"{str(err).strip()[:400]}"
         ) from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise ValueError(f"{path} is not a readable torch checkpoint (truncated or corrupt?): {err}") from None
+    except Exception as err:  # a corrupt file fails anywhere in the unpickler (KeyError, IndexError, EOFError, ...)
+        raise ValueError(
+            f"{path} is not a readable torch checkpoint (truncated or corrupt?): {type(err).__name__}: {err}"
+        ) from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path} holds a {type(raw).__name__}, expected a checkpoint dict or a state dict")
     key = next((k for k in STATE_DICT_KEYS if isinstance(raw.get(k), dict)), "")

@@ -30,6 +30,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from ._validation import check_device
 from .pretrained import (
     PREPROCESSING_PRESETS,
     PretrainedEntry,
@@ -514,6 +515,14 @@ def check_hub_name(repo_id: str, revision: Optional[str]) -> None:
         raise ValueError(f"revision {revision!r} is not a Hub branch, tag or commit name")
 
 
+def _is_hub_name(text: str) -> bool:
+    try:
+        check_hub_name(text, None)
+    except ValueError:
+        return False
+    return True
+
+
 def _split_revision(repo: str, revision: Optional[str]) -> Tuple[str, Optional[str]]:
     repo_id, sep, rev = repo.partition("@")
     if not repo_id or (sep and not rev) or "@" in rev:
@@ -528,6 +537,12 @@ def _download(repo: str, revision: Optional[str], cache_dir: Optional[PathLike])
     from huggingface_hub import snapshot_download
 
     repo_id, revision = _split_revision(repo, revision)
+    from .offline import check_hub_download
+
+    check_hub_download(
+        repo_id, (CONFIG_NAME,), revision=revision, cache_dir=cache_dir, what=f"checkpoint {HUB_PREFIX}{repo}",
+        how="load it once with network access, or copy the checkpoint folder here and load the folder",
+    )
     return Path(
         snapshot_download(
             repo_id,
@@ -569,7 +584,11 @@ def resolve_checkpoint(
             "research code run `uncertain-repr convert`)"
         )
     if os.sep in text or "/" in text or text.startswith(LOCAL_PREFIX):
-        raise FileNotFoundError(f"no checkpoint folder {path}; for a Hub repo write 'hf-hub:{text}'")
+        hub = text if not text.startswith(LOCAL_PREFIX) and _is_hub_name(text) else "org/name"
+        raise FileNotFoundError(
+            f"name_or_path {text!r}: checkpoint folder {path.absolute()} not found; for a Hub repo write "
+            f"'{HUB_PREFIX}{hub}', for a registered name see ur.list_pretrained()"
+        )
     close = difflib.get_close_matches(text, list_pretrained(), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; registered: {', '.join(list_pretrained())}"
     raise ValueError(f"{text!r} is not a registered pretrained model, a folder, or 'hf-hub:org/name'{hint}")
@@ -610,12 +629,7 @@ def load_model(
     if revision is not None and not isinstance(revision, str):
         raise TypeError(f"revision must be a str (Hub branch, tag or commit), got {type(revision).__name__}")
     if device is not None:
-        try:
-            device = torch.device(device)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r}: {err}") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={str(device)!r}, but no CUDA GPU is available here; use device='cpu'")
+        device = check_device(device)
     model = load_folder(resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir))
     set_preprocessing(model, preprocessing)
     return model if device is None else model.to(device)

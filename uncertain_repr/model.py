@@ -242,6 +242,10 @@ def _create_timm(name: str, pretrained: Union[bool, str, None], backbone_args: D
 
     if not timm.is_model(name):  # also accepts pretrained tags (``name.tag``)
         raise ValueError(f"unknown timm backbone {name!r} (see timm.list_models())")
+    if pretrained is True:
+        from .offline import check_timm_pretrained
+
+        check_timm_pretrained(name, backbone_args)  # offline: one line at once, not a minute of Hub retries
     try:
         backbone = timm.create_model(name, pretrained=pretrained is True, **backbone_args)
     except TypeError as err:

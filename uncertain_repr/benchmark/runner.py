@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from ..data import create_loader
 from ..inference import frozen_inference
+from ..metrics import singleton_query_mask
 from ..model import Uncertainizer
 from ..version import __version__
 from .collect import collect, resolve_methods
@@ -27,7 +28,7 @@ from .controls import CONTROLS, has_sharpness, item_sharpness, with_controls
 from .intervals import Distributions, dataset_distributions, mixed_distributions, summarize
 from .outputs import DatasetOutputs, file_name, gather, gather_labels, load_npz, save_npz, write_json
 from .progress import Progress, progress_mode
-from .scoring import count_singleton_queries, flatten, mixed_selection, score_dataset, score_mixed, seeded_subset
+from .scoring import flatten, mixed_selection, score_dataset, score_mixed, seeded_subset
 
 PathLike = Union[str, os.PathLike]
 DatasetSpec = Union[str, Tuple[str, Dataset]]
@@ -349,7 +350,7 @@ def run(
             "name": entry.name, "role": entry.role, "split": entry.split if entry.source == "named" else None,
             "source": entry.source, "num_samples": int(len(evaluated)), "dataset_size": len(entry.dataset),
             "classify": entry.classify, "crops": (crops and entry.source == "named") or local.crop_fractions is not None,
-            "singleton_queries": count_singleton_queries(gather_labels(local) if full is None else full.labels),
+            "singleton_queries": int(singleton_query_mask(gather_labels(local) if full is None else full.labels).sum()),
         })
 
     downstream = [e.name for e in entries if e.role == "downstream"]

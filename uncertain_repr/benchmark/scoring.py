@@ -28,12 +28,6 @@ def seeded_subset(indices: np.ndarray, n: int, *, seed: int, dataset: str, purpo
     return np.sort(np.random.default_rng(key).permutation(np.asarray(indices))[: int(n)])
 
 
-def count_singleton_queries(labels: np.ndarray) -> int:
-    """How many of the ``[N]`` samples are the only one of their class: their 1-NN is wrong by construction."""
-    _, counts = np.unique(np.asarray(labels), return_counts=True)
-    return int((counts == 1).sum())
-
-
 def score_dataset(outputs: DatasetOutputs, method: str, *, classify: bool, device: Device = None) -> Dict[str, float]:
     """The per-dataset metrics of ``method`` (keys without the dataset prefix, see ``Evaluator.compute``).
 

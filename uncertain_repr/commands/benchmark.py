@@ -6,25 +6,26 @@ import argparse
 import os
 import shlex
 import sys
+from pathlib import Path
+
+from ._args import device, non_negative_int, positive_int
 
 HELP = "evaluate a model zero-shot on URL benchmark datasets (or compare/recompute results)"
 
 
 def _names(text: str) -> list:
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    from ..train.original_flags import split_names
+
+    names = split_names(text)  # "a,b", or the original's "[a, b]"
     if not names:
         raise argparse.ArgumentTypeError("expected comma-separated names, e.g. repr/cub,repr/cars")
     return names
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..train.original_flags import add_benchmark_aliases
+
+    add_benchmark_aliases(parser, _names)  # the original train.py's names of --datasets, --split, ...
     mode = parser.add_argument_group("what to do (one of)")
     mode.add_argument("--model", help="pretrained name, checkpoint folder, or timm name (with --method)")
     mode.add_argument("--compare", nargs="+", metavar="RESULTS", help="results.json files (or run folders) to show side by side")
@@ -44,19 +45,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--upstream-split", help="split of the upstream dataset (default: --split)")
     parser.add_argument("--classify", type=_names, help="datasets whose labels are the classifier's classes (default: the upstream set)")
     parser.add_argument("--out", help="folder for results.json, results.csv, report.md (nothing is written without it)")
-    parser.add_argument("--max-samples", type=_positive, help="seeded random subset of at most N images per dataset")
-    parser.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass (default: %(default)s)")
-    parser.add_argument("--num-workers", type=int, help="data loader workers (default: min(4, CPUs))")
+    parser.add_argument("--max-samples", type=positive_int, help="seeded random subset of at most N images per dataset")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--num-workers", type=non_negative_int, help="data loader workers (default: min(4, CPUs))")
     parser.add_argument("--channels-last", action="store_true",
                         help="channels-last memory format (about 2x faster for conv backbones on CPU)")
     parser.add_argument("--eager", action="store_true",
                         help="run the backbone as plain eager PyTorch (default: a faster frozen runtime on CPU, same outputs)")
-    parser.add_argument("--device", default="cpu", help="torch device; under torchrun cuda means cuda:LOCAL_RANK (default: %(default)s)")
+    parser.add_argument("--device", type=device, default="cpu", help="torch device; under torchrun cuda means cuda:LOCAL_RANK (default: %(default)s)")
     parser.add_argument("--legacy-preprocessing", action="store_true", help="the original benchmark's preprocessing instead of the model's own")
     parser.add_argument("--no-crops", action="store_true", help="skip the crop test (croppedHasBiggerUnc, rcorr_crop_unc): half the cost")
     parser.add_argument("--save-embeddings", action="store_true", help="write embeddings/<dataset>.npz (needs --out)")
     parser.add_argument("--plots", action="store_true", help="write PNG plots into the report (needs --out and matplotlib)")
-    parser.add_argument("--bootstrap", type=_positive, metavar="N",
+    parser.add_argument("--bootstrap", type=positive_int, metavar="N",
                         help="95%% intervals of R@1 and the AUROC-type metrics, and paired differences between the methods "
                              "and controls, from N seeded resamples of the samples (e.g. 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seeds crops, random subsets, the random control and the bootstrap (default: %(default)s)")
@@ -128,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
     modes = [m for m in ("model", "compare", "from_npz") if getattr(args, m)]
     if len(modes) != 1:
         raise ValueError("give exactly one of --model, --compare, --from-npz")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a file; give the folder to write the results into")
     try:
         if args.compare:
             results = [benchmark.load_results(p) for p in args.compare]

@@ -1,67 +1,149 @@
-"""``uncertain-repr predict IMAGE...``: embedding norm and uncertainty per image."""
+"""``uncertain-repr predict IMAGE_OR_FOLDER...``: embedding norm and uncertainty per image.
+
+Exit status: 0 when every image was read, 1 when some could not be (each is reported on stderr;
+the others are still printed), 2 for a usage error.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import Iterator, List, Sequence, Tuple
+
+from ._args import device, positive_int
 
 HELP = "print the embedding norm and uncertainty of each image"
 DEFAULT_MODEL = "efficientnet_lite0.pvu"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", help="image files (any format PIL reads)")
+    parser.add_argument("images", nargs="+", help="image files, or folders searched recursively for image files")
     parser.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
-        help="pretrained name, checkpoint folder or hf-hub:org/name (default: %(default)s, offline)",
+        help=f"pretrained name, checkpoint folder or hf-hub:org/name (default: {DEFAULT_MODEL}, offline)",
     )
     parser.add_argument(
         "--backbone",
         help="instead of --model: a timm backbone name with a RANDOMLY INITIALISED --method (for trying things out)",
     )
-    parser.add_argument("--method", default="pred-net", help="uncertainty method with --backbone (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    parser.add_argument(
+        "--method",
+        help="uncertainty method: with --model one without trained weights (class-entropy, max-prob, embed-norm, "
+        "...) from the model's own backbone and classifier (default: the model's own method); with --backbone "
+        "any method (default: pred-net)",
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--device", type=device, default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     parser.add_argument("--eager", action="store_true",
                         help="run the backbone as plain eager PyTorch (default: a faster frozen runtime on CPU, same outputs)")
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
+def image_paths(arguments: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """(image paths, problems): files as given, folders expanded recursively (image extensions, sorted,
+    hidden entries skipped); a folder without images is a problem."""
+    from ..data.sources import IMAGE_EXTENSIONS, is_image_file
 
+    paths: List[str] = []
+    problems: List[str] = []
+    for argument in arguments:
+        folder = Path(argument)
+        if not folder.is_dir():
+            paths.append(argument)
+            continue
+        found = sorted(
+            str(p) for p in folder.rglob("*")
+            if p.is_file() and is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        )
+        if not found:
+            problems.append(f"folder {argument} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        paths += found
+    return paths, problems
+
+
+def build_model(args: argparse.Namespace):
+    """The ``Uncertainizer`` that ``--model`` / ``--backbone`` / ``--method`` describe (not yet on the device)."""
     from ..hub import load_model
-    from ..images import eval_transform, load_images
-    from ..inference import frozen_inference
+    from ..methods import create_method
     from ..model import Uncertainizer
 
     if args.backbone:
+        if args.model:
+            raise ValueError("give --model or --backbone, not both")
+        method = args.method or "pred-net"
+        model = Uncertainizer(args.backbone, method, pretrained=False)  # warned about below, in CLI words
         print(
-            f"WARNING: {args.backbone} + {args.method} is RANDOMLY INITIALISED: these uncertainties are meaningless.",
+            f"WARNING: {args.backbone} + {method} is RANDOMLY INITIALISED: these uncertainties are meaningless.",
             file=sys.stderr,
         )
-        model = Uncertainizer(args.backbone, args.method)
-    else:
-        model = load_model(args.model)
-    model = model.to(args.device).eval()
+        return model
+    name = args.model or DEFAULT_MODEL
+    model = load_model(name)
+    if args.method is None or args.method == model.method_name:
+        return model
+    method = create_method(args.method, embed_dim=model.embed_dim, num_classes=model.num_classes)
+    if method.state_dict():
+        raise ValueError(
+            f"--method {args.method} has weights that {name} does not carry (its own method is "
+            f"{model.method_name!r}): with --model use a method without weights (class-entropy, max-prob, "
+            "embed-norm, ...) or the model's own; --backbone tries any method with random weights"
+        )
+    if method.needs_logits and model.classifier is None:
+        raise ValueError(f"--method {args.method} needs class logits, but {name} has no classifier")
+    return Uncertainizer(model.backbone, method, embed_dim=model.embed_dim, stopgrad=model.stopgrad).eval()
+
+
+def predict(
+    model, paths: Sequence[str], batch_size: int, device: str, fast: bool = True
+) -> Iterator[Tuple[List[dict], List[str]]]:
+    """Per batch of ``paths``: (rows ``{"image", "embedding_norm", "uncertainty"}``, errors of unreadable files).
+
+    ``fast``: the backbone runs through :func:`uncertain_repr.inference.frozen_inference` (same outputs)."""
+    import torch
+
+    from ..images import decode_image, eval_transform
+    from ..inference import frozen_inference
+
     transform = eval_transform(model)
-    fast = frozen_inference(model, enabled=not args.eager, num_images=len(args.images))
-    rows = []
-    for start in range(0, len(args.images), args.batch_size):
-        paths = args.images[start : start + args.batch_size]
-        emb, unc = fast(load_images(paths, transform).to(args.device))
-        rows += [
-            {"image": p, "embedding_norm": float(e.norm()), "uncertainty": float(u)}
-            for p, e, u in zip(paths, emb, unc)
-        ]
-    if args.json:
-        for row in rows:
-            print(json.dumps(row))
-    else:
-        width = max(len(r["image"]) for r in rows)
+    runner = frozen_inference(model, enabled=fast, num_images=len(paths))
+    for start in range(0, len(paths), batch_size):
+        images, read, errors = [], [], []
+        for path in paths[start : start + batch_size]:
+            try:
+                images.append(transform(decode_image(path)))
+                read.append(path)
+            except (FileNotFoundError, ValueError) as err:
+                errors.append(str(err))
+        rows = []
+        if images:
+            emb, unc = runner(torch.stack(images).to(device))
+            rows = [
+                {"image": p, "embedding_norm": float(e.norm()), "uncertainty": float(u)}
+                for p, e, u in zip(read, emb, unc)
+            ]
+        yield rows, errors
+
+
+def run(args: argparse.Namespace) -> int:
+    paths, problems = image_paths(args.images)
+    model = build_model(args).to(args.device).eval()
+    width = max([len("image"), *map(len, paths)])
+    if not args.json:
         print(f"{'image':<{width}}  {'|embedding|':>11}  {'uncertainty':>11}")
+    for problem in problems:
+        print(f"uncertain-repr predict: error: {problem}", file=sys.stderr)
+    for rows, errors in predict(model, paths, args.batch_size, args.device, fast=not args.eager):
+        for error in errors:
+            print(f"uncertain-repr predict: error: {error}", file=sys.stderr)
         for r in rows:
-            print(f"{r['image']:<{width}}  {r['embedding_norm']:>11.4f}  {r['uncertainty']:>11.6f}")
-    return 0
+            if args.json:
+                print(json.dumps(r))
+            else:
+                print(f"{r['image']:<{width}}  {r['embedding_norm']:>11.4f}  {r['uncertainty']:>11.6f}")
+        sys.stdout.flush()
+        problems += errors
+    if problems:
+        print(f"uncertain-repr predict: {len(problems)} input(s) could not be read (see above)", file=sys.stderr)
+    return 1 if problems else 0

@@ -86,3 +86,12 @@ def image_folder(root: Path, split: str, name: str, class_map: Optional[Union[st
     return ImageDataset(
         FileImages(paths), labels, name=f"folder/{name}", split=split, num_classes=len(mapping), classes=classes
     )
+
+
+@register_dataset("torch/imagenet", ("train", "validation"))
+def torch_imagenet(root: Path, split: str, class_map: Optional[Union[str, Path]] = None) -> ImageDataset:
+    """The original's ``torch/imagenet``: ``root/train/<wnid>/*`` and ``root/val/<wnid>/*`` (torchvision's
+    ImageNet layout, the original's ``--data-dir``); classes = the sorted WordNet ids (timm's order)."""
+    dataset = image_folder(root.parent, split, root.name, class_map=class_map)
+    dataset.name = "torch/imagenet"
+    return dataset

@@ -7,6 +7,10 @@
   ``soft_labels [N, 1000]`` is the ImageNet-ReaL multi-label set as one vote per valid label
   (an all-zero row where ReaL has no valid label); ``metadata["real_soft_entropy"]`` holds the
   entropy (nats) of the ReaL raters' soft label, NaN where unknown.
+* ``tar/imagenet_sample1000``: 1,000 sharp full-resolution ImageNet photos, one per class,
+  ``imagenet_sample1000/index.csv`` + ``imagenet_sample1000.tar``. Split ``train`` holds the 900
+  classes with ``class_index % 10 != 0``, ``validation`` the other 100 (a fixed holdout for model
+  selection), ``all`` all 1,000.
 
 ``root`` is the folder holding ``tiny_imagenet200/`` (``imagenet_val1300/``) or that folder itself.
 """
@@ -70,4 +74,20 @@ def imagenet_val1300(root: Path, split: str) -> ImageDataset:
         num_classes=NUM_IMAGENET_CLASSES,
         soft_labels=votes,
         metadata={"real_soft_entropy": torch.tensor(entropy, dtype=torch.float64)},
+    )
+
+
+_SAMPLE1000_SPLITS = {"train": lambda c: c % 10 != 0, "validation": lambda c: c % 10 == 0, "all": lambda c: True}
+
+
+@register_dataset("tar/imagenet_sample1000", tuple(_SAMPLE1000_SPLITS))
+def imagenet_sample1000(root: Path, split: str) -> ImageDataset:
+    folder, rows = _read_index(root, "imagenet_sample1000", ("path", "class_index", "wnid"))
+    rows = [r for r in rows if _SAMPLE1000_SPLITS[split](int(r["class_index"]))]
+    return ImageDataset(
+        indexed_images(folder, "imagenet_sample1000.tar", [r["path"] for r in rows]),
+        [int(r["class_index"]) for r in rows],
+        name="tar/imagenet_sample1000",
+        split=split,
+        num_classes=NUM_IMAGENET_CLASSES,
     )

@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Protocol, Sequence, Union
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -34,9 +35,11 @@ class ImageSource(Protocol):
 
 
 def _decode(data: Union[Path, io.BytesIO], name: str) -> Image.Image:
+    from ..images import to_rgb  # 16-bit and float images on their true scale, not clipped to white/black
+
     try:
         with Image.open(data) as image:
-            return image.convert("RGB")
+            return to_rgb(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageDecodeError(f"cannot decode image {name}: {err}") from None
 
@@ -131,18 +134,31 @@ class TorchvisionImages:
         return f"{type(self.dataset).__name__}({getattr(self.dataset, 'root', '')})[{position}]"
 
     def load(self, position: int) -> Image.Image:
-        """The decoded RGB image at ``position``."""
+        """The decoded RGB image at ``position``; ``ImageDecodeError`` naming it if it cannot be read or
+        converted, ``TypeError`` naming it if the dataset gives neither a PIL image nor a numpy array."""
         try:
             image = self.dataset[position][0]
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            if isinstance(image, Image.Image) and image.mode == "RGB":
+                return image
+            return _to_rgb(image, self.describe(position))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise ImageDecodeError(f"cannot decode image {self.describe(position)}: {err}") from None
-        return image if isinstance(image, Image.Image) and image.mode == "RGB" else _to_rgb(image)
 
 
-def _to_rgb(image: Any) -> Image.Image:
+def _to_rgb(image: Any, name: str) -> Image.Image:
+    from ..images import to_rgb
+
+    if isinstance(image, np.ndarray):
+        try:
+            image = Image.fromarray(image)
+        except TypeError as err:  # an array shape or dtype PIL has no mode for
+            raise ValueError(f"PIL cannot make an image of an array of shape {image.shape}, dtype {image.dtype}: {err}") from None
     if not isinstance(image, Image.Image):
-        image = Image.fromarray(image)
-    return image.convert("RGB")
+        raise TypeError(
+            f"image {name} is a {type(image).__name__}; the dataset must give PIL images or numpy arrays "
+            "(build it with transform=None)"
+        )
+    return to_rgb(image)
 
 
 def indexed_images(folder: Path, tar_name: str, members: Sequence[str]) -> ImageSource:

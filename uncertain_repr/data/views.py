@@ -29,11 +29,17 @@ class TwoViews(DatasetWrapper):
 
 def collate_views(batch: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Batch ``TwoViews`` items as ``2B`` rows ``[img0_v1, img0_v2, img1_v1, ...]``; every other key
-    (``label``, ``index``, ...) is repeated per view, so rows ``2k`` and ``2k + 1`` are a positive pair."""
+    (``label``, ``index``, ...) is repeated per view, so rows ``2k`` and ``2k + 1`` are a positive pair.
+    Items with ``"embedding"`` ``[2, D]`` (two cached views) instead of ``"image"`` work the same way."""
     out = default_collate(batch)
     b = len(batch)
-    out["image"] = out["image"].flatten(0, 1)
+    views = "image" if "image" in out else "embedding"
+    out[views] = out[views].flatten(0, 1)
     for key, value in out.items():
-        if key != "image" and torch.is_tensor(value) and value.ndim >= 1 and len(value) == b:
+        if key != views and torch.is_tensor(value) and value.ndim >= 1 and len(value) == b:
             out[key] = value.repeat_interleave(2, dim=0)
     return out
+
+
+#: the collate function of ``TwoViews`` items (``DataLoader(..., collate_fn=TwoViews.collate_fn)``)
+TwoViews.collate_fn = staticmethod(collate_views)

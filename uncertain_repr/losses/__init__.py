@@ -15,7 +15,7 @@ from .contrastive import InfoNCE, MCInfoNCE
 from .cross_entropy import CrossEntropy
 from .elk import ExpectedLikelihoodKernel
 from .hib import HedgedInstance
-from .loss_prediction import LossPred, LossPredOrder
+from .loss_prediction import LossPred, LossPredOrder, RiskPred
 from .nivmf import NonIsotropicVMF
 from .vmf import log_bessel_iv, log_vmf_normalizer, sample_vmf
 
@@ -30,6 +30,7 @@ __all__ = [
     "LossPredOrder",
     "MCInfoNCE",
     "NonIsotropicVMF",
+    "RiskPred",
     "create",
     "list_losses",
     "log_bessel_iv",
@@ -40,6 +41,7 @@ __all__ = [
 _REGISTRY: dict[str, type[nn.Module]] = {
     "losspred-order": LossPredOrder,
     "losspred": LossPred,
+    "riskpred": RiskPred,
     "nivmf": NonIsotropicVMF,
     "elk": ExpectedLikelihoodKernel,
     "hib": HedgedInstance,

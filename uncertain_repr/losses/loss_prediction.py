@@ -13,7 +13,7 @@ from torch import nn
 
 from .base import LossInput, check_target, cross_entropy_per_sample, get_embedding, get_logits, get_uncertainty
 
-__all__ = ["LossPred", "LossPredOrder"]
+__all__ = ["LossPred", "LossPredOrder", "RiskPred"]
 
 
 class _LossPredictionBase(nn.Module):
@@ -64,6 +64,23 @@ class LossPred(_LossPredictionBase):
 
     def uncertainty_loss(self, unc: torch.Tensor, task_loss: torch.Tensor) -> torch.Tensor:
         return ((unc - task_loss) ** 2).mean()
+
+
+class RiskPred(LossPred):
+    """URL-era "Riskpred" (``--loss riskpred``, renamed ``losspred`` later): the classifier's mean CE
+    plus the MSE of the uncertainty to the detached per-sample CE,
+
+        L = (1/B) sum_i l_i + lambda * (1/B) sum_i (u_i - l_i)^2,    l_i = CE(z_i, y_i),
+
+    i.e. :class:`LossPred` with ``inv_temp = 1`` and the CE term always on (the original
+    ``RiskPrediction`` had neither a temperature nor a way to drop the task loss).
+
+    Args:
+        lambda_value: weight of the uncertainty term (``--lambda-value``).
+    """
+
+    def __init__(self, lambda_value: float = 1.0) -> None:
+        super().__init__(lambda_value=lambda_value, inv_temp=1.0, train_classifier=True)
 
 
 class LossPredOrder(_LossPredictionBase):

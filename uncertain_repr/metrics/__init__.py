@@ -20,8 +20,9 @@ from .bootstrap import (
 from .classification import top_k_accuracy
 from .cropped import cropped_has_bigger_uncertainty
 from .evaluator import Evaluator
-from .nearest_neighbor import nearest_neighbor_correct, nearest_neighbor_index, recall_at_1
+from .nearest_neighbor import nearest_neighbor_correct, nearest_neighbor_index, recall_at_1, singleton_query_mask
 from .r_auroc import r_auroc, r_auroc_mixed
+from .retrieval import retrieval_metrics
 from .rank_correlation import rank_correlation, rcorr_crop_unc, rcorr_entropy
 from .risk_coverage import aurc, risk_coverage_curve
 from .soft_label_entropy import soft_label_entropy
@@ -49,7 +50,9 @@ __all__ = [
     "rcorr_crop_unc",
     "rcorr_entropy",
     "recall_at_1",
+    "retrieval_metrics",
     "risk_coverage_curve",
+    "singleton_query_mask",
     "soft_label_entropy",
     "top_k_accuracy",
     "uncertainty_summary",

@@ -158,9 +158,12 @@ def paired_bootstrap_difference(
 
     Args:
         metric: ``metric(uncertainties [N], *arrays) -> float``, e.g. ``lambda u, c: auroc(u, ~c)``.
-        unc_a, unc_b: ``[N]`` uncertainties of the two methods on the same N samples.
+        unc_a: ``[N]`` uncertainties of method A.
+        unc_b: ``[N]`` uncertainties of method B on the same N samples.
         arrays: further per-sample arrays ``[N, ...]`` (labels, 1-NN correctness, ...).
-        n_resamples, seed, confidence: as in :func:`bootstrap_ci`.
+        n_resamples: as in :func:`bootstrap_ci`.
+        seed: as in :func:`bootstrap_ci`.
+        confidence: as in :func:`bootstrap_ci`.
 
     Both methods are scored on the same resamples. Returns ``(difference, low, high, p_value)``;
     difference > 0 means A scores higher; an interval that excludes 0 (small ``p_value``) means

@@ -14,8 +14,10 @@ from .classification import top_k_accuracy
 from .cropped import cropped_has_bigger_uncertainty
 from .nearest_neighbor import Metric, nearest_neighbor_correct
 from .r_auroc import r_auroc_mixed
+from .retrieval import retrieval_scores
 from .rank_correlation import rcorr_crop_unc, rcorr_entropy
 from .summary import uncertainty_summary
+
 
 def _cpu(x: torch.Tensor | np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return torch.as_tensor(x).detach().to(device="cpu", dtype=dtype)
@@ -34,6 +36,11 @@ class Evaluator:
         chunk_size: 1-NN query rows per matrix product, see :func:`nearest_neighbor_correct`.
         backend: ``"torch"`` or ``"faiss"``, see :func:`nearest_neighbor_correct`.
         device: where the 1-NN matrix products run at ``compute()`` (default: CPU), e.g. "cuda".
+        exclude_singleton_queries: leave out of ``r1``/``auroc_correct``, as queries, the samples
+            whose class has no other member (see :func:`retrieval_metrics`); off by default, as
+            in the original. Their number is reported either way, as the attribute
+            ``n_singleton_queries`` (set by ``compute()``; not a results key, so that tables
+            of metrics do not average a count).
     """
 
     def __init__(
@@ -43,17 +50,20 @@ class Evaluator:
         chunk_size: Optional[int] = None,
         backend: Literal["torch", "faiss"] = "torch",
         device: Union[str, torch.device, None] = None,
+        exclude_singleton_queries: bool = False,
     ) -> None:
         self.metric = metric
         self.chunk_size = chunk_size
         self.backend = backend
         self.device = torch.device("cpu") if device is None else torch.device(device)
+        self.exclude_singleton_queries = exclude_singleton_queries
         self.reset()
 
     def reset(self) -> None:
         """Forget all stored batches."""
         self._store: Dict[str, List[torch.Tensor]] = {}
         self._num_batches = 0
+        self.n_singleton_queries: Optional[int] = None
 
     def update(
         self,
@@ -106,13 +116,22 @@ class Evaluator:
                 f"update() got inputs {sorted(batch)} but earlier batches had {sorted(self._store)}; "
                 "give each optional input in every batch or in none"
             )
+        for name in ("embeddings", "soft_labels", "logits"):
+            if name in batch and self._num_batches and batch[name].shape[1] != self._store[name][0].shape[1]:
+                raise ValueError(
+                    f"{name} has width {batch[name].shape[1]} in this update() but "
+                    f"{self._store[name][0].shape[1]} in earlier batches; it must be the same in every batch"
+                )
         for name, value in batch.items():
             self._store.setdefault(name, []).append(value)
         self._num_batches += 1
 
     def _gathered(self) -> Dict[str, torch.Tensor]:
         """Local batches, concatenated, gathered from all ranks, ordered by ``indices`` if given."""
-        local = {name: torch.cat(parts) for name, parts in self._store.items()}
+        for name, parts in self._store.items():
+            if len(parts) > 1:  # concatenate once and keep only that: no second copy held
+                parts[:] = [torch.cat(parts)]
+        local = {name: parts[0] for name, parts in self._store.items()}
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             shards: List[Dict[str, torch.Tensor]] = [{} for _ in range(dist.get_world_size())]
             dist.all_gather_object(shards, local)
@@ -135,7 +154,7 @@ class Evaluator:
         """All metrics whose inputs were given (keys of absent inputs are absent, not 0).
 
         Keys: ``r1``, ``auroc_correct`` and the :func:`uncertainty_summary` keys always;
-        ``top1``, ``top5``, ``auroc_classification`` with logits; ``croppedHasBiggerUnc`` with
+        ``top1``, ``top5``, ``auroc_classification`` with logits whose classes cover the labels; ``croppedHasBiggerUnc`` with
         uncertainties_cropped; ``rcorr_crop_unc`` with crop_fractions; ``rcorr_entropy`` with
         soft_labels. Fractions are in [0, 1] (the original's top1/top5 were percent) and values
         are not rounded (the original rounded to 4 decimals).
@@ -146,11 +165,11 @@ class Evaluator:
             emb.to(self.device), labels, metric=self.metric, chunk_size=self.chunk_size, backend=self.backend
         )
         unc_np = unc.double().numpy()
-        out: Dict[str, float] = {
-            "r1": float(correct.double().mean()),
-            "auroc_correct": _auroc_np(unc_np, ~correct.numpy()),
-        }
-        if "logits" in d:
+        out = retrieval_scores(unc_np, correct, labels.numpy(), self.exclude_singleton_queries)
+        self.n_singleton_queries = int(out.pop("n_singleton_queries"))
+        if "logits" in d and int(labels.max()) < d["logits"].shape[1] and int(labels.min()) >= 0:
+            # top-k is not defined where the labels are not the classifier's classes (e.g. SOP's 11k
+            # classes under a 1k-class model): those keys are absent
             logits = d["logits"]
             out["top1"] = top_k_accuracy(logits, labels, 1)
             out["top5"] = top_k_accuracy(logits, labels, 5)

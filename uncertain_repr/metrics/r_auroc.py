@@ -10,6 +10,7 @@ import torch
 from ._checks import ArrayLike, as_embeddings, as_float_1d, as_labels, check_same_length
 from .auroc import _auroc_np
 from .nearest_neighbor import Metric, nearest_neighbor_correct
+from .retrieval import retrieval_metrics
 
 
 def r_auroc(
@@ -20,27 +21,26 @@ def r_auroc(
     metric: Metric = "cosine",
     chunk_size: Optional[int] = None,
     backend: Literal["torch", "faiss"] = "torch",
+    exclude_singleton_queries: bool = False,
 ) -> float:
     """R-AUROC (the URL benchmark's ``auroc_correct``).
 
     Args:
         uncertainties: ``[N]`` finite, higher = more uncertain.
         embeddings: ``[N, D]``; labels: ``[N]`` integer class ids.
-        metric, chunk_size, backend: as in :func:`nearest_neighbor_correct`.
+        metric, chunk_size, backend, exclude_singleton_queries: as in :func:`retrieval_metrics`.
 
     Returns:
         AUROC of the uncertainty for predicting that a sample's nearest other sample has a
         DIFFERENT label. Equals the original's AUROC(-unc, correct) (computed there with a
         saturating sigmoid, here exactly). 0.5 = uninformative; ``nan`` + warning if the 1-NN is
-        right for all samples or wrong for all.
+        right for all samples or wrong for all. For R-AUROC together with R@1 use
+        :func:`retrieval_metrics` (one search for both).
     """
-    unc = as_float_1d(uncertainties, "uncertainties")
-    y = as_labels(labels, "labels")
-    check_same_length(uncertainties=unc, embeddings=embeddings, labels=y)
-    correct = nearest_neighbor_correct(
-        embeddings, y, metric=metric, chunk_size=chunk_size, backend=backend
-    )
-    return _auroc_np(unc, ~correct.numpy())
+    return retrieval_metrics(
+        uncertainties, embeddings, labels, metric=metric, chunk_size=chunk_size, backend=backend,
+        exclude_singleton_queries=exclude_singleton_queries,
+    )["auroc_correct"]
 
 
 def r_auroc_mixed(

@@ -16,18 +16,24 @@ def soft_label_entropy(counts_or_probs: ArrayLike) -> torch.Tensor:
             normalised by its sum first.
 
     Returns:
-        ``float64 Tensor[N]``; 0 * log 0 = 0; rows whose sum is 0 (no votes) give NaN.
+        ``float64 Tensor[N]``; 0 * log 0 = 0; rows whose sum is 0 (no votes) give NaN. Rows that
+        are permutations of each other get bitwise-equal entropies (each row is sorted before
+        it is summed and normalised), so rank statistics see their ties exactly.
 
     Difference from the original: it clamped log q at -1e7 (same value for q = 0) and
-    computed in float32; here exact 0 * log 0 = 0 in float64.
+    computed in float32 in column order, so permuted rows could differ by ~1e-7 and their tie
+    was broken at random; here exact 0 * log 0 = 0 in float64 on sorted rows.
     """
     counts = as_float_2d(counts_or_probs, "counts_or_probs")
     if (counts < 0).any():
         raise ValueError("counts_or_probs must be non-negative (vote counts or probabilities)")
-    total = counts.sum(axis=1, keepdims=True)
+    # Permuted rows become identical rows; sums are running sums (a fixed order, whatever the
+    # memory layout; np.sum's pairwise order depends on it).
+    counts = np.sort(counts, axis=1)
+    total = np.cumsum(counts, axis=1)[:, -1:]
     with np.errstate(invalid="ignore", divide="ignore"):
         q = counts / total
         plogp = np.where(q > 0, q * np.log(np.where(q > 0, q, 1.0)), 0.0)
-    entropy = -plogp.sum(axis=1)
+    entropy = -np.cumsum(plogp, axis=1)[:, -1]
     entropy[total[:, 0] == 0] = np.nan
     return torch.from_numpy(entropy)

@@ -32,6 +32,7 @@ from ..metrics import Evaluator
 from . import distributed as dist_utils
 from .checkpoint import load_resume, load_trained_state, rng_state, save_resume, set_rng_state, trained_state
 from .config import TrainConfig
+from .optim import create_optimizer_and_scheduler
 from .sampler import GlobalOrderSampler
 
 RESUME_FILE = "resume.pt"
@@ -83,32 +84,10 @@ class _TrainStep(nn.Module):
 
 
 def loss_hparams(config: TrainConfig, model: nn.Module) -> Dict[str, Any]:
-    """Keyword arguments of ``losses.create(config.loss, ...)`` from the original flag names, then ``loss_args``."""
-    name = config.loss
-    hp: Dict[str, Any]
-    if name in ("losspred", "losspred-order"):
-        hp = {"lambda_value": config.lambda_value, "inv_temp": config.inv_temp,
-              "train_classifier": not config.freeze_classifier}
-        if name == "losspred-order":
-            hp["leeway"] = config.orderloss_leeway
-    elif name == "cross-entropy":
-        hp = {"label_smoothing": config.smoothing, "inv_temp": config.inv_temp}
-    elif name == "elk":
-        hp = {"inv_temp": config.inv_temp}
-    elif name == "nivmf":
-        hp = {"num_classes": model.num_classes, "embed_dim": model.embed_dim, "inv_temp": config.inv_temp,
-              "n_samples": config.mc_samples, "learnable": config.loss_learnable}
-    elif name == "hib":
-        hp = {"kappa": config.inv_temp, "bias": config.hib_add_const, "n_samples": config.mc_samples,
-              "learnable": config.loss_learnable}
-    elif name == "mcinfonce":
-        hp = {"kappa": config.inv_temp, "n_samples": config.mc_samples, "learnable": config.loss_learnable}
-    elif name == "infonce":
-        hp = {"kappa": config.inv_temp, "learnable": config.loss_learnable}
-    else:
-        hp = {}
-    hp.update(config.loss_args)
-    return hp
+    """Keyword arguments of ``losses.create(config.loss, ...)``, see :func:`.original_flags.loss_hparams`."""
+    from .original_flags import loss_hparams as from_table
+
+    return from_table(config, model)
 
 
 def _autocast(config: TrainConfig, device: torch.device) -> Tuple[Callable[[], Any], bool]:
@@ -201,7 +180,7 @@ def initialize_mean_uncertainty(
     model.eval()
 
     def embeddings():
-        for batch in DataLoader(subset, batch_size=global_batch):
+        for batch in DataLoader(subset, batch_size=global_batch, collate_fn=getattr(train_set, "collate_fn", None)):
             inputs, _ = _inputs(batch, cached, device)
             yield inputs if cached else model.forward_embedding(inputs)
 
@@ -380,22 +359,8 @@ def _fit(
     updates_per_epoch = math.ceil(micro_batches / config.accumulation_steps)
     autocast, use_scaler = _autocast(config, device)
 
-    import timm.optim
-    import timm.scheduler
-
-    optimizer_kwargs: Dict[str, Any] = {}
-    if "sgd" not in config.opt.lower() and "momentum" not in config.opt.lower():
-        optimizer_kwargs["betas"] = (config.opt_beta1, config.opt_beta2)
-    optimizer = timm.optim.create_optimizer_v2(
-        step_module, opt=config.opt, lr=config.learning_rate(world), weight_decay=config.weight_decay,
-        momentum=config.momentum, **optimizer_kwargs,
-    )
-    scheduler, _ = timm.scheduler.create_scheduler_v2(
-        optimizer, sched=config.sched, num_epochs=config.epochs, decay_epochs=config.decay_epochs,
-        decay_milestones=config.decay_milestones, decay_rate=config.decay_rate, min_lr=config.min_lr,
-        warmup_lr=config.warmup_lr, warmup_epochs=config.warmup_epochs, plateau_mode="max",
-        step_on_epochs=not config.sched_on_updates, updates_per_epoch=updates_per_epoch,
-    )
+    optimizer, scheduler = create_optimizer_and_scheduler(config, step_module, updates_per_epoch=updates_per_epoch,
+                                                          world_size=world)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
     result = FitResult(output_dir=output, eval_metric=eval_metric if has_validation else None)
@@ -438,6 +403,7 @@ def _fit(
         train_module = step_module
     loader = DataLoader(
         train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True, num_workers=config.workers,
+        collate_fn=getattr(train_set, "collate_fn", None),
         pin_memory=device.type == "cuda", persistent_workers=config.workers > 0,
         generator=torch.Generator().manual_seed(config.seed + rank),
     )

