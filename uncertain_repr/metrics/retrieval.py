@@ -42,8 +42,11 @@ def retrieval_metrics(
 
     Args:
         uncertainties: ``[N]`` finite, higher = more uncertain.
-        embeddings: ``[N, D]``; labels: ``[N]`` integer class ids.
-        metric, chunk_size, backend: as in :func:`nearest_neighbor_correct`.
+        embeddings: ``[N, D]``.
+        labels: ``[N]`` integer class ids.
+        metric: as in :func:`nearest_neighbor_correct`.
+        chunk_size: as in :func:`nearest_neighbor_correct`.
+        backend: as in :func:`nearest_neighbor_correct`.
         exclude_singleton_queries: leave out, as queries, the samples whose class has no other
             member (their 1-NN is wrong by construction; they stay candidates for the others).
             Off by default, as in the original.
