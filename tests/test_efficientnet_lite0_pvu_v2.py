@@ -66,3 +66,30 @@ def test_recipe_runs_end_to_end_on_a_slice(tmp_path, shared_data):
     shipped = ur.load_model(dest)
     assert shipped.method_name == "pred-net-logits"
     assert "| max-prob |" in (out / "score.md").read_text()
+
+
+def test_average_heads_is_the_mean_of_the_raw_scores():
+    import importlib.util
+
+    from uncertain_repr.methods import create_method
+    from uncertain_repr.methods.pred_net_logits import logit_stats
+
+    spec = importlib.util.spec_from_file_location("recipe_v2", RECIPE)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    g = torch.Generator().manual_seed(0)
+    emb, logits = torch.randn(32, 16, generator=g), 3 * torch.randn(32, 10, generator=g)
+    heads = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        head = create_method("pred-net-logits", embed_dim=16, num_classes=10, width=8, depth=2)
+        torch.nn.init.normal_(head.net[-1].weight)
+        torch.nn.init.normal_(head.net[-1].bias)
+        head.gain.data.fill_(1.0 + seed)
+        heads.append(head.eval())
+    features = torch.cat([emb, logit_stats(logits)], 1)
+    with torch.no_grad():
+        raw = torch.stack([h.gain * logit_stats(logits)[:, 1] + h.net(features).squeeze(-1) for h in heads]).mean(0)
+        merged = recipe.average_heads(heads)
+        torch.testing.assert_close(merged.uncertainty(emb, logits), torch.nn.functional.softplus(raw) + 1e-6)
+    assert merged.net[0].out_features == 24

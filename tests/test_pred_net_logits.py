@@ -70,3 +70,24 @@ def test_registered_and_bad_input():
     emb = torch.zeros(2, 4)
     with pytest.raises(ValueError, match="needs logits"):
         head(emb, None)
+
+
+def test_correction_shrinks_the_learned_residual_towards_the_base():
+    emb, logits = _data()
+    torch.manual_seed(1)
+    full = create_method("pred-net-logits", embed_dim=16, num_classes=10, width=8, depth=1)
+    torch.nn.init.normal_(full.net[-1].weight)  # a "trained" non-zero correction
+    p_top1 = torch.softmax(logits, 1).max(1).values
+    with torch.no_grad():
+        correction = full.net(torch.cat([emb, logit_stats(logits)], 1)).squeeze(-1)
+        for c in (0.0, 0.3, 1.0):
+            head = create_method("pred-net-logits", embed_dim=16, num_classes=10, width=8, depth=1, correction=c)
+            head.load_state_dict(full.state_dict())
+            expected = torch.nn.functional.softplus(4.0 * (1 - p_top1) + c * correction) + 1e-6
+            torch.testing.assert_close(head.uncertainty(emb, logits), expected)
+    max_prob = create_method("max-prob", embed_dim=16, num_classes=10).uncertainty(emb, logits)
+    assert spearmanr(head.uncertainty(emb, logits).detach().numpy(), max_prob.numpy()).statistic < 0.99
+    head.correction = 0.0
+    assert spearmanr(head.uncertainty(emb, logits).detach().numpy(), max_prob.numpy()).statistic == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="correction must be in"):
+        create_method("pred-net-logits", embed_dim=4, num_classes=3, correction=1.5)

@@ -42,17 +42,20 @@ BASES: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 @register_method("pred-net-logits")
 class PredNetLogits(UncertaintyMethod):
-    """``u = scale * (softplus(gain * base(z) + MLP([e, stats(z)])) + 1e-6)``, strictly positive.
+    """``u = scale * (softplus(gain * base(z) + correction * MLP([e, stats(z)])) + 1e-6)``, strictly positive.
 
     ``stats(z)`` [B, 3] is :func:`logit_stats` of the classifier's logits, ``base`` one of
     :data:`BASES` (default ``max-prob``: 1 - top-1 probability). The MLP (``depth`` x [Linear ->
     LeakyReLU(0.01)], then Linear(width, 1)) has a zero last layer, so an untrained head ranks
     exactly as its base; training learns a correction. ``gain`` (a parameter, initially
-    ``base_gain``) sets the base's scale against the ranking loss's margin.
+    ``base_gain``) sets the base's scale against the ranking loss's margin. ``correction`` (a
+    fixed argument, saved in the config; 1 while training) shrinks the learned correction towards
+    the base: ``correction=0`` ranks exactly as the base, whatever the MLP's weights.
 
     Args:
         width: hidden width. depth: number of hidden layers. base: see :data:`BASES`.
-        base_gain: initial ``gain``. negative_slope: LeakyReLU slope.
+        base_gain: initial ``gain``. correction: weight of the MLP's output, in [0, 1].
+        negative_slope: LeakyReLU slope.
     """
 
     needs_logits = True
@@ -66,6 +69,7 @@ class PredNetLogits(UncertaintyMethod):
         depth: int = 2,
         base: str = "max-prob",
         base_gain: float = 4.0,
+        correction: float = 1.0,
         negative_slope: float = 0.01,
     ) -> None:
         super().__init__(embed_dim, num_classes)
@@ -73,7 +77,10 @@ class PredNetLogits(UncertaintyMethod):
             raise ValueError(f"pred-net-logits needs width >= 1 and depth >= 0, got width={width}, depth={depth}")
         if base not in BASES:
             raise ValueError(f"base must be one of {sorted(BASES)}, got {base!r}")
+        if not 0.0 <= correction <= 1.0:
+            raise ValueError(f"correction must be in [0, 1], got {correction}")
         self.base = base
+        self.correction = float(correction)
         layers, in_dim = [], embed_dim + NUM_STATS
         for _ in range(depth):
             layers += [nn.Linear(in_dim, width), nn.LeakyReLU(negative_slope)]
@@ -90,8 +97,8 @@ class PredNetLogits(UncertaintyMethod):
             raise ValueError("pred-net-logits needs the classifier's logits")
         stats = logit_stats(logits)
         features = torch.cat([embedding.to(stats.dtype), stats], dim=-1)
-        raw = self.gain * BASES[self.base](stats) + self.net(features).squeeze(-1)
+        raw = self.gain * BASES[self.base](stats) + self.correction * self.net(features).squeeze(-1)
         return (nn.functional.softplus(raw) + EPS) * self.scale
 
     def extra_repr(self) -> str:
-        return f"base={self.base!r}"
+        return f"base={self.base!r}, correction={self.correction}"
