@@ -159,3 +159,40 @@ def test_killed_run_resumes_to_the_same_results_json_and_summary(fakes, tmp_path
     got, ref = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("killed", "straight"))
     assert got == ref and got["best_test_avg_downstream_auroc_correct"] == VALUES["test"][BEST]
     assert load_resume(tmp_path / "killed" / "resume.pt")["best_epoch"] == BEST
+
+
+@pytest.mark.slow
+def test_train_command_with_test_split_reports_the_best_epochs_test_numbers(tmp_path, capsys):
+    """Real training from the command line: the test split is the validation split here, so the
+    ``best_test_*`` numbers must equal the ``eval_*`` numbers of the epoch the validation metric chose."""
+    from uncertain_repr.cli import main
+    from uncertain_repr.train import launch
+
+    from .conftest import require_data
+
+    data = require_data("tiny_imagenet200").parent
+    tiny_model().save_pretrained(tmp_path / "init")
+    out = tmp_path / "run"
+    argv = ["train", "--initial-checkpoint", str(tmp_path / "init"), "--dataset", "tar/tiny_imagenet200",
+            "--data-dir", str(data), "--dataset_eval", "", "--dataset-downstream=[tar/tiny_imagenet200]",
+            "--test_split=validation", "--epochs", "3", "--lr", "0.03", "--warmup-epochs", "0", "-b", "20",
+            "--accumulation_steps", "1", "-j", "0", "--device", "cpu", "--amp", "false", "--output", str(out)]
+    real_open = launch.open_dataset
+    # 24 training images (classes within the 10-class head), 120 evaluation images (several classes)
+    launch.open_dataset = lambda *a, **k: real_open(*a, **{**k, "max_samples": 24 if k.get("train") else 120})
+    try:
+        assert main(argv) == 0
+    finally:
+        launch.open_dataset = real_open
+    history = [{k: float(v) for k, v in r.items() if v != ""} for r in rows(out)]
+    metric = "eval_avg_downstream_auroc_correct"
+    best = 0
+    for epoch, row in enumerate(history):  # strictly greater, the first epoch always best (url-spec §3.7)
+        if row[metric] > history[best][metric]:
+            best = epoch
+    results = json.loads((out / "results.json").read_text())
+    assert results["best_eval_avg_downstream_auroc_correct"] == history[best][metric]
+    for key in ("avg_downstream_auroc_correct", "avg_downstream_r1", "tar/tiny_imagenet200_auroc_correct"):
+        assert results[f"best_test_{key}"] == pytest.approx(history[best][f"eval_{key}"], abs=1e-12)
+        assert results[f"test_{key}"] == pytest.approx(history[-1][f"eval_{key}"], abs=1e-12)
+        assert results[f"best_test_{key}"] == history[best][f"test_{key}"]
