@@ -297,7 +297,8 @@ def fit(
         further_test_sets: the same for ``--further-dataset-downstream`` (``furthertest_*`` keys).
         loss_fn: a ready loss (default: ``losses.create(config.loss, ...)``); its parameters are trained too.
         output_dir: checkpoints, ``resume.pt``, ``summary.csv`` and ``results.json`` (the last row) go
-            here (default ``config.output``; nothing is written without one). A folder holding a run is continued with ``resume=True``.
+            here (default ``config.output``; nothing is written without one). A folder holding a run
+            is continued with ``resume=True``.
             One run at a time writes a folder: a second one is refused (``LockedError``) while it runs.
         on_epoch_end: called on every rank with ``(epoch, summary_row)`` after the epoch is saved.
 
@@ -308,7 +309,8 @@ def fit(
     output = Path(output_dir) if output_dir is not None else (Path(config.output) if config.output else None)
     with _one_writer(output):
         return _fit(model, train_set, config, output, val_set=val_set, downstream_sets=downstream_sets,
-                    test_sets=test_sets, further_test_sets=further_test_sets, loss_fn=loss_fn, on_epoch_end=on_epoch_end)
+                    test_sets=test_sets, further_test_sets=further_test_sets, loss_fn=loss_fn,
+                    on_epoch_end=on_epoch_end)
 
 
 @contextlib.contextmanager
