@@ -85,7 +85,8 @@ def test_training_on_cache_learns_to_rank_the_classifier_loss_without_the_backbo
     # checkpoints: Hub layout, loadable, the best one equals the model of that epoch
     assert result.best_epoch == max(range(6), key=lambda e: result.history[e]["eval_auroc_correct"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        {"best", "last", "resume.pt", "summary.csv", f"checkpoint-{result.best_epoch}", "checkpoint-5"})
+        {"best", "last", "resume.pt", "summary.csv", "results.json", f"checkpoint-{result.best_epoch}",
+         "checkpoint-5"})
     last = ur.load_model(tmp_path / "last")
     for key, value in model.method.state_dict().items():
         assert torch.equal(last.method.state_dict()[key], value)

@@ -176,14 +176,9 @@ def run(config: TrainConfig) -> FitResult:
         for note in loss_notes(config):
             warn(note)
         train_set, val_set, downstream = build_datasets(config, model)
-        result = fit(model, train_set, config.replace(device=str(device)), val_set=val_set,
-                     downstream_sets=downstream, loss_fn=loss_fn)
         tests, further = build_test_sets(config, model)
-        if tests or further:
-            from .zero_shot import add_test_results
-
-            add_test_results(result, model, config.replace(device=str(device)), tests, further)
-        return result
+        return fit(model, train_set, config.replace(device=str(device)), val_set=val_set,
+                   downstream_sets=downstream, test_sets=tests, further_test_sets=further, loss_fn=loss_fn)
     finally:
         dist_utils.shutdown()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import math
 import os
 import random
@@ -37,11 +38,14 @@ from .sampler import GlobalOrderSampler
 
 RESUME_FILE = "resume.pt"
 SUMMARY_FILE = "summary.csv"
+RESULTS_FILE = "results.json"  # the last summary row, as the original's W&B run summary
 LOCK_FILE = ".lock"  # held by the one run writing the folder
 # What writes killed half-way leave (temp checkpoint folders, temp files); removed when a run starts.
 LEFTOVERS = (".checkpoint-*.tmp", ".checkpoint-*.old-*", f".{RESUME_FILE}.tmp-*", f".{SUMMARY_FILE}.tmp-*",
+             f".{RESULTS_FILE}.tmp-*",
              ".last.tmp-*", ".best.tmp-*")
 INIT_UNC_BATCHES = 10  # global batches averaged for --unc_start_value, as the original
+RESULT_PREFIXES = ("eval_", "test_", "furthertest_")  # carried as best_* from the best epoch (url-spec 3.7)
 
 
 @dataclass
@@ -49,7 +53,8 @@ class FitResult:
     """What :func:`fit` returns.
 
     Attributes:
-        history: one summary row per epoch (``epoch``, ``lr``, ``train_loss``, ``eval_*``).
+        history: one summary row per epoch (``epoch``, ``lr``, ``train_loss``, ``eval_*``, ``test_*``,
+            ``furthertest_*``, and the same keys of the best epoch so far with ``best_`` in front).
         best_epoch: epoch with the best ``eval_metric`` (``None`` without validation sets).
         best_metrics: that epoch's validation results (keys without the ``eval_`` prefix).
         output_dir: where checkpoints went (``None`` if nothing was written).
@@ -205,8 +210,12 @@ def _write_summary(path: Path, history: List[Dict[str, float]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(history)
+    _write_atomic(path, buffer.getvalue())
+
+
+def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(buffer.getvalue())
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -264,6 +273,8 @@ def fit(
     *,
     val_set: Optional[Dataset] = None,
     downstream_sets: Optional[Mapping[str, Dataset]] = None,
+    test_sets: Optional[Mapping[str, Dataset]] = None,
+    further_test_sets: Optional[Mapping[str, Dataset]] = None,
     loss_fn: Optional[nn.Module] = None,
     output_dir: Optional[os.PathLike] = None,
     on_epoch_end: Optional[Callable[[int, Dict[str, float]], None]] = None,
@@ -281,9 +292,13 @@ def fit(
         val_set: upstream validation set (results under plain keys, e.g. ``auroc_correct``).
         downstream_sets: ``{name: dataset}`` validated every epoch (``{name}_{metric}`` keys and
             ``avg_downstream_{metric}`` averages).
+        test_sets: ``{name: dataset}`` on the test split (``--test_split``), evaluated every epoch
+            (``test_{name}_{metric}``, ``test_avg_downstream_{metric}``); never used to choose the best epoch.
+        further_test_sets: the same for ``--further-dataset-downstream`` (``furthertest_*`` keys).
         loss_fn: a ready loss (default: ``losses.create(config.loss, ...)``); its parameters are trained too.
-        output_dir: checkpoints, ``resume.pt`` and ``summary.csv`` go here (default ``config.output``;
-            nothing is written without one). A folder holding a run is continued with ``resume=True``.
+        output_dir: checkpoints, ``resume.pt``, ``summary.csv`` and ``results.json`` (the last row) go
+            here (default ``config.output``; nothing is written without one). A folder holding a run
+            is continued with ``resume=True``.
             One run at a time writes a folder: a second one is refused (``LockedError``) while it runs.
         on_epoch_end: called on every rank with ``(epoch, summary_row)`` after the epoch is saved.
 
@@ -294,7 +309,8 @@ def fit(
     output = Path(output_dir) if output_dir is not None else (Path(config.output) if config.output else None)
     with _one_writer(output):
         return _fit(model, train_set, config, output, val_set=val_set, downstream_sets=downstream_sets,
-                    loss_fn=loss_fn, on_epoch_end=on_epoch_end)
+                    test_sets=test_sets, further_test_sets=further_test_sets, loss_fn=loss_fn,
+                    on_epoch_end=on_epoch_end)
 
 
 @contextlib.contextmanager
@@ -324,12 +340,15 @@ def _fit(
     *,
     val_set: Optional[Dataset],
     downstream_sets: Optional[Mapping[str, Dataset]],
+    test_sets: Optional[Mapping[str, Dataset]],
+    further_test_sets: Optional[Mapping[str, Dataset]],
     loss_fn: Optional[nn.Module],
     on_epoch_end: Optional[Callable[[int, Dict[str, float]], None]],
 ) -> FitResult:
     from .. import losses
 
     downstream_sets = dict(downstream_sets or {})
+    test_groups = {"test": dict(test_sets or {}), "furthertest": dict(further_test_sets or {})}
     rank, world = dist_utils.rank(), dist_utils.world_size()
     if not callable(getattr(model, "set_trainable", None)):
         raise TypeError(f"model must be an Uncertainizer, got {type(model).__name__}")
@@ -448,6 +467,9 @@ def _fit(
             }
             metrics = _validate(model, val_set, downstream_sets, **eval_kwargs) if has_validation else {}
             row.update({f"eval_{k}": v for k, v in metrics.items()})
+            for prefix, sets in test_groups.items():  # every epoch, as the original (its best_test_*)
+                if sets:
+                    row.update({f"{prefix}_{k}": v for k, v in _validate(model, None, sets, **eval_kwargs).items()})
             if has_validation:
                 if eval_metric not in metrics:
                     raise ValueError(f"eval_metric {eval_metric!r} is not among the validation results: "
@@ -455,6 +477,7 @@ def _fit(
                 if _improves(metrics[eval_metric], None if result.best_epoch is None else result.best_metrics[eval_metric]):
                     result.best_epoch, result.best_metrics = epoch, dict(metrics)
             result.history.append(row)
+            row.update(_best_keys(result))
             scheduler.step(epoch + 1, metrics.get(eval_metric))
             if output is not None:
                 _save_epoch(output, model, loss_fn, optimizer, scheduler, scaler, epoch, num_updates, result, config)
@@ -464,6 +487,14 @@ def _fit(
     finally:
         loggers.close()
     return result
+
+
+def _best_keys(result: FitResult) -> Dict[str, float]:
+    """``best_eval_*``, ``best_test_*``, ``best_furthertest_*``: the results of the epoch chosen by the
+    validation metric (the last epoch without validation), as the original carried them."""
+    best = result.history[-1] if result.best_epoch is None else next(
+        r for r in result.history if int(r["epoch"]) == result.best_epoch)
+    return {f"best_{k}": v for k, v in best.items() if k.startswith(RESULT_PREFIXES)}
 
 
 def _save_epoch(
@@ -495,6 +526,7 @@ def _save_epoch(
 def _record_epoch(output: Path, result: FitResult, epoch: int) -> None:
     """After ``resume.pt`` of ``epoch``: ``summary.csv``, the ``last``/``best`` links, pruning (idempotent)."""
     _write_summary(output / SUMMARY_FILE, result.history)
+    _write_atomic(output / RESULTS_FILE, json.dumps(result.history[-1], indent=2, default=float))
     best = result.best_epoch if result.best_epoch is not None else epoch
     _point_link(output / "last", f"checkpoint-{epoch}")
     _point_link(output / "best", f"checkpoint-{best}")

@@ -16,9 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .config import TrainConfig
-from .loop import FitResult, SUMMARY_FILE, _autocast, _validate, _write_summary
-
-RESULTS_FILE = "results.json"
+from .loop import RESULTS_FILE, SUMMARY_FILE, FitResult, _autocast, _validate, _write_summary
 
 
 def _eval_kwargs(config: TrainConfig, model: nn.Module) -> Dict:
@@ -39,18 +37,6 @@ def test_results(model: nn.Module, config: TrainConfig, tests: Mapping[str, Data
         if sets:
             row.update({f"{prefix}_{k}": v for k, v in _validate(model, None, sets, **kwargs).items()})
     return row
-
-
-def add_test_results(result: FitResult, model: nn.Module, config: TrainConfig, tests: Mapping[str, Dataset],
-                     further: Mapping[str, Dataset]) -> None:
-    """Evaluate the trained model on the test splits, add the keys to the last summary row (and its
-    ``summary.csv``)."""
-    from . import distributed as dist_utils
-
-    if result.history:
-        result.history[-1].update(test_results(model, config, tests, further))
-        if result.output_dir is not None and dist_utils.is_main():
-            _write_summary(result.output_dir / SUMMARY_FILE, result.history)
 
 
 def validate_only(model: nn.Module, config: TrainConfig) -> FitResult:
