@@ -104,3 +104,15 @@ def test_original_suffixed_model_name_maps_through_the_shared_table(monkeypatch)
     assert runner.load_benchmark_model("test_resnetdropout", "mc-dropout")[0].method_name == "mc-dropout"
     with pytest.raises(ValueError, match="already selects the method 'hetxl'.*method='embed-norm'"):
         runner.load_benchmark_model("test_resnethetxl", "embed-norm")
+
+
+def test_evaluator_reuses_a_given_correctness_and_checks_it(monkeypatch):
+    x, labels, unc = torch.randn(60, 4), torch.randint(0, 3, (60,)), torch.rand(60)
+    ev = ur.metrics.Evaluator()
+    ev.update(x, unc, labels)
+    searched = ev.compute()
+    correct = NN.nearest_neighbor_correct(x, labels)
+    calls = count_searches(monkeypatch)
+    assert ev.compute(correct=correct) == searched and not calls
+    with pytest.raises(ValueError, match="correct must be a bool"):
+        ev.compute(correct=correct[:-1])
