@@ -15,9 +15,8 @@ from itertools import combinations
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
-from ..metrics import auroc, bootstrap_distribution, nearest_neighbor_correct, paired_difference, percentile_interval
+from ..metrics import auroc, bootstrap_distribution, paired_difference, percentile_interval, singleton_query_mask
 from .controls import CONTROLS
 from .outputs import DatasetOutputs
 from .results import AVERAGE
@@ -37,42 +36,41 @@ def _both(metric, arrays, n_resamples: int, seed) -> Tuple[float, np.ndarray]:
     return float(metric(*arrays)), bootstrap_distribution(metric, *arrays, n_resamples=n_resamples, seed=seed)
 
 
-def _correct(embeddings: np.ndarray, labels: np.ndarray, device) -> np.ndarray:
-    """Per-sample 1-NN correctness ``[N]`` (the search runs on ``device``, e.g. the run's GPU)."""
-    return nearest_neighbor_correct(torch.from_numpy(embeddings).to(device or "cpu"), labels).numpy()
-
-
 def dataset_distributions(
-    outputs: DatasetOutputs, *, classify: bool, n_resamples: int, seed: int, device=None
+    outputs: DatasetOutputs, *, classify: bool, n_resamples: int, seed: int, correct: np.ndarray,
+    exclude_singleton_queries: bool = False,
 ) -> Distributions:
-    """Resampled ``r1``, ``auroc_correct`` (and ``auroc_classification`` if ``classify``) of every row of ``outputs``."""
-    correct = _correct(outputs.embeddings, outputs.labels, device)
+    """Resampled ``r1``, ``auroc_correct`` (and ``auroc_classification`` if ``classify``) of every row of ``outputs``.
+
+    ``correct``: the dataset's 1-NN correctness ``[N]`` (``scoring.nn_correct``). With
+    ``exclude_singleton_queries`` the R@1 / R-AUROC resamples are over the other queries only.
+    """
     key = _key(seed, outputs.name, "bootstrap")
-    r1 = _both(np.mean, (correct,), n_resamples, key)
+    queries = ~singleton_query_mask(outputs.labels).numpy() if exclude_singleton_queries else np.ones(len(correct), bool)
+    r1 = _both(np.mean, (correct[queries],), n_resamples, key)
     wrong_class = None
     if classify and outputs.predictions is not None:
         wrong_class = outputs.predictions != outputs.labels
     result: Distributions = {}
     for row, method in enumerate(outputs.methods):
         unc = outputs.uncertainties[row]
-        result[method] = {"r1": r1, "auroc_correct": _both(auroc, (unc, ~correct), n_resamples, key)}
+        result[method] = {"r1": r1, "auroc_correct": _both(auroc, (unc[queries], ~correct[queries]), n_resamples, key)}
         if wrong_class is not None:
             result[method]["auroc_classification"] = _both(auroc, (unc, wrong_class), n_resamples, key)
     return result
 
 
 def mixed_distributions(
-    ind: DatasetOutputs, ood: DatasetOutputs, *, id_chosen: np.ndarray, ood_chosen: np.ndarray, n_resamples: int, seed: int,
-    device=None,
+    a: DatasetOutputs, b: DatasetOutputs, *, correct: np.ndarray, n_resamples: int, seed: int
 ) -> Distributions:
-    """Resampled ``auroc_ood`` and ``auroc_correct_mixed`` over the union of the chosen ID and OOD samples."""
-    a, b = ind.select(np.isin(ind.indices, id_chosen)), ood.select(np.isin(ood.indices, ood_chosen))
+    """Resampled ``auroc_ood`` and ``auroc_correct_mixed`` over the union of the chosen ID (``a``) and OOD (``b``) samples.
+
+    ``a``, ``b`` and ``correct`` (the union's 1-NN correctness) come from ``scoring.mixed_union`` / ``nn_correct``.
+    """
     is_ood = np.r_[np.zeros(len(a), bool), np.ones(len(b), bool)]
-    labels = np.r_[a.labels, b.labels - b.labels.min() + a.labels.max() + 1]  # disjoint ids, as in r_auroc_mixed
-    correct = _correct(np.concatenate([a.embeddings, b.embeddings]), labels, device)
-    key = _key(seed, ood.name, "bootstrap-mixed")
+    key = _key(seed, b.name, "bootstrap-mixed")
     result: Distributions = {}
-    for method in [m for m in ood.methods if m in ind.methods]:
+    for method in [m for m in b.methods if m in a.methods]:
         unc = np.r_[a.uncertainties[a.method_row(method)], b.uncertainties[b.method_row(method)]]
         result[method] = {
             "auroc_ood": _both(auroc, (unc, is_ood), n_resamples, key),

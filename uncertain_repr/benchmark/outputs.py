@@ -108,13 +108,6 @@ def gather(outputs: DatasetOutputs) -> DatasetOutputs:
     return concatenate([outputs])
 
 
-def gather_labels(outputs: DatasetOutputs) -> np.ndarray:
-    """The ``[N]`` labels of all ranks' shards, ordered by index (each index once); no embeddings are sent."""
-    light = DatasetOutputs(name=outputs.name, methods=(), indices=outputs.indices, labels=outputs.labels,
-                           embeddings=outputs.embeddings[:, :0], uncertainties=outputs.uncertainties[:0])
-    return gather(light).labels
-
-
 def file_name(dataset: str) -> str:
     """File-system-safe stem for a dataset name: ``"repr/cub"`` -> ``"repr_cub"``."""
     return dataset.replace("/", "_").replace(os.sep, "_")

@@ -26,9 +26,9 @@ from ..version import __version__
 from .collect import collect, resolve_methods
 from .controls import CONTROLS, has_sharpness, item_sharpness, with_controls
 from .intervals import Distributions, dataset_distributions, mixed_distributions, summarize
-from .outputs import DatasetOutputs, file_name, gather, gather_labels, load_npz, save_npz, write_json
+from .outputs import DatasetOutputs, file_name, gather, load_npz, save_npz, write_json
 from .progress import Progress, progress_mode
-from .scoring import flatten, mixed_selection, score_dataset, score_mixed, seeded_subset
+from .scoring import flatten, mixed_selection, mixed_union, nn_correct, score_dataset, score_mixed, seeded_subset
 
 PathLike = Union[str, os.PathLike]
 DatasetSpec = Union[str, Tuple[str, Dataset]]
@@ -53,7 +53,9 @@ def load_benchmark_model(model: Union[PathLike, Uncertainizer], method: Optional
 
     ``model`` is an ``Uncertainizer``; or a pretrained name / checkpoint folder for
     ``ur.load_model``; or, with ``method``, a timm name built with its pretrained weights as
-    ``Uncertainizer(name, method, pretrained=True)``.
+    ``Uncertainizer(name, method, pretrained=True)``; or an original suffixed name
+    (``resnet50hetxl``, ``vit_base_patch16_224sngp``, ``resnet50dropout``), mapped by
+    ``train.original_flags.split_model_name`` to a timm name + method as ``train`` and ``cache`` do.
     """
     if isinstance(model, Uncertainizer):
         if method is not None:
@@ -67,12 +69,35 @@ def load_benchmark_model(model: Union[PathLike, Uncertainizer], method: Optional
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be an Uncertainizer, a model name or a checkpoint folder, got {type(model).__name__}")
     name = os.fspath(model)
+    suffixed = _original_suffixed_name(name)
+    if suffixed is not None:  # the original's resnet50hetxl = resnet50 + hetxl (train/original_flags.py's table)
+        backbone, suffix_method = suffixed
+        if method is not None and method != suffix_method:
+            raise ValueError(f"model {name!r} already selects the method {suffix_method!r} (original suffix), "
+                             f"but method={method!r}; give one of them")
+        net = Uncertainizer(backbone, suffix_method, pretrained=True)
+        return net, f"{backbone} + {suffix_method} (original name {name}; timm pretrained weights)"
     if method is not None:
         if Path(name).is_dir():
             raise ValueError(f"method= is for timm names; the checkpoint folder {name} brings its own method")
         return Uncertainizer(name, method, pretrained=True), f"{name} + {method} (timm pretrained weights)"
     hub = importlib.import_module("uncertain_repr.hub")
     return hub.load_model(name), name
+
+
+def _original_suffixed_name(name: str) -> Optional[Tuple[str, str]]:
+    """``"resnet50hetxl"`` -> ``("resnet50", "hetxl")``; ``None`` for a folder, a pretrained or plain timm name."""
+    from ..hub import HUB_PREFIX
+    from ..pretrained import is_pretrained
+    from ..train.original_flags import split_model_name
+
+    if Path(name).exists() or name.startswith(HUB_PREFIX) or is_pretrained(name):
+        return None
+    try:
+        backbone, suffix_method = split_model_name(name)
+    except ValueError:  # no timm name: left to ur.load_model, which names what it accepts
+        return None
+    return None if suffix_method is None else (backbone, suffix_method)
 
 
 def weights_sha256(model: nn.Module) -> str:
@@ -235,6 +260,7 @@ def run(
     command: Optional[str] = None,
     dataset_options: Optional[Mapping[str, Mapping[str, Any]]] = None,
     bootstrap: int = 0,
+    exclude_singleton_queries: bool = False,
 ) -> Dict[str, Any]:
     """Evaluate ``model`` zero-shot on ``datasets`` with the URL benchmark's metrics.
 
@@ -279,6 +305,10 @@ def run(
         bootstrap: ``N > 0`` adds ``result["bootstrap"]``: seeded 95% percentile intervals of R@1
             and every AUROC-type metric over ``N`` resamples of the samples, and paired
             differences between the methods/controls (see :mod:`.intervals`).
+        exclude_singleton_queries: leave out of ``r1`` and ``auroc_correct`` (and their bootstrap),
+            as queries, the samples whose class has no other member of the evaluated set (their
+            1-NN is wrong by construction; they stay candidates). Off by default, as in the
+            original; ``meta`` records it. The mixed ID+OOD metrics are not affected.
 
     Returns:
         ``{"meta": {...}, "datasets": [...], "metrics": {method: {"<dataset>_<metric>": value,
@@ -321,7 +351,8 @@ def run(
     mode = progress_mode(progress, rank=rank)
     out_dir = None if out is None else Path(out)
 
-    scores = _Scores(seed=seed, mixed_max_samples=mixed_max_samples, bootstrap=bootstrap, device=device)
+    scores = _Scores(seed=seed, mixed_max_samples=mixed_max_samples, bootstrap=bootstrap if rank == 0 else 0,
+                     device=device, exclude_singleton_queries=exclude_singleton_queries)
     plot_data = []
     data_meta = []
     for entry in entries:
@@ -335,10 +366,9 @@ def run(
             net, evaluated_methods, loader, dataset=entry.name, keep_logits=entry.classify or save_embeddings,
             device=device, progress=mode, total=len(evaluated), embed=runner.embed,
         )
-        full = gather(local) if (save_embeddings or plots or bootstrap) else None
+        full = gather(local)  # every rank: the one 1-NN search of the dataset runs on the complete outputs
         sharpness = _any_rank(has_sharpness(local))
-        scores.add(local, role=entry.role, classify=entry.classify, evaluated=evaluated, sharpness=sharpness,
-                   full=full if rank == 0 else None)
+        scores.add(local, role=entry.role, classify=entry.classify, evaluated=evaluated, sharpness=sharpness, full=full)
         if rank == 0 and save_embeddings:
             saved = replace(full, sample_ids=sample_ids(entry.dataset, full.indices))
             save_npz(saved, out_dir / "embeddings" / f"{file_name(entry.name)}.npz")
@@ -350,7 +380,7 @@ def run(
             "name": entry.name, "role": entry.role, "split": entry.split if entry.source == "named" else None,
             "source": entry.source, "num_samples": int(len(evaluated)), "dataset_size": len(entry.dataset),
             "classify": entry.classify, "crops": (crops and entry.source == "named") or local.crop_fractions is not None,
-            "singleton_queries": int(singleton_query_mask(gather_labels(local) if full is None else full.labels).sum()),
+            "singleton_queries": int(singleton_query_mask(full.labels).sum()),
         })
 
     downstream = [e.name for e in entries if e.role == "downstream"]
@@ -360,7 +390,8 @@ def run(
             net, description, evaluated_methods, data_meta, legacy=legacy_preprocessing,
             data_dir=None if data_dir is None else os.fspath(data_dir), max_samples=max_samples,
             mixed_max_samples=mixed_max_samples, seed=seed, batch_size=batch_size, device=str(device),
-            world_size=world, command=command, bootstrap=bootstrap, controls=list(controls),
+            world_size=world, command=command, bootstrap=bootstrap, exclude_singleton_queries=exclude_singleton_queries,
+            controls=list(controls),
             backbone_runtime=runner.runtime, elapsed_s=round(time.time() - started, 1),
         ),
         "datasets": [e.name for e in entries],
@@ -383,44 +414,53 @@ def run(
 class _Scores:
     """The metrics (and bootstrap distributions) of every method and control, added dataset by dataset.
 
-    ``add()`` takes one rank's shard (``local``) for the metrics and, where the bootstrap runs
-    (rank 0), the complete outputs (``full``).
+    ``add()`` takes one rank's shard (``local``) for the metrics and the complete outputs
+    (``full``) for the one 1-NN search per dataset (and per mixed ID+OOD set) that every
+    method, control and the bootstrap reuse. ``bootstrap=0`` on the ranks that do not bootstrap.
     """
 
-    def __init__(self, *, seed: int, mixed_max_samples: int, bootstrap: int, device: Any) -> None:
+    def __init__(self, *, seed: int, mixed_max_samples: int, bootstrap: int, device: Any,
+                 exclude_singleton_queries: bool = False) -> None:
         self.seed, self.mixed_max_samples, self.bootstrap, self.device = seed, mixed_max_samples, bootstrap, device
+        self.exclude_singleton_queries = exclude_singleton_queries
         self.per_dataset: Dict[str, Dict[str, Dict[str, float]]] = {}  # method/control -> dataset -> metrics
         self.distributions: Dict[str, Distributions] = {}  # dataset -> method/control -> metric -> resamples
-        self.upstream: Optional[Tuple[DatasetOutputs, np.ndarray, Optional[DatasetOutputs]]] = None
+        self.upstream: Optional[Tuple[DatasetOutputs, np.ndarray, DatasetOutputs]] = None
 
     def add(self, local: DatasetOutputs, *, role: str, classify: bool, evaluated: np.ndarray, sharpness: bool,
-            full: Optional[DatasetOutputs]) -> None:
+            full: DatasetOutputs) -> None:
         name = local.name
         scored = with_controls(local, seed=self.seed, sharpness=sharpness)
+        complete = with_controls(full, seed=self.seed, sharpness=sharpness)
+        correct = nn_correct(full.embeddings, full.labels, self.device)
         for m in scored.methods:
-            self.per_dataset.setdefault(m, {})[name] = score_dataset(scored, m, classify=classify, device=self.device)
-        booted = with_controls(full, seed=self.seed, sharpness=sharpness) if self.bootstrap and full is not None else None
-        if booted is not None:
+            self.per_dataset.setdefault(m, {})[name] = score_dataset(
+                scored, m, classify=classify, correct=correct, device=self.device,
+                exclude_singleton_queries=self.exclude_singleton_queries,
+            )
+        if self.bootstrap:
             self.distributions[name] = dataset_distributions(
-                booted, classify=classify, n_resamples=self.bootstrap, seed=self.seed, device=self.device
+                complete, classify=classify, n_resamples=self.bootstrap, seed=self.seed, correct=correct,
+                exclude_singleton_queries=self.exclude_singleton_queries,
             )
         if role == "upstream":
-            self.upstream = (replace(scored, logits=None), evaluated, None if booted is None else replace(booted, logits=None))
+            self.upstream = (replace(scored, logits=None), evaluated, replace(complete, logits=None))
             return
         if self.upstream is None:
             return
-        up, up_evaluated, up_booted = self.upstream
+        up, up_evaluated, up_complete = self.upstream
         id_chosen, ood_chosen = mixed_selection(
             up_evaluated, evaluated, id_name=up.name, ood_name=name, seed=self.seed, max_samples=self.mixed_max_samples,
         )
+        a, b, labels = mixed_union(up_complete, complete, id_chosen=id_chosen, ood_chosen=ood_chosen)
+        mixed_correct = nn_correct(np.concatenate([a.embeddings, b.embeddings]), labels, self.device)
         for m in scored.methods:
             if m in up.methods:
-                self.per_dataset[m][name].update(
-                    score_mixed(up, scored, m, id_chosen=id_chosen, ood_chosen=ood_chosen, device=self.device)
-                )
-        if booted is not None and up_booted is not None:
-            mixed = mixed_distributions(up_booted, booted, id_chosen=id_chosen, ood_chosen=ood_chosen,
-                                        n_resamples=self.bootstrap, seed=self.seed, device=self.device)
+                self.per_dataset[m][name].update(score_mixed(
+                    up, scored, m, id_chosen=id_chosen, ood_chosen=ood_chosen, correct=mixed_correct, device=self.device,
+                ))
+        if self.bootstrap:
+            mixed = mixed_distributions(a, b, correct=mixed_correct, n_resamples=self.bootstrap, seed=self.seed)
             for m, values in mixed.items():
                 self.distributions[name][m].update(values)
 
@@ -487,7 +527,7 @@ def recompute(npz_dir: PathLike, *, out: Optional[PathLike] = None, plots: bool 
     upstream_name = original["upstream"]
     roles = {d["name"]: d for d in meta["data"]["datasets"]}
     scores = _Scores(seed=meta["seed"], mixed_max_samples=meta["mixed_max_samples"], bootstrap=meta.get("bootstrap", 0),
-                     device=None)
+                     device=None, exclude_singleton_queries=meta.get("exclude_singleton_queries", False))
     plot_data = []
     for name in original["datasets"]:
         outputs = load_npz(npz_dir / manifest["files"][name])

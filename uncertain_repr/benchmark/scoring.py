@@ -13,7 +13,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from ..metrics import Evaluator
+from ..metrics import Evaluator, nearest_neighbor_correct
 from .outputs import DatasetOutputs
 
 Device = Union[str, torch.device, None]
@@ -28,15 +28,37 @@ def seeded_subset(indices: np.ndarray, n: int, *, seed: int, dataset: str, purpo
     return np.sort(np.random.default_rng(key).permutation(np.asarray(indices))[: int(n)])
 
 
-def score_dataset(outputs: DatasetOutputs, method: str, *, classify: bool, device: Device = None) -> Dict[str, float]:
+def nn_correct(embeddings: np.ndarray, labels: np.ndarray, device: Device = None) -> np.ndarray:
+    """Per-sample leave-one-out 1-NN correctness ``[N]`` (bool) of complete outputs, in index order.
+
+    The one search of a dataset (or of a mixed ID+OOD set): its embeddings are the same for every
+    method and control, so all of them, and the bootstrap, reuse this.
+    """
+    emb = torch.as_tensor(embeddings, dtype=torch.float32).to(device or "cpu")
+    return nearest_neighbor_correct(emb, labels).numpy()
+
+
+def mixed_union(
+    ind: DatasetOutputs, ood: DatasetOutputs, *, id_chosen: np.ndarray, ood_chosen: np.ndarray
+) -> Tuple[DatasetOutputs, DatasetOutputs, np.ndarray]:
+    """The chosen ID and OOD samples and the union's labels ``[N_id + N_ood]`` (OOD ids shifted as in ``r_auroc_mixed``)."""
+    a, b = ind.select(np.isin(ind.indices, id_chosen)), ood.select(np.isin(ood.indices, ood_chosen))
+    return a, b, np.r_[a.labels, b.labels - b.labels.min() + a.labels.max() + 1]
+
+
+def score_dataset(
+    outputs: DatasetOutputs, method: str, *, classify: bool, correct: np.ndarray, device: Device = None,
+    exclude_singleton_queries: bool = False,
+) -> Dict[str, float]:
     """The per-dataset metrics of ``method`` (keys without the dataset prefix, see ``Evaluator.compute``).
 
-    ``classify`` adds ``top1``, ``top5`` and ``auroc_classification``: only meaningful when the
-    classifier's label space is the dataset's.
+    ``outputs`` may be one rank's shard; ``correct`` is :func:`nn_correct` of the complete
+    dataset. ``classify`` adds ``top1``, ``top5`` and ``auroc_classification``: only meaningful
+    when the classifier's label space is the dataset's. ``exclude_singleton_queries``: see ``Evaluator``.
     """
     if classify and outputs.logits is None and len(outputs):
         raise ValueError(f"classification metrics on {outputs.name!r} need logits, but the model has no classifier")
-    evaluator = Evaluator(device=device)
+    evaluator = Evaluator(device=device, exclude_singleton_queries=exclude_singleton_queries)
     if len(outputs):  # under torch.distributed a rank may hold no sample of a tiny dataset
         row = outputs.method_row(method)
         cropped = outputs.uncertainties_cropped
@@ -51,7 +73,7 @@ def score_dataset(outputs: DatasetOutputs, method: str, *, classify: bool, devic
             indices=outputs.indices,
         )
     try:
-        return evaluator.compute()
+        return evaluator.compute(correct=torch.from_numpy(correct))
     except ValueError as err:
         raise ValueError(f"dataset {outputs.name!r}: {err}") from err
 
@@ -74,9 +96,13 @@ def score_mixed(
     *,
     id_chosen: np.ndarray,
     ood_chosen: np.ndarray,
+    correct: np.ndarray,
     device: Device = None,
 ) -> Dict[str, float]:
-    """``auroc_ood`` and ``auroc_correct_mixed`` of ``method`` on the chosen ID (upstream) and OOD samples."""
+    """``auroc_ood`` and ``auroc_correct_mixed`` of ``method`` on the chosen ID (upstream) and OOD samples.
+
+    ``ind``/``ood`` may be shards; ``correct`` is :func:`nn_correct` of the complete :func:`mixed_union`.
+    """
     evaluators = []
     for outputs, chosen in ((ind, id_chosen), (ood, ood_chosen)):
         evaluator = Evaluator(device=device)
@@ -85,7 +111,7 @@ def score_mixed(
             row = part.method_row(method)
             evaluator.update(part.embeddings, part.uncertainties[row], part.labels, indices=part.indices)
         evaluators.append(evaluator)
-    return evaluators[0].compute_mixed(evaluators[1])
+    return evaluators[0].compute_mixed(evaluators[1], correct=torch.from_numpy(correct))
 
 
 def flatten(

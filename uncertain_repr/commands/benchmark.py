@@ -60,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=positive_int, metavar="N",
                         help="95%% intervals of R@1 and the AUROC-type metrics, and paired differences between the methods "
                              "and controls, from N seeded resamples of the samples (e.g. 1000)")
+    parser.add_argument("--exclude-singleton-queries", action="store_true",
+                        help="leave out of R@1 and R-AUROC, as queries, the samples whose class has no other member "
+                             "(their 1-NN is wrong by construction); off by default, as in the original")
     parser.add_argument("--seed", type=int, default=0, help="seeds crops, random subsets, the random control and the bootstrap (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
 
@@ -153,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
                     num_workers=args.num_workers, device=device, legacy_preprocessing=args.legacy_preprocessing,
                     crops=not args.no_crops, save_embeddings=args.save_embeddings, plots=args.plots, seed=args.seed,
                     channels_last=args.channels_last, fast=not args.eager, dataset_options=options, bootstrap=args.bootstrap or 0,
+                    exclude_singleton_queries=args.exclude_singleton_queries,
                     command=_command_line(args),
                 )
                 rank = dist.get_rank() if dist.is_initialized() else 0

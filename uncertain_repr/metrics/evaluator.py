@@ -150,8 +150,12 @@ class Evaluator:
             data = {name: value[order] for name, value in data.items()}
         return data
 
-    def compute(self) -> Dict[str, float]:
+    def compute(self, *, correct: Optional[ArrayLike] = None) -> Dict[str, float]:
         """All metrics whose inputs were given (keys of absent inputs are absent, not 0).
+
+        ``correct``: the per-sample 1-NN correctness ``[N]`` (bool, in ``indices`` order) of
+        an earlier :func:`nearest_neighbor_correct` on the same gathered embeddings and labels,
+        e.g. shared by several evaluators that differ only in the uncertainties; skips the search.
 
         Keys: ``r1``, ``auroc_correct`` and the :func:`uncertainty_summary` keys always;
         ``top1``, ``top5``, ``auroc_classification`` with logits whose classes cover the labels; ``croppedHasBiggerUnc`` with
@@ -161,9 +165,7 @@ class Evaluator:
         """
         d = self._gathered()
         emb, unc, labels = d["embeddings"], d["uncertainties"], d["labels"]
-        correct = nearest_neighbor_correct(
-            emb.to(self.device), labels, metric=self.metric, chunk_size=self.chunk_size, backend=self.backend
-        )
+        correct = self._correct(emb, labels, correct)
         unc_np = unc.double().numpy()
         out = retrieval_scores(unc_np, correct, labels.numpy(), self.exclude_singleton_queries)
         self.n_singleton_queries = int(out.pop("n_singleton_queries"))
@@ -183,13 +185,33 @@ class Evaluator:
         out.update(uncertainty_summary(unc))
         return out
 
-    def compute_mixed(self, ood: "Evaluator") -> Dict[str, float]:
+    def _correct(self, emb: torch.Tensor, labels: torch.Tensor, correct: Optional[ArrayLike]) -> torch.Tensor:
+        """The 1-NN correctness ``[N]``: ``correct`` if given (checked), else one search."""
+        if correct is None:
+            return nearest_neighbor_correct(
+                emb.to(self.device), labels, metric=self.metric, chunk_size=self.chunk_size, backend=self.backend
+            )
+        given = torch.as_tensor(correct).cpu()
+        if given.dtype != torch.bool or given.shape != labels.shape:
+            raise ValueError(f"correct must be a bool [N] with N = {len(labels)} gathered samples, "
+                             f"got {given.dtype} {tuple(given.shape)}")
+        return given
+
+    def compute_mixed(self, ood: "Evaluator", *, correct: Optional[ArrayLike] = None) -> Dict[str, float]:
         """``auroc_ood`` and ``auroc_correct_mixed`` with this evaluator as ID and ``ood`` as OOD.
 
         Uses all stored samples of both (after gathering); see :func:`r_auroc_mixed` for the
-        label shift that makes the two class sets disjoint.
+        label shift that makes the two class sets disjoint. ``correct``: the 1-NN correctness
+        ``[N_id + N_ood]`` of that union (ID first), from an earlier search; skips the search.
         """
         ind, ood_d = self._gathered(), ood._gathered()
+        if correct is not None:
+            unc = torch.cat([ind["uncertainties"], ood_d["uncertainties"]])
+            right = self._correct(ind["embeddings"], torch.cat([ind["labels"], ood_d["labels"]]), correct)
+            return {
+                "auroc_ood": auroc_ood(ind["uncertainties"], ood_d["uncertainties"]),
+                "auroc_correct_mixed": _auroc_np(unc.double().numpy(), ~right.numpy()),
+            }
         return {
             "auroc_ood": auroc_ood(ind["uncertainties"], ood_d["uncertainties"]),
             "auroc_correct_mixed": r_auroc_mixed(
