@@ -15,15 +15,7 @@ import torch
 from uncertain_repr import cache
 from uncertain_repr.cache import CachedEmbeddings, build, check_compatible
 
-from ._train_helpers import SyntheticImages, tiny_model
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 busy cores: one thread is ~10x faster than two
-    yield
-    torch.set_num_threads(threads)
+from ._train_helpers import one_thread, SyntheticImages, tiny_model  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="module")

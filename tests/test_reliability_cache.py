@@ -23,7 +23,7 @@ import torch
 from uncertain_repr.cache import CachedEmbeddings, build
 from uncertain_repr.train import TrainConfig, fit
 
-from ._train_helpers import SyntheticImages, tiny_model
+from ._train_helpers import one_thread, SyntheticImages, tiny_model  # noqa: F401 (autouse fixture)
 from .conftest import REPO_ROOT
 
 # A child build: rows of SyntheticImages(16) x 2 epochs in chunks of 8. With a marker file it
@@ -43,14 +43,6 @@ build(tiny_model().eval(), SyntheticImages(16), out, epochs=2, batch_size=4, chu
 print("built")
 """
 KW = dict(epochs=2, batch_size=4, chunk_size=8)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from uncertain_repr.cache import CachedEmbeddings, build
 from uncertain_repr.cli import main
 from uncertain_repr.train import TrainConfig, fit
 
-from ._train_helpers import SyntheticImages, tiny_model
+from ._train_helpers import one_thread, SyntheticImages, tiny_model  # noqa: F401 (autouse fixture)
 from .conftest import REPO_ROOT
 
 CONFIG = dict(epochs=3, batch_size=8, accumulation_steps=1, lr=3e-3, warmup_epochs=0, workers=0, device="cpu",
@@ -65,14 +65,6 @@ data = CachedEmbeddings(cache)
 fit(ur.load_model(init), data, TrainConfig(**CONFIG), val_set=data, output_dir=out, on_epoch_end=pause)
 print("trained")
 """
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

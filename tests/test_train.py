@@ -16,17 +16,9 @@ from uncertain_repr.cache import CachedEmbeddings, build
 from uncertain_repr.losses import LossBatch
 from uncertain_repr.train import GlobalOrderSampler, TrainConfig, fit, parse_args
 
-from ._train_helpers import SyntheticImages, tiny_model
+from ._train_helpers import one_thread, SyntheticImages, tiny_model  # noqa: F401 (autouse fixture)
 
 FAST = dict(batch_size=8, accumulation_steps=1, lr=3e-3, warmup_epochs=0, workers=0, device="cpu")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
