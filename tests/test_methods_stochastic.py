@@ -31,6 +31,8 @@ CONFIGS = {
 
 @pytest.fixture(scope="module")
 def backbones():
+    # seeded: a module fixture is built before the per-test seed, and torch's start-up seed is random
+    torch.manual_seed(0)
     return {name: timm.create_model(name) for name in BACKBONES}
 
 
