@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Union
+from typing import Iterable, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -12,6 +12,15 @@ from .base import UncertaintyMethod
 from .predictive import check_positive_int
 
 EPS = 1e-6
+
+
+def hidden_layers(in_dim: int, width: int, depth: int, negative_slope: float) -> Tuple[List[nn.Module], int]:
+    """``depth`` x [Linear -> LeakyReLU(negative_slope)] from ``in_dim`` features, and their output width."""
+    layers: List[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Linear(in_dim, width), nn.LeakyReLU(negative_slope)]
+        in_dim = width
+    return layers, in_dim
 
 
 @register_method("pred-net")
@@ -36,12 +45,8 @@ class PredNet(UncertaintyMethod):
         super().__init__(embed_dim, num_classes)
         width = check_positive_int(width, "width", "pred-net")
         depth = check_positive_int(depth, "depth", "pred-net", minimum=0)
-        layers, in_dim = [], embed_dim
-        for _ in range(depth):
-            layers += [nn.Linear(in_dim, width), nn.LeakyReLU(negative_slope)]
-            in_dim = width
-        layers += [nn.Linear(in_dim, 1), nn.Softplus()]
-        self.net = nn.Sequential(*layers)
+        layers, in_dim = hidden_layers(embed_dim, width, depth, negative_slope)
+        self.net = nn.Sequential(*layers, nn.Linear(in_dim, 1), nn.Softplus())
         self.register_buffer("scale", torch.ones(()))
 
     def uncertainty(self, embedding: torch.Tensor, logits: Optional[torch.Tensor]) -> torch.Tensor:

@@ -16,6 +16,7 @@ from torch import nn
 from ._registry import register_method
 from .base import UncertaintyMethod
 from .baselines import softmax_entropy
+from .pred_net import hidden_layers
 
 EPS = 1e-6
 NUM_STATS = 3
@@ -81,10 +82,7 @@ class PredNetLogits(UncertaintyMethod):
             raise ValueError(f"correction must be in [0, 1], got {correction}")
         self.base = base
         self.correction = float(correction)
-        layers, in_dim = [], embed_dim + NUM_STATS
-        for _ in range(depth):
-            layers += [nn.Linear(in_dim, width), nn.LeakyReLU(negative_slope)]
-            in_dim = width
+        layers, in_dim = hidden_layers(embed_dim + NUM_STATS, width, depth, negative_slope)
         last = nn.Linear(in_dim, 1)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
