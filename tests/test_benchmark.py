@@ -209,7 +209,7 @@ def test_bad_input_gives_clear_errors(tmp_path):
         benchmark.run(tiny_model(), ["soft/cifar10h"], tmp_path, progress=False)
     with pytest.raises(ValueError, match="data_dir is needed"):
         benchmark.run(tiny_model(), ["soft/cifar10h"], progress=False)
-    with pytest.raises(ValueError, match="'pred-net' has trainable parameters"):
+    with pytest.raises(ValueError, match="method pred-net has weights that the model does not carry"):
         benchmark.run(tiny_model(), datasets(), methods=["embed-norm", "pred-net"], progress=False)
     with pytest.raises(ValueError, match="pass out="):
         benchmark.run(tiny_model(), datasets(), save_embeddings=True, progress=False)

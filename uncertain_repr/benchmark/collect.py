@@ -13,33 +13,36 @@ from .outputs import ROWS, DatasetOutputs
 from .progress import track
 
 
-def resolve_methods(model: Uncertainizer, methods: Optional[Sequence[str]]) -> List[UncertaintyMethod]:
-    """The model's own method (``methods=None``) or the named ones, evaluated from one backbone pass.
+def weight_free_method(model: Uncertainizer, name: str, *, argument: str = "method",
+                       model_name: str = "the model") -> UncertaintyMethod:
+    """Method ``name`` computed from ``model``'s own backbone pass: the model's own method, or one without weights.
 
-    A name other than the model's own method must be one without parameters (class-entropy,
-    max-prob, embed-norm, ...): a learned method would be evaluated with random weights.
+    A learned method other than the model's own would run with random weights: a ``ValueError`` names
+    ``argument`` (the flag or parameter the name came from) instead.
     """
+    if name == model.method_name:
+        return model.method
+    method = create_method(name, embed_dim=model.embed_dim, num_classes=model.num_classes)
+    if method.state_dict():
+        raise ValueError(
+            f"{argument} {name} has weights that {model_name} does not carry (its own method is "
+            f"{model.method_name!r}): add only methods without weights (class-entropy, max-prob, embed-norm, ...) "
+            "to a trained model"
+        )
+    if method.needs_logits and model.classifier is None:
+        raise ValueError(f"{argument} {name} needs class logits, but {model_name} has no classifier")
+    return method
+
+
+def resolve_methods(model: Uncertainizer, methods: Optional[Sequence[str]]) -> List[UncertaintyMethod]:
+    """The model's own method (``methods=None``) or the named ones (see :func:`weight_free_method`),
+    all evaluated from one backbone pass."""
     if methods is None:
         return [model.method]
     names = list(methods)
     if not names or len(set(names)) != len(names):
         raise ValueError(f"methods must be distinct method names, got {names}")
-    resolved = []
-    for name in names:
-        if name == model.method_name:
-            resolved.append(model.method)
-            continue
-        method = create_method(name, embed_dim=model.embed_dim, num_classes=model.num_classes)
-        if any(True for _ in method.parameters()):
-            raise ValueError(
-                f"method {name!r} has trainable parameters and this model carries no trained weights for it "
-                f"(its own method is {model.method_name!r}); methods= may only add methods without "
-                "parameters, such as class-entropy, max-prob or embed-norm"
-            )
-        if method.needs_logits and model.classifier is None:
-            raise ValueError(f"method {name!r} needs logits, but the model has no classifier")
-        resolved.append(method)
-    return resolved
+    return [weight_free_method(model, name) for name in names]
 
 
 def _check_finite(values: torch.Tensor, what: str, dataset: str, indices: torch.Tensor) -> None:

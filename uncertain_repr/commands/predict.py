@@ -66,7 +66,7 @@ def image_paths(arguments: Sequence[str]) -> Tuple[List[str], List[str]]:
 def build_model(args: argparse.Namespace):
     """The ``Uncertainizer`` that ``--model`` / ``--backbone`` / ``--method`` describe (not yet on the device)."""
     from ..hub import load_model
-    from ..methods import create_method
+    from ..benchmark.collect import weight_free_method
     from ..model import Uncertainizer
 
     if args.backbone:
@@ -83,15 +83,7 @@ def build_model(args: argparse.Namespace):
     model = load_model(name)
     if args.method is None or args.method == model.method_name:
         return model
-    method = create_method(args.method, embed_dim=model.embed_dim, num_classes=model.num_classes)
-    if method.state_dict():
-        raise ValueError(
-            f"--method {args.method} has weights that {name} does not carry (its own method is "
-            f"{model.method_name!r}): with --model use a method without weights (class-entropy, max-prob, "
-            "embed-norm, ...) or the model's own; --backbone tries any method with random weights"
-        )
-    if method.needs_logits and model.classifier is None:
-        raise ValueError(f"--method {args.method} needs class logits, but {name} has no classifier")
+    method = weight_free_method(model, args.method, argument="--method", model_name=name)
     return Uncertainizer(model.backbone, method, embed_dim=model.embed_dim, stopgrad=model.stopgrad).eval()
 
 
