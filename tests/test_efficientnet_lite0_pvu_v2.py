@@ -93,3 +93,25 @@ def test_average_heads_is_the_mean_of_the_raw_scores():
         merged = recipe.average_heads(heads)
         torch.testing.assert_close(merged.uncertainty(emb, logits), torch.nn.functional.softplus(raw) + 1e-6)
     assert merged.net[0].out_features == 24
+
+
+@pytest.mark.parametrize("recipe_name, n_select", [("v2", 100), ("v3", 300)])
+def test_recipe_photo_splits_never_share_a_photo(shared_data, recipe_name, n_select):
+    import importlib.util
+
+    from uncertain_repr import data
+
+    root = shared_data("imagenet_sample1000").parent
+    spec = importlib.util.spec_from_file_location("recipe_v2", RECIPE)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    model = ur.Uncertainizer("tf_efficientnet_lite0", "max-prob", pretrained=False)
+    sources = {stem: ds for stem, ds, _, _ in recipe._sources(root, model, 1.0, recipe.RECIPES[recipe_name])}
+    train, select = set(sources["s1000_train_a"].labels.tolist()), set(sources["s1000_val"].labels.tolist())
+    assert len(select) == n_select and len(train) == 1000 - n_select and not train & select
+    assert set(sources["s1000_train_eval"].labels.tolist()) == train
+    assert set(sources["s1000_val_eval"].labels.tolist()) == select
+    if recipe_name == "v2":  # the shipped v2 head's split is the dataset's own train / validation split
+        for stem, split in (("s1000_train_a", "train"), ("s1000_val", "validation")):
+            own = data.create_dataset("tar/imagenet_sample1000", root, split)
+            assert torch.equal(sources[stem].labels, own.labels)
