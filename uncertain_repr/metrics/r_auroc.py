@@ -8,9 +8,8 @@ import numpy as np
 import torch
 
 from ._checks import ArrayLike, as_embeddings, as_float_1d, as_labels, check_same_length
-from .auroc import _auroc_np
 from .nearest_neighbor import Metric, nearest_neighbor_correct
-from .retrieval import retrieval_metrics
+from .retrieval import retrieval_metrics, retrieval_scores
 
 
 def r_auroc(
@@ -54,6 +53,7 @@ def r_auroc_mixed(
     metric: Metric = "cosine",
     chunk_size: Optional[int] = None,
     backend: Literal["torch", "faiss"] = "torch",
+    exclude_singleton_queries: bool = False,
 ) -> float:
     """R-AUROC on the union of an in-distribution and an out-of-distribution set (``auroc_correct_mixed``).
 
@@ -62,6 +62,7 @@ def r_auroc_mixed(
     the maximum is taken over the ID labels actually passed (the original took it over the first
     rows of the unsubsampled dataset, which can collide, spec §9 item 34). Any subsampling to
     equal sizes (the original used n = min(N_id, N_ood) of each) is the caller's choice.
+    ``exclude_singleton_queries``: as in :func:`retrieval_metrics`, over the union's labels.
     """
     u_id, u_ood = as_float_1d(unc_id, "unc_id"), as_float_1d(unc_ood, "unc_ood")
     y_id, y_ood = as_labels(labels_id, "labels_id"), as_labels(labels_ood, "labels_ood")
@@ -78,4 +79,4 @@ def r_auroc_mixed(
     correct = nearest_neighbor_correct(
         emb, labels, metric=metric, chunk_size=chunk_size, backend=backend
     )
-    return _auroc_np(np.concatenate([u_id, u_ood]), ~correct.numpy())
+    return retrieval_scores(np.concatenate([u_id, u_ood]), correct, labels, exclude_singleton_queries)["auroc_correct"]
