@@ -16,6 +16,7 @@ from PIL import Image
 
 import uncertain_repr as ur
 from uncertain_repr.cli import main
+from uncertain_repr.commands.predict import DEFAULT_MODEL
 from uncertain_repr.images import eval_transform, load_images
 
 from .conftest import REPO_ROOT
@@ -56,7 +57,7 @@ def test_predict_method_applies_to_the_default_model():
     assert result.returncode == 0, result.stderr
     printed = [json.loads(line)["uncertainty"] for line in result.stdout.splitlines()]
     # independently: the shipped model's timm backbone (with its classifier), its timm transform, entropy by hand
-    backbone = ur.load_model("efficientnet_lite0.pvu").backbone.eval()
+    backbone = ur.load_model(DEFAULT_MODEL).backbone.eval()
     transform = timm.data.create_transform(**timm.data.resolve_model_data_config(backbone))
     with torch.no_grad():
         logits = backbone(torch.stack([transform(Image.open(p).convert("RGB")) for p in images])).double().numpy()
@@ -64,16 +65,16 @@ def test_predict_method_applies_to_the_default_model():
     p /= p.sum(1, keepdims=True)
     entropy = -(p * np.log(p)).sum(1)
     np.testing.assert_allclose(printed, entropy, rtol=0, atol=1e-4)
-    with torch.no_grad():  # the model's own pred-net (what was printed before the fix): a different number
-        own = ur.load_model("efficientnet_lite0.pvu")(load_images(images, eval_transform(backbone))).uncertainty
-    assert (own.numpy() - printed).__abs__().min() > 0.5
+    with torch.no_grad():  # the model's own head (what was printed before the fix): a different number
+        own = ur.load_model(DEFAULT_MODEL)(load_images(images, eval_transform(backbone))).uncertainty
+    assert (own.numpy() - printed).__abs__().min() > 0.1
 
 
 def test_predict_method_with_weights_the_model_lacks_is_refused(capsys):
     assert main(["predict", "--method", "sngp", str(IMAGES / "chelsea.png")]) == 2
     assert capsys.readouterr().err.startswith(
-        "uncertain-repr predict: error: --method sngp has weights that efficientnet_lite0.pvu does not carry "
-        "(its own method is 'pred-net')"
+        f"uncertain-repr predict: error: --method sngp has weights that {DEFAULT_MODEL} does not carry "
+        "(its own method is 'pred-net-logits')"
     )
 
 
@@ -90,10 +91,10 @@ def test_predict_folder_recursively_reports_each_bad_file_and_prints_the_rest(tm
     assert result.returncode == 1, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["image"] for r in rows] == [str(tmp_path / "rocket.jpg"), str(tmp_path / "sub" / "cat.png")]
-    model = ur.load_model("efficientnet_lite0.pvu")
+    model = ur.load_model(DEFAULT_MODEL)
     with torch.no_grad():
         expected = model(load_images([IMAGES / "rocket.jpg", IMAGES / "chelsea.png"], eval_transform(model)))
-    assert [r["uncertainty"] for r in rows] == pytest.approx(expected.uncertainty.tolist(), abs=1e-6)
+    assert [r["uncertainty"] for r in rows] == pytest.approx(expected.uncertainty.tolist(), abs=1e-4)  # frozen graph vs eager
     errors = [line for line in result.stderr.splitlines() if line.startswith("uncertain-repr predict: error:")]
     assert len(errors) == 4, result.stderr
     assert f"cannot decode image {tmp_path / 'broken.jpg'}" in result.stderr

@@ -16,7 +16,6 @@ from uncertain_repr.images import eval_transform, load_images
 from .conftest import REPO_ROOT
 
 NAME = "efficientnet_lite0.pvu_v2"
-RECORDED = REPO_ROOT / "tests" / "data" / "efficientnet_lite0_pvu_v2_sample_uncertainties.json"
 RECIPE = REPO_ROOT / "scripts" / "efficientnet_lite0_pvu_v2.py"
 
 
@@ -25,15 +24,27 @@ def model():
     return ur.load_model(NAME)
 
 
-def test_loads_offline_and_gives_the_recorded_uncertainties(model):
+@pytest.mark.parametrize("name", [NAME, "efficientnet_lite0.pvu_v3"])
+def test_loads_offline_and_gives_the_recorded_uncertainties(name):
     assert os.environ["HF_HUB_OFFLINE"] == "1"
-    assert NAME in ur.list_pretrained() and "efficientnet_lite0.pvu" in ur.list_pretrained()
+    assert name in ur.list_pretrained() and "efficientnet_lite0.pvu" in ur.list_pretrained()
+    model = ur.load_model(name)
     assert model.method_name == "pred-net-logits" and model.embed_dim == 1280 and model.num_classes == 1000
-    recorded = json.loads(RECORDED.read_text())
-    paths = [REPO_ROOT / "examples" / "images" / name for name in recorded]
+    recorded = json.loads((REPO_ROOT / "tests" / "data" / f"{name.replace('.', '_')}_sample_uncertainties.json").read_text())
+    paths = [REPO_ROOT / "examples" / "images" / image for image in recorded]
     with torch.no_grad():
         _, unc = model(load_images(paths, eval_transform(model)))
     torch.testing.assert_close(unc, torch.tensor(list(recorded.values())), rtol=0, atol=1e-5)
+
+
+def test_v3_is_the_default_of_predict_and_keeps_v1s_backbone():
+    from uncertain_repr.commands.predict import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL == "efficientnet_lite0.pvu_v3"
+    v1, v3 = ur.load_model("efficientnet_lite0.pvu"), ur.load_model(DEFAULT_MODEL)
+    for key, value in v1.backbone.state_dict().items():
+        assert torch.equal(value, v3.backbone.state_dict()[key]), key
+    assert v3.method.correction == 1.0  # the blend the v3 selection chose (selection.json of the recipe)
 
 
 def test_same_backbone_and_classifier_as_v1(model):

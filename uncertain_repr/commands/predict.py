@@ -15,7 +15,7 @@ from typing import Iterator, List, Sequence, Tuple
 from ._args import device, positive_int
 
 HELP = "print the embedding norm and uncertainty of each image"
-DEFAULT_MODEL = "efficientnet_lite0.pvu"
+DEFAULT_MODEL = "efficientnet_lite0.pvu_v3"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
