@@ -21,11 +21,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_model(seed: int = 0) -> ur.Uncertainizer:
-    """test_vit at 32 px (4 patches, D = 64) with a 10-class head and a small pred-net; savable."""
+# Small settings of each method tiny_model builds (method_args override them).
+TINY_METHOD_ARGS = {
+    "pred-net": {"width": 32, "depth": 1},
+    "sngp": {"num_inducing": 32, "gp_input_normalization": True, "gp_kernel_scale": 64.0},
+}
+
+
+def tiny_model(seed: int = 0, method: str = "pred-net", **method_args) -> ur.Uncertainizer:
+    """test_vit at 32 px (4 patches, D = 64) with a 10-class head and a small ``method``; savable."""
     torch.manual_seed(seed)
     return ur.Uncertainizer(
-        "test_vit", "pred-net", width=32, depth=1,
+        "test_vit", method, **{**TINY_METHOD_ARGS[method], **method_args},
         backbone_args={"num_classes": NUM_CLASSES, "img_size": IMG,
                        "pretrained_cfg_overlay": {"input_size": [3, IMG, IMG]}},
     )

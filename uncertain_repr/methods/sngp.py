@@ -10,10 +10,14 @@ near it), and eval-mode logits are the mean-field ``logits / sqrt(1 + gp_mean_fi
 
 Covariance protocol: every training-mode forward (method in train mode and ``update_covariance``)
 adds its batch to ``P``: with ``gp_cov_momentum < 0`` exactly (``P += Phi^T Phi``), else as a moving
-average ``P = m P + (1 - m) Phi^T Phi / B``. Call :meth:`SNGP.reset_covariance` at the start of
-every epoch, so that after training ``P`` holds the last epoch (the SNGP paper's recipe); a frozen
-(eval-mode) method never updates it. The inverse is computed lazily at the first eval forward
-after a change and cached; it is not saved (``P`` is).
+average ``P = m P + (1 - m) Phi^T Phi / B``. Under torch.distributed (DDP) the batch is the global
+one: each such forward all-reduces ``Phi^T Phi`` and ``B`` over the ranks, so every rank must run
+as many of them, and every rank then holds the ``P`` of one process with the global batch (DDP's
+buffer broadcast from rank 0 copies equal values). Eval-mode forwards and single processes
+communicate nothing. Call :meth:`SNGP.reset_covariance` at the start of every epoch, so that after
+training ``P`` holds the last epoch (the SNGP paper's recipe); a frozen (eval-mode) method never
+updates it. The inverse is computed lazily at the first eval forward after a change and cached;
+it is not saved (``P`` is).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import math
 from typing import Optional, Tuple
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ._registry import register_method
@@ -42,6 +47,19 @@ def orthogonal_random_features(num_features: int, dim: int) -> torch.Tensor:
         blocks.append(q * torch.sign(torch.diagonal(r)))  # Haar-distributed orthogonal matrix
     rows = torch.cat(blocks)[:num_features]
     return rows * torch.randn(num_features, dim).norm(dim=1, keepdim=True)
+
+
+def global_gram(features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(Phi^T Phi [M, M], B [])`` of a batch ``Phi [B, M]``, summed over all ranks' batches when
+    torch.distributed is initialised with several ranks: one all-reduce that every rank must call
+    (as SyncBatchNorm's), after which each rank holds the gram and size of the global batch."""
+    gram = features.t() @ features
+    count = torch.tensor(float(features.shape[0]), dtype=gram.dtype, device=gram.device)
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return gram, count
+    packed = torch.cat([gram.flatten(), count.view(1)])
+    dist.all_reduce(packed)
+    return packed[:-1].view_as(gram), packed[-1]
 
 
 @register_method("sngp")
@@ -131,13 +149,14 @@ class SNGP(UncertaintyMethod):
 
     @torch.no_grad()
     def update_precision(self, features: torch.Tensor) -> None:
-        """Add the random features ``[B, M]`` of one batch to the precision (see the module docstring)."""
-        gram = features.t().to(self.precision.dtype) @ features.to(self.precision.dtype)
+        """Add the random features ``[B, M]`` of one batch to the precision (see the module docstring);
+        under torch.distributed the batch is the global one, all ranks' (see :func:`global_gram`)."""
+        gram, count = global_gram(features.to(self.precision.dtype))
         if self.gp_cov_momentum < 0:
             self.precision.add_(gram)
         else:
             m = self.gp_cov_momentum
-            self.precision.mul_(m).add_(gram, alpha=(1.0 - m) / features.shape[0])
+            self.precision.mul_(m).add_(gram / count, alpha=1.0 - m)
 
     @torch.no_grad()
     def reset_covariance(self) -> None:
