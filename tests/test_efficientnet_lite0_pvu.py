@@ -43,11 +43,11 @@ def test_backbone_checksum_mismatch_is_a_clear_error(monkeypatch):
         ur.load_model(NAME)
 
 
-def test_predict_uses_it_by_default(capsys):
+def test_predict_model_flag_still_loads_it(capsys):
     from uncertain_repr.cli import main
 
     image = str(REPO_ROOT / "examples" / "images" / "chelsea.png")
-    assert main(["predict", "--json", image]) == 0
+    assert main(["predict", "--json", "--model", NAME, image]) == 0  # v3 is the default since v3 shipped
     captured = capsys.readouterr()
     row = json.loads(captured.out)
     assert row["uncertainty"] == pytest.approx(json.loads(RECORDED.read_text())["chelsea.png"], abs=1e-5)

@@ -47,6 +47,15 @@ def test_v3_is_the_default_of_predict_and_keeps_v1s_backbone():
     assert v3.method.correction == 1.0  # the blend the v3 selection chose (selection.json of the recipe)
 
 
+def test_predict_without_model_prints_v3s_recorded_uncertainty(capsys):
+    from uncertain_repr.cli import main
+
+    assert main(["predict", "--json", str(REPO_ROOT / "examples" / "images" / "chelsea.png")]) == 0
+    row = json.loads(capsys.readouterr().out)
+    recorded = json.loads((REPO_ROOT / "tests" / "data" / "efficientnet_lite0_pvu_v3_sample_uncertainties.json").read_text())
+    assert row["uncertainty"] == pytest.approx(recorded["chelsea.png"], abs=1e-4)
+
+
 def test_same_backbone_and_classifier_as_v1(model):
     v1 = ur.load_model("efficientnet_lite0.pvu")
     assert v1.method_name == "pred-net"
