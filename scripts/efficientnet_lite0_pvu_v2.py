@@ -77,6 +77,10 @@ class Recipe(NamedTuple):
     train_views: int  # use-like views per training photo (+ its plain eval view)
     select_views: int  # use-like views per selection photo (+ its plain eval view)
 
+    def photo_count(self, held_out: bool) -> int:
+        """Selection (``held_out``) or training photos: ``tar/imagenet_sample1000`` has one per ImageNet-1k class."""
+        return sum(self.held_out(c) == held_out for c in range(1000))
+
 
 RECIPES = {
     # the shipped efficientnet_lite0.pvu_v2: 900 training photos, 100 selection photos (split `validation`)
@@ -101,7 +105,7 @@ def _sources(data_root: Path, model, scale: float, recipe: Recipe):
         return ds.subset(seeded_subset(np.arange(len(ds)), min(k, len(ds)), seed=0, dataset=ds.name, purpose=purpose))
 
     views = lambda k: max(1, int(k * min(1, scale * 10)))  # noqa: E731
-    n_train, n_select = (sum(recipe.held_out(c) == h for c in range(1000)) for h in (False, True))
+    n_train, n_select = recipe.photo_count(False), recipe.photo_count(True)
     return [
         ("s1000_train_a", head(photos(False, view), n(n_train), "views"), views(recipe.train_views), True),
         ("s1000_train_eval", head(photos(False, eval_t), n(n_train), "views"), 1, False),
@@ -394,7 +398,6 @@ def cmd_ship(args) -> None:
     out, recipe = Path(args.out), RECIPES[args.recipe]
     selection = json.loads((out / args.heads / "selection.json").read_text())
     name = selection["selected"]
-    n_photos = sum(not recipe.held_out(c) for c in range(1000))
     dest = args.dest or f"uncertain_repr/pretrained_models/{recipe.shipped.replace('.', '_')}"
     _, _, loss, largs = CANDIDATES[name.split(".")[0]]
     method, margs, _ = _head_args(name, out, args.heads)
@@ -406,7 +409,7 @@ def cmd_ship(args) -> None:
         description=(
             "A frozen EfficientNet-Lite0 (ImageNet-1k) and its classifier, with a pred-net-logits head (a residual "
             f"on the classifier's softmax, from the embedding and logit statistics) trained with {loss} on "
-            f"use-like views of {n_photos} ImageNet photos and on Tiny ImageNet."
+            f"use-like views of {recipe.photo_count(False)} ImageNet photos and on Tiny ImageNet."
         ),
         license="apache-2.0",
         license_note=(
