@@ -153,7 +153,8 @@ class SNGP(UncertaintyMethod):
     def update_precision(self, features: torch.Tensor) -> None:
         """Add the random features ``[B, M]`` of one batch to the precision (see the module docstring);
         under torch.distributed the batch is the global one, all ranks' (see :func:`global_gram`)."""
-        gram, count = global_gram(features.to(self.precision.dtype))
+        with torch.autocast(features.device.type, enabled=False):  # under AMP the gram would be half precision
+            gram, count = global_gram(features.to(self.precision.dtype))
         if self.gp_cov_momentum < 0:
             self.precision.add_(gram)
         else:
@@ -182,9 +183,10 @@ class SNGP(UncertaintyMethod):
         return self._covariance_cache[1]
 
     def posterior_variance(self, features: torch.Tensor) -> torch.Tensor:
-        """GP predictive variance ``[B]`` of random features ``[B, M]``."""
-        covariance = self.covariance.to(features.dtype)
-        return self.gp_cov_ridge_penalty * ((features @ covariance) * features).sum(-1)
+        """GP predictive variance ``[B]`` (float32 or wider, also under autocast) of random features ``[B, M]``."""
+        features = features.to(torch.promote_types(features.dtype, torch.float32))
+        with torch.autocast(features.device.type, enabled=False):  # Sigma's entries reach 1 / ridge
+            return self.gp_cov_ridge_penalty * ((features @ self.covariance.to(features.dtype)) * features).sum(-1)
 
     # ---------------------------------------------------------------- forward
     def forward(
