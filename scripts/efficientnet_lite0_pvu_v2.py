@@ -423,6 +423,7 @@ def cmd_ship(args) -> None:
                   "epoch": selection["heads"][name].get("epoch")},
         tags=("pvu", "efficientnet", "imagenet-1k"),
         body=body.read_text(encoding="utf-8") if body.is_file() else "",
+        load_name=recipe.shipped,
     )
     model.save_pretrained(dest, card=card, backbone_weights=SOURCE)
     print(f"wrote {dest} ({name})", flush=True)

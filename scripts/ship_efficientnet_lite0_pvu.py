@@ -42,6 +42,7 @@ def main() -> None:
         training={"recipe": "scripts/train_efficientnet_lite0_pvu.sh", "loss": "losspred-order", "upstream": "tar/tiny_imagenet200"},
         tags=("pvu", "efficientnet", "imagenet-1k"),
         body=CARD_BODY.read_text(encoding="utf-8") if CARD_BODY.is_file() else "",
+        load_name="efficientnet_lite0.pvu",
     )
     model.save_pretrained(args.out, card=card, backbone_weights=SOURCE)
     print(f"wrote {args.out}")

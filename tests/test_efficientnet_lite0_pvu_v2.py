@@ -56,6 +56,18 @@ def test_predict_without_model_prints_v3s_recorded_uncertainty(capsys):
     assert row["uncertainty"] == pytest.approx(recorded["chelsea.png"], abs=1e-4)
 
 
+@pytest.mark.parametrize("name", ["efficientnet_lite0.pvu", NAME, "efficientnet_lite0.pvu_v3"])
+def test_shipped_card_loads_by_its_registered_name_and_carries_the_current_model_page(name):
+    """A loaded model's card must not say what was true at ship time only (e.g. which one is the default)."""
+    from uncertain_repr.pretrained import get_pretrained
+
+    folder = REPO_ROOT / "uncertain_repr" / get_pretrained(name).package_files
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    assert f"model = ur.load_model({name!r})" in card and "load_model('uncertain_repr/" not in card
+    page = (REPO_ROOT / "docs" / "efficientnet_lite0_pvu.md").read_text(encoding="utf-8").strip()
+    assert page in card, "refresh the card's body from docs/efficientnet_lite0_pvu.md"
+
+
 def test_same_backbone_and_classifier_as_v1(model):
     v1 = ur.load_model("efficientnet_lite0.pvu")
     assert v1.method_name == "pred-net"

@@ -125,11 +125,14 @@ def test_model_card(saved):
 
 def test_model_card_metrics_and_training(tmp_path):
     model = ur.Uncertainizer("test_vit", "embed-norm")
-    card = hub.ModelCard(title="Demo", metrics={"r_auroc": 0.71234}, training={"epoch": 3}, license_note="Be nice.")
+    card = hub.ModelCard(title="Demo", metrics={"r_auroc": 0.71234}, training={"epoch": 3, "seed": None},
+                         license_note="Be nice.", load_name="demo.registered")
     folder = model.save_pretrained(tmp_path / "m", card=card)
     text = (folder / "README.md").read_text()
     assert "# Demo" in text and "| r_auroc | 0.7123 |" in text and "| epoch | `3` |" in text and "Be nice." in text
-    assert json.loads((folder / "config.json").read_text())["uncertain_repr"]["training"] == {"epoch": 3}
+    assert "seed" not in text  # no row for an unknown value
+    assert "ur.load_model('demo.registered')" in text and str(folder) not in text
+    assert json.loads((folder / "config.json").read_text())["uncertain_repr"]["training"] == {"epoch": 3, "seed": None}
 
 
 # ------------------------------------------------------------------------------ strictness and corruption

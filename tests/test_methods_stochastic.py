@@ -302,6 +302,25 @@ def test_sngp_covariance_cache_follows_updates_and_mean_field_formula():
     assert method.precision.abs().max() == 0
 
 
+def test_sngp_precision_and_variance_stay_float32_under_autocast():
+    """Under AMP (here CPU bfloat16) the gram and the variance are computed in float32 from the head's
+    features: Sigma's entries reach 1 / ridge, so a half-precision product would be noise."""
+    method = toy_sngp(gp_cov_momentum=-1.0, gp_cov_ridge_penalty=1e-3).method.train()
+    e = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        method(e, None)
+        phi = method.random_features(e)
+    phi = phi.double()
+    torch.testing.assert_close(method.precision.double(), phi.t() @ phi, rtol=1e-6, atol=1e-6)
+    method.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        variance = method.posterior_variance(method.random_features(e))
+    assert variance.dtype == torch.float32
+    ridge = method.gp_cov_ridge_penalty
+    exact = ridge * ((phi @ torch.linalg.inv(ridge * torch.eye(256, dtype=torch.float64) + phi.t() @ phi)) * phi).sum(-1)
+    torch.testing.assert_close(variance.double(), exact, rtol=1e-3, atol=1e-6)
+
+
 def test_sngp_random_features_are_buffers_with_rbf_scaling():
     method = ur.methods.create_method("sngp", embed_dim=8, num_classes=3, num_inducing=4096, gp_kernel_scale=2.0)
     trainable = {name for name, _ in method.named_parameters()}

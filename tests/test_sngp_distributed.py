@@ -1,4 +1,5 @@
-"""SNGP under DDP (gloo, 2 CPU processes): every rank holds the precision of one process with the global batch.
+"""SNGP precision in training: fit resets it every epoch; under DDP (gloo, 2 CPU processes) every
+rank holds the precision of one process with the global batch.
 
 One spawn of 2 processes (module fixture) runs both the reduction checks and the training runs:
 starting the processes costs far more than what they compute.
@@ -140,3 +141,24 @@ def test_two_processes_hold_the_precision_of_one_process(cache, two_processes, m
             assert a.keys() == b.keys()
             for key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.parametrize("momentum", MOMENTA, ids=["exact", "moving-average"])
+def test_fit_resets_an_exact_precision_every_epoch_and_keeps_a_moving_average(cache, momentum):
+    """Without input normalisation the random features of a cached embedding never change, so after
+    fit the exact precision is Phi^T Phi of ONE pass over the data (the last epoch), not of all epochs;
+    the moving average is never reset (begin_epoch leaves it as it is)."""
+    torch.set_num_threads(1)
+    model = tiny_model(method="sngp", gp_input_normalization=False, gp_cov_momentum=momentum)
+    data = CachedEmbeddings(cache, in_memory=True)
+    config = TrainConfig(loss="cross-entropy", epochs=3, batch_size=GLOBAL_BATCH, lr=3e-3, warmup_epochs=0,
+                         workers=0, device="cpu")
+    fit(model, data, config)
+    precision = model.method.precision.clone()
+    if momentum < 0:
+        embeddings = torch.stack([data[i]["embedding"] for i in range(len(data))])
+        with torch.no_grad():
+            features = model.method.random_features(embeddings).double()
+        torch.testing.assert_close(precision.double(), features.t() @ features, rtol=1e-5, atol=1e-5)
+    model.method.begin_epoch()
+    assert torch.equal(model.method.precision, torch.zeros_like(precision) if momentum < 0 else precision)

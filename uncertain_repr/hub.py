@@ -77,6 +77,8 @@ class ModelCard:
     tags: Tuple[str, ...] = ()
     body: str = ""
     """Free Markdown (e.g. a recipe and an evaluation table) placed before the license section."""
+    load_name: Optional[str] = None
+    """What "How to use" passes to ``load_model`` (e.g. a registered name); default: where it was saved."""
 
 
 # ------------------------------------------------------------------------------------------ saving
@@ -278,6 +280,7 @@ def _table(rows: Mapping[str, Any]) -> str:
 def render_model_card(config: Dict[str, Any], card: ModelCard, load_name: str) -> str:
     """The ``README.md`` of a checkpoint: YAML front matter (license, library_name, tags) and a description."""
     block = config[CONFIG_KEY]
+    load_name = card.load_name or load_name
     pretrained_cfg = config.get("pretrained_cfg", {})
     arch = config["architecture"] + (f".{pretrained_cfg['tag']}" if pretrained_cfg.get("tag") else "")
     tags = dict.fromkeys([LIBRARY_NAME, "timm", "uncertainty-quantification", block["method"], *card.tags])
@@ -330,7 +333,7 @@ def render_model_card(config: Dict[str, Any], card: ModelCard, load_name: str) -
         _table({k: f"`{v}`" for k, v in preprocessing.items()}),
     ]
     if card.training:
-        parts += ["\n## Training and provenance\n\n", _table({k: f"`{v}`" for k, v in card.training.items()})]
+        parts += ["\n## Training and provenance\n\n", _table({k: f"`{v}`" for k, v in card.training.items() if v is not None})]
     if card.metrics:
         parts += ["\n## Metrics\n\n", "| metric | value |\n|---|---|\n"]
         parts += [f"| {k} | {v:.4f} |\n" if isinstance(v, float) else f"| {k} | {v} |\n"

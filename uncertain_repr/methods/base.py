@@ -44,6 +44,10 @@ class UncertaintyMethod(nn.Module):
         Whatever it changes must be deterministic, so that rebuilding a model and loading its
         state dict finds the same keys."""
 
+    def begin_epoch(self) -> None:
+        """Called by :func:`~uncertain_repr.train.fit` before every training epoch (also the first
+        epoch after a resume), e.g. to reset statistics that cover one epoch. Default: nothing."""
+
     def uncertainty(self, embedding: torch.Tensor, logits: Optional[torch.Tensor]) -> torch.Tensor:
         """Uncertainty ``[B]`` (finite, any float dtype; ``Uncertainizer`` returns it as float32) from
         ``embedding [B, D]`` and ``logits [B, C]`` (or ``None``)."""

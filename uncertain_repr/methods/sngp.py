@@ -14,10 +14,12 @@ average ``P = m P + (1 - m) Phi^T Phi / B``. Under torch.distributed (DDP) the b
 one: each such forward all-reduces ``Phi^T Phi`` and ``B`` over the ranks, so every rank must run
 as many of them, and every rank then holds the ``P`` of one process with the global batch (DDP's
 buffer broadcast from rank 0 copies equal values). Eval-mode forwards and single processes
-communicate nothing. Call :meth:`SNGP.reset_covariance` at the start of every epoch, so that after
-training ``P`` holds the last epoch (the SNGP paper's recipe); a frozen (eval-mode) method never
-updates it. The inverse is computed lazily at the first eval forward after a change and cached;
-it is not saved (``P`` is).
+communicate nothing. With exact accumulation, :func:`~uncertain_repr.train.fit` resets ``P`` at the
+start of every epoch (:meth:`SNGP.begin_epoch`), so that after training ``P`` holds the last epoch
+(the SNGP paper's recipe; the moving average forgets old epochs by itself and is never reset). A
+custom training loop calls ``begin_epoch()`` itself; a frozen (eval-mode) method never updates ``P``.
+The inverse is computed lazily at the first eval forward after a change and cached; it is not saved
+(``P`` is).
 """
 
 from __future__ import annotations
@@ -151,12 +153,18 @@ class SNGP(UncertaintyMethod):
     def update_precision(self, features: torch.Tensor) -> None:
         """Add the random features ``[B, M]`` of one batch to the precision (see the module docstring);
         under torch.distributed the batch is the global one, all ranks' (see :func:`global_gram`)."""
-        gram, count = global_gram(features.to(self.precision.dtype))
+        with torch.autocast(features.device.type, enabled=False):  # under AMP the gram would be half precision
+            gram, count = global_gram(features.to(self.precision.dtype))
         if self.gp_cov_momentum < 0:
             self.precision.add_(gram)
         else:
             m = self.gp_cov_momentum
             self.precision.mul_(m).add_(gram / count, alpha=1.0 - m)
+
+    def begin_epoch(self) -> None:
+        """Exact accumulation (``gp_cov_momentum < 0``): forget the previous epochs (see the module docstring)."""
+        if self.gp_cov_momentum < 0:
+            self.reset_covariance()
 
     @torch.no_grad()
     def reset_covariance(self) -> None:
@@ -175,9 +183,10 @@ class SNGP(UncertaintyMethod):
         return self._covariance_cache[1]
 
     def posterior_variance(self, features: torch.Tensor) -> torch.Tensor:
-        """GP predictive variance ``[B]`` of random features ``[B, M]``."""
-        covariance = self.covariance.to(features.dtype)
-        return self.gp_cov_ridge_penalty * ((features @ covariance) * features).sum(-1)
+        """GP predictive variance ``[B]`` (float32 or wider, also under autocast) of random features ``[B, M]``."""
+        features = features.to(torch.promote_types(features.dtype, torch.float32))
+        with torch.autocast(features.device.type, enabled=False):  # Sigma's entries reach 1 / ridge
+            return self.gp_cov_ridge_penalty * ((features @ self.covariance.to(features.dtype)) * features).sum(-1)
 
     # ---------------------------------------------------------------- forward
     def forward(

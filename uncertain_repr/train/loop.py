@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .._locks import exclusive_lock
 from ..losses import LossBatch
+from ..methods.base import UncertaintyMethod
 from ..metrics import Evaluator
 from . import distributed as dist_utils
 from .checkpoint import load_resume, load_trained_state, rng_state, save_resume, set_rng_state, trained_state
@@ -437,6 +438,9 @@ def _fit(
         for epoch in range(start_epoch, config.epochs):
             sampler.set_epoch(epoch)
             model.train()
+            for method in model.modules():
+                if isinstance(method, UncertaintyMethod):
+                    method.begin_epoch()
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=None if dist_utils.is_main() else True)
             for i, batch in enumerate(bar):
