@@ -47,7 +47,7 @@ def test_frozen_graph_equals_eager_on_real_images(lite0):
     model, x = lite0
     fast = frozen_inference(model)
     assert fast.runtime == "channels_last+jit_freeze+onednn" and fast.reason == ""
-    # a full batch of 4, then the partial last batch of 3 (padded to the traced size)
+    # a batch of 4 (chunks of GRAPH_BATCH), then one of 3 (its last chunk padded to GRAPH_BATCH)
     parts = [fast(x[:4]), fast(x[4:])]
     out = ur.UncertainOutput(*(torch.cat([getattr(p, k) for p in parts]) for k in ("embedding", "uncertainty", "logits")))
     _assert_close(out, _eager(model, x))

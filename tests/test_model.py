@@ -195,6 +195,21 @@ def test_custom_module_probe_and_errors():
         ur.Uncertainizer(body, "class-entropy", embed_dim=4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_check_finite_names_exactly_the_bad_rows(dtype):
+    from uncertain_repr._validation import check_finite
+
+    big = torch.full((3, 5), torch.finfo(dtype).max, dtype=dtype)  # finite entries whose sum overflows
+    check_finite("big", big)
+    check_finite("empty", torch.zeros(0, 4, dtype=dtype))
+    for bad_value in (math.nan, math.inf, -math.inf):
+        x = big.clone()
+        x[0, 1], x[2, 4] = bad_value, bad_value
+        expected = torch.nonzero(~torch.isfinite(x).all(dim=1)).flatten().tolist()  # brute force: [0, 2]
+        with pytest.raises(ValueError, match=rf"^bad contains NaN or inf values \(in batch rows \{expected}\)$"):
+            check_finite("bad", x)
+
+
 def test_bad_input_errors():
     model = ur.Uncertainizer("test_vit", "pred-net", pretrained=False).eval()
     with pytest.raises(ValueError, match=r"x must have shape \[B, C, H, W\]"):

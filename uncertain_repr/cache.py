@@ -384,6 +384,7 @@ def _write(
 
     was_training = model.training
     model.eval()
+    from ._prefetch import load_ahead
     from .inference import frozen_inference
 
     runner = frozen_inference(model, enabled=fast and not manifest["amp"], num_images=len(keys) - done)
@@ -417,22 +418,23 @@ def _write(
 
     try:
         position = done
-        for batch in loader:
-            count = len(batch["label"])
-            expected_index = [i for _, i in keys[position: position + count]]
-            if batch["index"].tolist() != expected_index:
-                raise ValueError("dataset item 'index' must equal the index it was read at")
-            position += count
-            with torch.autocast(device.type, dtype=torch.float16, enabled=manifest["amp"]):
-                emb = runner.embed(batch["image"].to(device))
-            buffer["embeddings"].append(emb.float().cpu().numpy())
-            buffer["labels"].append(batch["label"].numpy().astype(np.int64))
-            if num_soft:
-                buffer["soft_labels"].append(batch["soft_labels"].float().numpy())
-            pending += count
-            bar.update(count)
-            if pending >= chunk_size:
-                flush()
+        with load_ahead(loader) as batches:  # the next batch decodes while this one runs
+            for batch in batches:
+                count = len(batch["label"])
+                expected_index = [i for _, i in keys[position: position + count]]
+                if batch["index"].tolist() != expected_index:
+                    raise ValueError("dataset item 'index' must equal the index it was read at")
+                position += count
+                with torch.autocast(device.type, dtype=torch.float16, enabled=manifest["amp"]):
+                    emb = runner.embed(batch["image"].to(device))
+                buffer["embeddings"].append(emb.float().cpu().numpy())
+                buffer["labels"].append(batch["label"].numpy().astype(np.int64))
+                if num_soft:
+                    buffer["soft_labels"].append(batch["soft_labels"].float().numpy())
+                pending += count
+                bar.update(count)
+                if pending >= chunk_size:
+                    flush()
         flush()
         try:
             handle.attrs["manifest"] = json.dumps({**manifest, "backbone_runtime": runner.runtime})

@@ -8,10 +8,12 @@ folded into the convolutions, constants inlined) optimised with oneDNN graph fus
 ``torch.inference_mode``. The uncertainty method and the classifier then run eagerly on that
 embedding, exactly as ``model(embedding=e)`` does.
 
-Measured on EfficientNet-Lite0, batch 32, CPU-seconds per batch on one thread (robust to a
-loaded machine; ``benchmarks/bench_inference.py`` has the wall-clock figures): eager 1.6,
-channels-last 1.05 (1.5x), + frozen graph 0.69 (2.3x), + oneDNN fusion 0.58 on its first runs and
-0.41 once warm (2.8-3.8x);
+Measured on EfficientNet-Lite0, CPU-seconds per batch of 32 on one thread (robust to a loaded
+machine; ``benchmarks/bench_inference.py`` has the end-to-end figures): eager 1.5-1.7,
+channels-last 1.05 (1.5x), + frozen graph with oneDNN fusion run on the whole batch 0.49 once warm
+(3.2x), run as chunks of ``GRAPH_BATCH`` images: 32: 0.49, 8: 0.40, 4: 0.21, 3: 0.21, 2: 0.20,
+1: 0.22 (7.5x at 2; small chunks keep the fused kernels' activations in cache). Building the graph
+(trace, freeze, profile, check) costs 0.65-0.8 s at ``GRAPH_BATCH`` 2, 4.0-4.5 s at 32.
 ``torch.jit.optimize_for_inference`` 1.0. ``torch.compile`` spent 66 s compiling and 126 s
 recompiling for the last partial batch (2 loaded cores), more than a 200-image run takes eagerly.
 
@@ -20,10 +22,10 @@ disabled, a training-mode model, a custom (non-timm) backbone, a method that rea
 itself (``needs_images``: deep-pred-net's hooks, mc-dropout's stochastic backbone passes), any
 forward hook on the backbone, a non-CPU device, or autocast. ``reason`` says why.
 
-The graph is traced on two images and checked against the eager model (first two images of the
-batch) at each new, larger batch size it runs at; a mismatch or a tracing error falls back to
-eager with a warning. Smaller batches (the last, partial one) are padded to a checked size, so a
-whole run uses one graph at one shape.
+The graph is traced at ``GRAPH_BATCH`` images and checked against the eager model on the first
+images of the first batch; a mismatch or a tracing error falls back to eager with a warning. Every
+batch then runs through it in chunks of ``GRAPH_BATCH`` (a short last chunk padded with zero
+images), so a whole run uses one graph at one shape.
 The graph holds a copy of the weights: build a new wrapper after changing the model.
 """
 
@@ -39,10 +41,16 @@ from torch import nn
 
 from .model import UncertainOutput, Uncertainizer
 
-#: Runs shorter than this many images use channels-last alone: tracing, profiling and fusing cost
-#: about 1.4 eager batches of 32 up front (measured, Lite0), which the fused graph (4x eager in the
-#: steady state, channels-last alone 1.5x) only earns back after about this many images.
+#: Runs shorter than this many images use channels-last alone: building the graph costs about
+#: 0.7 CPU-s up front (Lite0, one thread; whole runs of 16 images: channels-last 0.4 s, graph
+#: 0.7-1.1 s; of 32: 0.9 s both; of 64: 1.7-1.95 s vs 1.0 s). Break-even is about 32 images; a
+#: resumed cache build decides again on the rows left, so lowering this changes which runtime
+#: writes which rows of caches started before.
 MIN_IMAGES_TO_TRACE = 64
+#: The frozen graph runs on chunks of this many images (a batch of 32 = 16 chunks; the last chunk
+#: of a run is padded): small inputs keep the fused kernels' activations in cache (2 and 4 measured
+#: equal within noise, 8 twice as slow), and one shape means one profiling run and one check per run.
+GRAPH_BATCH = 2
 #: The check of a new graph against eager: ``max |fast - eager| <= TOLERANCE * max(1, max |eager|)``.
 TOLERANCE = 1e-4
 
@@ -75,6 +83,13 @@ class _Embedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+
+
+def _padded(x: torch.Tensor) -> torch.Tensor:
+    """``x [b, C, H, W]`` (``b <= GRAPH_BATCH``) padded with zero images to ``GRAPH_BATCH``, channels-last."""
+    if x.shape[0] == GRAPH_BATCH:
+        return x
+    return torch.cat([x, x.new_zeros(GRAPH_BATCH - x.shape[0], *x.shape[1:])]).contiguous(memory_format=torch.channels_last)
 
 
 def _has_hooks(module: nn.Module) -> bool:
@@ -119,7 +134,7 @@ class FrozenInference:
         else:
             self.runtime = CHANNELS_LAST if num_images is not None and num_images < MIN_IMAGES_TO_TRACE else JIT_FREEZE
         self._module: Optional[nn.Module] = None
-        self._graphs: Dict[Tuple, Tuple[int, torch.jit.ScriptModule]] = {}  # image shape -> (batch, graph)
+        self._graphs: Dict[Tuple, torch.jit.ScriptModule] = {}  # (image shape, dtype) -> graph at GRAPH_BATCH
         if self.runtime != EAGER:
             self._module = _Embedding(copy.deepcopy(model.backbone)).eval().to(memory_format=torch.channels_last)
 
@@ -128,31 +143,29 @@ class FrozenInference:
         self.runtime, self.reason, self._module, self._graphs = EAGER, why, None, {}
 
     def _graph_for(self, x: torch.Tensor) -> Tuple[Optional[torch.jit.ScriptModule], Optional[torch.Tensor]]:
-        """The graph for images of ``x``'s shape, checked at a batch size >= ``len(x)``, and its
-        output on ``x`` when this call built or checked it (else ``None``); ``(None, None)`` = eager."""
+        """The graph for images of ``x``'s shape (built and checked on the first call), and its output
+        on the first chunk of ``x`` when this call built it (else ``None``); ``(None, None)`` = eager."""
         key = (tuple(x.shape[1:]), x.dtype)
-        entry = self._graphs.get(key)
-        if entry is not None and entry[0] >= x.shape[0]:
-            return entry[1], None
+        graph = self._graphs.get(key)
+        if graph is not None:
+            return graph, None
+        chunk, count = _padded(x[:GRAPH_BATCH]), min(GRAPH_BATCH, x.shape[0])
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TracerWarnings and TorchScript's deprecation notices
                 with _onednn_fusion():
-                    # traced on two images: tracing costs Python time per module, not per image
-                    graph = entry[1] if entry is not None else torch.jit.freeze(
-                        torch.jit.trace(self._module, x[:2], check_trace=False)
-                    )
-                    graph(x)  # the first run at a new shape profiles it; the second runs (and checks) the fused graph
-                    out = graph(x)
-            ref = self.model._embed(x[:2].contiguous())
+                    graph = torch.jit.freeze(torch.jit.trace(self._module, chunk, check_trace=False))
+                    graph(chunk)  # the first run profiles the graph; the second runs (and checks) the fused one
+                    out = graph(chunk)[:count]
+            ref = self.model._embed(x[:count].contiguous())
         except Exception as err:  # any model the tracer cannot handle runs eagerly instead
             self._fall_back(f"tracing failed ({type(err).__name__}: {err})")
             return None, None
-        error = float((out[:2] - ref).abs().max())
+        error = float((out - ref).abs().max())
         if not error <= TOLERANCE * max(1.0, float(ref.abs().max())):
-            self._fall_back(f"the traced graph differs from eager by {error:.2g} at batch size {x.shape[0]}")
+            self._fall_back(f"the traced graph differs from eager by {error:.2g} on the first {count} images")
             return None, None
-        self._graphs[key] = (x.shape[0], graph)
+        self._graphs[key] = graph
         return graph, out
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,15 +177,15 @@ class FrozenInference:
             x = x.contiguous(memory_format=torch.channels_last)
             if self.runtime == CHANNELS_LAST:
                 return self._module(x)
-            graph, out = self._graph_for(x)
+            graph, first = self._graph_for(x)
             if graph is None:
                 return self.model.forward_embedding(x.contiguous())
-            if out is not None:
-                return out
-            batch, count = self._graphs[(tuple(x.shape[1:]), x.dtype)][0], x.shape[0]
-            if count < batch:  # the last, partial batch: pad to the checked size instead of profiling a new shape
-                x = torch.cat([x, x.new_zeros(batch - count, *x.shape[1:])]).contiguous(memory_format=torch.channels_last)
-            return graph(x)[:count]
+            done = 0 if first is None else len(first)
+            parts = [] if first is None else [first]
+            for start in range(done, x.shape[0], GRAPH_BATCH):  # batch slices of channels-last stay channels-last
+                chunk = x[start: start + GRAPH_BATCH]
+                parts.append(graph(_padded(chunk))[: len(chunk)])
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def __call__(self, x: torch.Tensor) -> UncertainOutput:
         """``UncertainOutput(embedding [B, D], uncertainty [B], logits [B, C] | None)``, as ``model(x)``."""

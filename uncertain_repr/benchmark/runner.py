@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
+from .._prefetch import load_ahead
 from ..data import create_loader
 from ..inference import frozen_inference
 from ..metrics import singleton_query_mask
@@ -362,10 +363,11 @@ def run(
         if max_samples is not None and max_samples < len(evaluated):
             evaluated = seeded_subset(evaluated, max_samples, seed=seed, dataset=entry.name, purpose="max-samples")
         loader = create_loader(_Subset(entry.dataset, evaluated), batch_size, shuffle=False, num_workers=num_workers)
-        local = collect(
-            net, evaluated_methods, loader, dataset=entry.name, keep_logits=entry.classify or save_embeddings,
-            device=device, progress=mode, total=len(evaluated), embed=runner.embed,
-        )
+        with load_ahead(loader) as batches:  # without workers: the next batch decodes while this one runs
+            local = collect(
+                net, evaluated_methods, batches, dataset=entry.name, keep_logits=entry.classify or save_embeddings,
+                device=device, progress=mode, total=len(evaluated), embed=runner.embed,
+            )
         full = gather(local)  # every rank: the one 1-NN search of the dataset runs on the complete outputs
         sharpness = _any_rank(has_sharpness(local))
         scores.add(local, role=entry.role, classify=entry.classify, evaluated=evaluated, sharpness=sharpness, full=full)

@@ -10,9 +10,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Iterator, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Iterator, List, Optional, Sequence, Tuple
 
 from ._args import device, positive_int
+
+if TYPE_CHECKING:
+    import torch
 
 HELP = "print the embedding norm and uncertainty of each image"
 DEFAULT_MODEL = "efficientnet_lite0.pvu_v3"
@@ -87,19 +90,12 @@ def build_model(args: argparse.Namespace):
     return Uncertainizer(model.backbone, method, embed_dim=model.embed_dim, stopgrad=model.stopgrad).eval()
 
 
-def predict(
-    model, paths: Sequence[str], batch_size: int, device: str, fast: bool = True
-) -> Iterator[Tuple[List[dict], List[str]]]:
-    """Per batch of ``paths``: (rows ``{"image", "embedding_norm", "uncertainty"}``, errors of unreadable files).
-
-    ``fast``: the backbone runs through :func:`uncertain_repr.inference.frozen_inference` (same outputs)."""
+def _decoded(paths: Sequence[str], batch_size: int, transform) -> Iterator[Tuple[Optional[torch.Tensor], List[str], List[str]]]:
+    """Per batch of ``paths``: (the transformed images ``[b, C, H, W]`` or ``None``, their paths, errors of unreadable files)."""
     import torch
 
-    from ..images import decode_image, eval_transform
-    from ..inference import frozen_inference
+    from ..images import decode_image
 
-    transform = eval_transform(model)
-    runner = frozen_inference(model, enabled=fast, num_images=len(paths))
     for start in range(0, len(paths), batch_size):
         images, read, errors = [], [], []
         for path in paths[start : start + batch_size]:
@@ -108,14 +104,31 @@ def predict(
                 read.append(path)
             except (FileNotFoundError, ValueError) as err:
                 errors.append(str(err))
-        rows = []
-        if images:
-            emb, unc = runner(torch.stack(images).to(device))
-            rows = [
-                {"image": p, "embedding_norm": float(e.norm()), "uncertainty": float(u)}
-                for p, e, u in zip(read, emb, unc)
-            ]
-        yield rows, errors
+        yield (torch.stack(images) if images else None), read, errors
+
+
+def predict(
+    model, paths: Sequence[str], batch_size: int, device: str, fast: bool = True
+) -> Iterator[Tuple[List[dict], List[str]]]:
+    """Per batch of ``paths``: (rows ``{"image", "embedding_norm", "uncertainty"}``, errors of unreadable files).
+
+    ``fast``: the backbone runs through :func:`uncertain_repr.inference.frozen_inference` (same outputs);
+    the next batch is decoded on a background thread meanwhile."""
+    from .._prefetch import Prefetch
+    from ..images import eval_transform
+    from ..inference import frozen_inference
+
+    runner = frozen_inference(model, enabled=fast, num_images=len(paths))
+    with Prefetch(_decoded(paths, batch_size, eval_transform(model))) as batches:
+        for images, read, errors in batches:
+            rows = []
+            if images is not None:
+                emb, unc = runner(images.to(device))
+                rows = [
+                    {"image": p, "embedding_norm": float(e.norm()), "uncertainty": float(u)}
+                    for p, e, u in zip(read, emb, unc)
+                ]
+            yield rows, errors
 
 
 def run(args: argparse.Namespace) -> int:
