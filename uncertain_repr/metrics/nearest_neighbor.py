@@ -24,15 +24,15 @@ Metric = Literal["cosine", "euclidean"]
 
 _log = logging.getLogger(__name__)
 
-# Default tile of the float32 pass: _TILE x _TILE similarities (36 MiB). Measured at N=20,000,
-# D=384 on 2 loaded cores: 2048 is best on 1 thread, 3072-4096 on 2 (more work per parallel
-# region); 3072 is within 5% of the best in both and keeps peak memory within 2x of faiss.
-_TILE = 3072
+# Default tile of the float32 pass: _TILE x _TILE similarities (4 MiB, one buffer reused).
+_TILE = 1024
+# Columns per block of a tile row whose maximum is taken first (see _top2).
+_BLOCK = 64
 # Budget of one float64 chunk (re-check: rows x N similarities; preparation: rows x D values),
 # small next to the float32 copy and the tiles, so that peak memory stays within 2x of faiss.
 _CHUNK_BYTES = 8 * 2**20
-# Queries per gathered piece of a transposed tile (512 x 3072 floats = 6 MiB).
-_GATHER = 512
+# Queries per group of the float64 re-check.
+_RECHECK_GROUP = 4096
 # Unit roundoff of a float32 matrix product under torch's float32 matmul precision setting
 # ("high" may use TF32, "medium" bfloat16 products).
 _MATMUL_UNIT = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}
@@ -72,18 +72,17 @@ def _float32_rows(p: _Prepared) -> torch.Tensor:
     return torch.cat([p.rows64(slice(s, s + step)).float() for s in range(0, p.source.shape[0], step)])
 
 
-def _gap_threshold(p: _Prepared) -> torch.Tensor:
-    """Per query, a gap between float32 scores above which their float64 order is certain.
+def _gap_threshold(p: _Prepared, unit: float) -> torch.Tensor:
+    """Per query ``[N]`` (float64), a gap between scores above which their exact order is certain.
 
-    A float32 dot product of length D (inputs rounded from float64) is within
-    (D + 2) u ||q|| ||x_j|| of the exact one (Higham, Accuracy and Stability, Th. 3.5); the
-    penalty and the final subtraction add a few u. Two scores each off by at most e can swap
-    only if their float32 values are within 2e; the threshold is twice that, for slack.
+    A dot product of length D computed with unit roundoff ``unit`` (inputs rounded from float64)
+    is within (D + 2) u ||q|| ||x_j|| of the exact one (Higham, Accuracy and Stability, Th. 3.5);
+    the penalty and the final subtraction add a few u. Two scores each off by at most e can swap
+    only if their values are within 2e; the threshold is twice that, for slack.
     """
-    unit = _MATMUL_UNIT.get(torch.get_float32_matmul_precision(), 2.0**-8)
     biggest = p.norms.max()
     scale = p.norms * biggest if p.penalty is None else 2 * p.norms * biggest + biggest**2
-    return (4 * (p.source.shape[1] + 4) * unit * scale).float()
+    return 4 * (p.source.shape[1] + 4) * unit * scale
 
 
 @contextmanager
@@ -117,87 +116,144 @@ def _progress(total: int, desc: str) -> Iterator[Callable[[int], None]]:
     yield step
 
 
-def _merge(best: torch.Tensor, index: torch.Tensor, second: torch.Tensor, gap: torch.Tensor,
-           start: int, scores: torch.Tensor, offset: int) -> None:
-    """Fold a tile of scores (queries start.., candidates offset..) into the running top-2.
+def _top2(scores: torch.Tensor, dim: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact top-2 of ``scores [R, C]`` along ``dim`` (its size a multiple of _BLOCK; any strides).
 
-    Only queries whose tile maximum comes within ``gap`` of their best so far can change it or
-    make it ambiguous; for those the tile's exact top-2 is taken. Elsewhere ``second`` may stay
-    below the true runner-up, which is harmless: that runner-up is more than ``gap`` behind.
+    Returns (best value, its position along ``dim``, second value), each of the other side's
+    size. One pass takes the maxima of blocks of _BLOCK along ``dim``: the best lies in the block
+    with the largest maximum, and the second either in that block too or it is the second
+    largest block maximum, so only one block per query is read again. max() and a masked max
+    instead of topk(2), which is ~10x slower on such shapes.
     """
-    rows = slice(start, start + scores.shape[0])
-    if bool(best[rows].isneginf().all()):  # first tile of these queries: all are candidates
-        pieces = [(torch.arange(scores.shape[0], device=scores.device), scores)]
-    else:
-        cand = (scores.amax(dim=1) >= best[rows] - gap[rows]).nonzero().squeeze(1)
-        # In pieces of _GATHER queries so the copies stay small; of a transposed tile, gathering
-        # columns and transposing them is ~10x faster than gathering its rows.
-        take = (lambda c: scores.index_select(0, c)) if scores.stride(1) == 1 else (
-            lambda c: scores.T.index_select(1, c).T.contiguous())
-        pieces = ((c, take(c)) for c in cand.split(_GATHER))
-    for cand, sub in pieces:
-        top, arg = sub.topk(min(2, scores.shape[1]), dim=1)
-        t1 = top[:, 0]
-        t2 = top[:, 1] if top.shape[1] == 2 else torch.full_like(t1, -torch.inf)
-        q = cand + start
-        b1, b2 = best[q], second[q]
-        second[q] = torch.maximum(torch.minimum(b1, t1), torch.maximum(b2, t2))
-        better = t1 > b1
-        best[q] = torch.where(better, t1, b1)
-        index[q] = torch.where(better, arg[:, 0] + offset, index[q])
+    blocks = scores.unflatten(dim, (scores.shape[dim] // _BLOCK, _BLOCK))
+    block_max = blocks.amax(dim + 1)
+    _, which = block_max.max(dim)
+    picked = which.unsqueeze(dim).unsqueeze(dim + 1).expand(*blocks.shape[:dim], 1, *blocks.shape[dim + 1 :])
+    inside = blocks.gather(dim, picked).squeeze(dim)
+    first, at = inside.max(dim)
+    inside.scatter_(dim, at.unsqueeze(dim), -torch.inf)
+    block_max.scatter_(dim, which.unsqueeze(dim), -torch.inf)
+    return first, which * _BLOCK + at, torch.maximum(inside.amax(dim), block_max.amax(dim))
+
+
+def _merge(best: torch.Tensor, index: torch.Tensor, second: torch.Tensor, start: int, scores: torch.Tensor,
+           offset: int, dim: int) -> None:
+    """Fold a tile of scores into the running top-2: candidates offset.. along ``dim``, queries
+    start.. along the other side.
+
+    ``scores [R', C']`` may be padded with -inf (queries beyond the samples are ignored, padded
+    candidates never win). The tile's top-2 is exact, so ``best``/``index`` and ``second`` are
+    the exact float32 best and runner-up of the candidates seen so far (the ambiguity test needs
+    only that ``second`` is not below the runner-up when that is within the gap of the best).
+    """
+    t1, arg, t2 = _top2(scores, dim)
+    rows = slice(start, min(start + t1.shape[0], best.shape[0]))
+    size = rows.stop - rows.start
+    t1, arg, t2 = t1[:size], arg[:size], t2[:size]
+    b1 = best[rows]
+    better = t1 > b1
+    torch.maximum(torch.minimum(b1, t1), torch.maximum(second[rows], t2), out=second[rows])
+    index[rows] = torch.where(better, arg + offset, index[rows])
+    torch.maximum(b1, t1, out=best[rows])
+
+
+def _penalised(sims: torch.Tensor, out: Optional[torch.Tensor], pen: Optional[torch.Tensor], start: int,
+               dim: int) -> torch.Tensor:
+    """Cosine: ``sims``; euclidean: 2 sims - penalty of the candidates along ``dim``, into ``out``."""
+    if pen is None or out is None:
+        return sims
+    cut = pen[start : start + sims.shape[dim]]
+    return torch.mul(sims, 2, out=out[: sims.shape[0], : sims.shape[1]]).sub_(cut if dim == 1 else cut[:, None])
 
 
 def _nn_float32_pass(p: _Prepared, tile: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(index of the float32 best, whether it is ambiguous) for every sample."""
+    """(index of the float32 best, whether it is ambiguous) for every sample.
+
+    One preallocated buffer holds every tile (rounded up to multiples of _BLOCK, the margin
+    filled with -inf); euclidean scores go to a second one.
+    """
     x32 = _float32_rows(p)
-    n, gap = x32.shape[0], _gap_threshold(p)
-    pen = None if p.penalty is None else p.penalty.float()
+    n, gap = x32.shape[0], _gap_threshold(p, _MATMUL_UNIT.get(torch.get_float32_matmul_precision(), 2.0**-8))
+    side = -(-tile // _BLOCK) * _BLOCK
+    buf = torch.empty(side, side, device=x32.device)
+    aux = None if p.penalty is None else torch.empty_like(buf)
+    pen = None if p.penalty is None else torch.cat([p.penalty.float(), p.penalty.new_zeros(side, dtype=torch.float32)])
     best = torch.full((n,), -torch.inf, device=x32.device)
     second = best.clone()
     index = torch.zeros(n, dtype=torch.long, device=x32.device)
     starts = range(0, n, tile)
-    # Diagonal tiles first: every sample then starts from the best of its own tile, so later
-    # tiles rarely come within the gap and their exact top-2 is rarely needed.
+    # Diagonal tiles first (each sample's own neighbourhood is often close), then the rest.
     tiles = [(s, s) for s in starts] + [(s, c) for i, s in enumerate(starts) for c in starts[i + 1 :]]
     with _progress(len(tiles), f"1-NN search over {n:,} samples") as step:
         for s, c in tiles:
-            sims = x32[s : s + tile] @ x32[c : c + tile].T
-            if pen is not None:
-                sims.mul_(2)
+            r, w = min(tile, n - s), min(tile, n - c)
+            torch.mm(x32[s : s + r], x32[c : c + w].T, out=buf[:r, :w])
+            sims = buf[: -(-r // _BLOCK) * _BLOCK, : -(-w // _BLOCK) * _BLOCK]
+            sims[r:] = -torch.inf
+            sims[:, w:] = -torch.inf
             if c == s:
                 sims.fill_diagonal_(-torch.inf)  # exclude the query itself BY INDEX
-            _merge(best, index, second, gap, s, sims if pen is None else sims - pen[c : c + tile], c)
+            _merge(best, index, second, s, _penalised(sims, aux, pen, c, 1), c, 1)
             if c != s:  # the same pairs, seen from the candidates' side
-                _merge(best, index, second, gap, c, sims.T if pen is None else sims.T - pen[s : s + tile], s)
-            del sims  # before the next tile is allocated
+                _merge(best, index, second, c, _penalised(sims, aux, pen, s, 0), s, 0)
             step(1)
-    return index, second >= best - gap
+    return index, second >= best - gap.float()
+
+
+def _pairwise_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-by-row dot products ``[K]`` of ``a, b [K, D]`` by halving sums of elementwise products.
+
+    Only elementwise operations, so equal pairs give bitwise equal results wherever they sit
+    (a BLAS product may round equal columns differently, e.g. in its last columns).
+    """
+    prod = a * b
+    width = 1 << max(0, (prod.shape[1] - 1).bit_length())
+    prod = torch.nn.functional.pad(prod, (0, width - prod.shape[1]))
+    while prod.shape[1] > 1:
+        prod = prod[:, : prod.shape[1] // 2] + prod[:, prod.shape[1] // 2 :]
+    return prod[:, 0]
 
 
 def _nn_float64_recheck(p: _Prepared, rows: torch.Tensor, index: torch.Tensor) -> None:
     """Exact float64 1-NN of ``rows`` (lowest index among equal scores), written into ``index``.
 
-    Groups of up to _GATHER * 8 queries against column chunks of 8 MiB, each chunk prepared once
-    per group; chunks are visited in index order and only a strictly better score replaces the
-    best so far, so the lowest index wins as in one argmax over the whole row.
+    Groups of up to _RECHECK_GROUP queries against column chunks of 8 MiB, each chunk prepared
+    once per group. The products decide which candidates come within the float64 rounding bound
+    of the best so far; those are scored again by :func:`_pairwise_dot`, and the best of these
+    scores wins, the lowest index among equal ones. A candidate outside the bound cannot have
+    the best such score, so the answer is the 1-NN of a brute force that scores every pair with
+    :func:`_pairwise_dot`.
     """
     n, d = p.source.shape
-    for group in rows.split(_GATHER * 8) if rows.numel() else ():
+    slack = _gap_threshold(p, 2.0**-53)
+    for group in rows.split(_RECHECK_GROUP) if rows.numel() else ():
         queries = p.rows64(group)
         best = torch.full((group.numel(),), -torch.inf, dtype=torch.float64, device=queries.device)
+        exact, winner = best.clone(), torch.full_like(group, n)
         own = torch.arange(group.numel(), device=queries.device)
         step = max(1, _CHUNK_BYTES // (8 * max(group.numel(), d)))
         for c in range(0, n, step):
-            sims = queries @ p.rows64(slice(c, c + step)).T
+            cand = p.rows64(slice(c, c + step))
+            sims = queries @ cand.T
             if p.penalty is not None:
                 sims.mul_(2).sub_(p.penalty[c : c + step])
             inside = (group >= c) & (group < c + step)
             sims[own[inside], group[inside] - c] = -torch.inf  # exclude the query itself BY INDEX
-            arg = sims.argmax(dim=1)  # first maximal value = lowest index wins
-            value = sims.gather(1, arg[:, None]).squeeze(1)
-            better = value > best
-            best = torch.where(better, value, best)
-            index[group] = torch.where(better, arg + c, index[group])
+            torch.maximum(best, sims.amax(dim=1), out=best)
+            close = sims >= (best - slack[group])[:, None]
+            close[own[inside], group[inside] - c] = False
+            for piece in close.nonzero().split(max(1, _CHUNK_BYTES // (8 * d))):
+                q, j = piece.unbind(1)
+                score = _pairwise_dot(queries[q], cand[j])
+                if p.penalty is not None:
+                    score = 2 * score - p.penalty[j + c]
+                before = exact.clone()
+                exact.scatter_reduce_(0, q, score, "amax")
+                # Chunks come in index order: a query keeps its winner unless its score rose.
+                lowest = torch.full_like(winner, n).scatter_reduce_(
+                    0, q, torch.where(score == exact[q], j + c, n), "amin")
+                winner = torch.where(exact == before, winner, lowest)
+        index[group] = winner
 
 
 def _nn_torch(x: torch.Tensor, metric: str, tile: int) -> torch.Tensor:
