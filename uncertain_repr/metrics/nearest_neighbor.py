@@ -26,7 +26,7 @@ _log = logging.getLogger(__name__)
 
 # Default tile of the float32 pass: _TILE x _TILE similarities (4 MiB, one buffer reused).
 _TILE = 1024
-# Columns per block of a tile row whose maximum is taken first (see _top2).
+# Candidates per block: the tiles keep only block maxima (see _best_blocks); tiles are whole blocks.
 _BLOCK = 64
 # Budget of one float64 chunk (re-check: rows x N similarities; preparation: rows x D values),
 # small next to the float32 copy and the tiles, so that peak memory stays within 2x of faiss.
@@ -116,44 +116,24 @@ def _progress(total: int, desc: str) -> Iterator[Callable[[int], None]]:
     yield step
 
 
-def _top2(scores: torch.Tensor, dim: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact top-2 of ``scores [R, C]`` along ``dim`` (its size a multiple of _BLOCK; any strides).
+def _merge_blocks(best: torch.Tensor, block: torch.Tensor, second: torch.Tensor, start: int,
+                  block_max: torch.Tensor, first_block: int, dim: int) -> None:
+    """Fold a tile's block maxima into each query's running top-2 over candidate blocks.
 
-    Returns (best value, its position along ``dim``, second value), each of the other side's
-    size. One pass takes the maxima of blocks of _BLOCK along ``dim``: the best lies in the block
-    with the largest maximum, and the second either in that block too or it is the second
-    largest block maximum, so only one block per query is read again. max() and a masked max
-    instead of topk(2), which is ~10x slower on such shapes.
+    ``block_max``: the maxima of the tile's blocks of _BLOCK candidates (blocks first_block..
+    along ``dim``, queries start.. along the other side; queries beyond the samples are
+    ignored). Afterwards ``best``/``block`` are each query's largest block maximum so far and
+    its block, ``second`` the largest maximum of its other blocks.
     """
-    blocks = scores.unflatten(dim, (scores.shape[dim] // _BLOCK, _BLOCK))
-    block_max = blocks.amax(dim + 1)
-    _, which = block_max.max(dim)
-    picked = which.unsqueeze(dim).unsqueeze(dim + 1).expand(*blocks.shape[:dim], 1, *blocks.shape[dim + 1 :])
-    inside = blocks.gather(dim, picked).squeeze(dim)
-    first, at = inside.max(dim)
-    inside.scatter_(dim, at.unsqueeze(dim), -torch.inf)
-    block_max.scatter_(dim, which.unsqueeze(dim), -torch.inf)
-    return first, which * _BLOCK + at, torch.maximum(inside.amax(dim), block_max.amax(dim))
-
-
-def _merge(best: torch.Tensor, index: torch.Tensor, second: torch.Tensor, start: int, scores: torch.Tensor,
-           offset: int, dim: int) -> None:
-    """Fold a tile of scores into the running top-2: candidates offset.. along ``dim``, queries
-    start.. along the other side.
-
-    ``scores [R', C']`` may be padded with -inf (queries beyond the samples are ignored, padded
-    candidates never win). The tile's top-2 is exact, so ``best``/``index`` and ``second`` are
-    the exact float32 best and runner-up of the candidates seen so far (the ambiguity test needs
-    only that ``second`` is not below the runner-up when that is within the gap of the best).
-    """
-    t1, arg, t2 = _top2(scores, dim)
-    rows = slice(start, min(start + t1.shape[0], best.shape[0]))
+    maxima = block_max if dim == 1 else block_max.T
+    top, which = maxima.topk(min(2, maxima.shape[1]), dim=1)
+    rows = slice(start, min(start + maxima.shape[0], best.shape[0]))
     size = rows.stop - rows.start
-    t1, arg, t2 = t1[:size], arg[:size], t2[:size]
+    t1 = top[:size, 0]
+    t2 = top[:size, 1] if top.shape[1] == 2 else torch.full_like(t1, -torch.inf)
     b1 = best[rows]
-    better = t1 > b1
     torch.maximum(torch.minimum(b1, t1), torch.maximum(second[rows], t2), out=second[rows])
-    index[rows] = torch.where(better, arg + offset, index[rows])
+    block[rows] = torch.where(t1 > b1, which[:size, 0] + first_block, block[rows])
     torch.maximum(b1, t1, out=best[rows])
 
 
@@ -166,23 +146,22 @@ def _penalised(sims: torch.Tensor, out: Optional[torch.Tensor], pen: Optional[to
     return torch.mul(sims, 2, out=out[: sims.shape[0], : sims.shape[1]]).sub_(cut if dim == 1 else cut[:, None])
 
 
-def _nn_float32_pass(p: _Prepared, tile: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(index of the float32 best, whether it is ambiguous) for every sample.
+def _best_blocks(p: _Prepared, x32: torch.Tensor, tile: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the candidate block holding its float32 best and the largest float32 score
+    outside that block (block j covers candidates j*_BLOCK ..). ``tile`` is a multiple of _BLOCK.
 
-    One preallocated buffer holds every tile (rounded up to multiples of _BLOCK, the margin
-    filled with -inf); euclidean scores go to a second one.
+    Each tile takes one matrix product into one reused buffer (its margin filled with -inf)
+    and one maximum per block on each side: a few large parallel operations per tile, the
+    rest on tensors _BLOCK times smaller, which torch runs without threads.
     """
-    x32 = _float32_rows(p)
-    n, gap = x32.shape[0], _gap_threshold(p, _MATMUL_UNIT.get(torch.get_float32_matmul_precision(), 2.0**-8))
-    side = -(-tile // _BLOCK) * _BLOCK
-    buf = torch.empty(side, side, device=x32.device)
+    n = x32.shape[0]
+    buf = torch.empty(tile, tile, device=x32.device)
     aux = None if p.penalty is None else torch.empty_like(buf)
-    pen = None if p.penalty is None else torch.cat([p.penalty.float(), p.penalty.new_zeros(side, dtype=torch.float32)])
+    pen = None if p.penalty is None else torch.cat([p.penalty.float(), p.penalty.new_zeros(tile, dtype=torch.float32)])
     best = torch.full((n,), -torch.inf, device=x32.device)
     second = best.clone()
-    index = torch.zeros(n, dtype=torch.long, device=x32.device)
+    block = torch.zeros(n, dtype=torch.long, device=x32.device)
     starts = range(0, n, tile)
-    # Diagonal tiles first (each sample's own neighbourhood is often close), then the rest.
     tiles = [(s, s) for s in starts] + [(s, c) for i, s in enumerate(starts) for c in starts[i + 1 :]]
     with _progress(len(tiles), f"1-NN search over {n:,} samples") as step:
         for s, c in tiles:
@@ -193,11 +172,45 @@ def _nn_float32_pass(p: _Prepared, tile: int) -> Tuple[torch.Tensor, torch.Tenso
             sims[:, w:] = -torch.inf
             if c == s:
                 sims.fill_diagonal_(-torch.inf)  # exclude the query itself BY INDEX
-            _merge(best, index, second, s, _penalised(sims, aux, pen, c, 1), c, 1)
+            rows = _penalised(sims, aux, pen, c, 1)
+            _merge_blocks(best, block, second, s, rows.unflatten(1, (-1, _BLOCK)).amax(2), c // _BLOCK, 1)
             if c != s:  # the same pairs, seen from the candidates' side
-                _merge(best, index, second, c, _penalised(sims, aux, pen, s, 0), s, 0)
+                cols = _penalised(sims, aux, pen, s, 0)
+                _merge_blocks(best, block, second, c, cols.unflatten(0, (-1, _BLOCK)).amax(1), s // _BLOCK, 0)
             step(1)
-    return index, second >= best - gap.float()
+    return block, second
+
+
+def _nn_float32_pass(p: _Prepared, tile: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(index of the float32 best, whether it is ambiguous) for every sample.
+
+    The best lies in the sample's best block (:func:`_best_blocks`); that block is scored again
+    (all queries sharing a block in one product) for the best and the runner-up inside it. The
+    best is ambiguous where the runner-up inside or the best score outside the block comes
+    within the gap. Scores from different float32 products round differently, but each is
+    within the bound of _gap_threshold of its exact value, which is all the gap needs.
+    """
+    x32 = _float32_rows(p)
+    n, gap = x32.shape[0], _gap_threshold(p, _MATMUL_UNIT.get(torch.get_float32_matmul_precision(), 2.0**-8))
+    block, outside = _best_blocks(p, x32, tile)
+    index = torch.empty(n, dtype=torch.long, device=x32.device)
+    ambiguous = torch.empty(n, dtype=torch.bool, device=x32.device)
+    order = block.argsort()
+    counts = torch.bincount(block, minlength=-(-n // _BLOCK)).tolist()
+    for b, queries in enumerate(order.split(counts)):
+        if not counts[b]:
+            continue
+        lo = b * _BLOCK
+        scores = x32[queries] @ x32[lo : lo + _BLOCK].T
+        if p.penalty is not None:
+            scores.mul_(2).sub_(p.penalty[lo : lo + _BLOCK].float())
+        own = (queries >= lo) & (queries < lo + scores.shape[1])
+        scores[own.nonzero().squeeze(1), queries[own] - lo] = -torch.inf  # the query itself
+        top = scores.topk(min(2, scores.shape[1]), dim=1)
+        runner_up = outside[queries] if top.values.shape[1] == 1 else torch.maximum(outside[queries], top.values[:, 1])
+        index[queries] = top.indices[:, 0] + lo
+        ambiguous[queries] = runner_up >= top.values[:, 0] - gap[queries].float()
+    return index, ambiguous
 
 
 def _pairwise_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -306,7 +319,7 @@ def nearest_neighbor_index(
         chunk_size = _TILE
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    return _nn_torch(x, metric, min(chunk_size, n))
+    return _nn_torch(x, metric, -(-min(chunk_size, n) // _BLOCK) * _BLOCK)
 
 
 def nearest_neighbor_correct(
