@@ -64,6 +64,17 @@ def test_float32_input_equals_brute_force_on_its_values(seed):
         np.testing.assert_array_equal(M.nearest_neighbor_index(x, metric=metric, chunk_size=32).numpy(), expected)
 
 
+@pytest.mark.parametrize("n", [2, 3, 63, 65, 129, 200])
+def test_block_and_tile_edges_equal_brute_force(n):
+    # Tiles are whole blocks of 64 candidates: a last block of 1-2 candidates, one tile, many.
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 5))
+    for metric in ("cosine", "euclidean"):
+        for chunk_size in (None, 1, 64, 100):
+            got = M.nearest_neighbor_index(x, metric=metric, chunk_size=chunk_size).numpy()
+            np.testing.assert_array_equal(got, brute_force_nn(x, metric))
+
+
 def test_equals_faiss_and_brute_force_on_clustered_data():
     faiss = pytest.importorskip("faiss")
     rng = np.random.default_rng(5)
