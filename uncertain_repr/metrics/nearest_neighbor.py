@@ -360,7 +360,8 @@ def nearest_neighbor_correct(
     original took the 2nd hit of a k=2 search, spec §9 item 33). The answer is that of a float64
     brute force: a float32 search, then an exact float64 re-search of every sample whose best
     candidate is not provably ahead of the runner-up; among equal float64 scores the LOWEST
-    index wins. Searches longer than a few seconds show progress (tqdm on a TTY, else an INFO
+    index wins (candidates within float64 rounding of the best are scored again pair by pair,
+    so exact duplicates tie wherever they sit). Searches longer than a few seconds show progress (tqdm on a TTY, else an INFO
     log line of ``uncertain_repr.metrics.nearest_neighbor`` every 30 s). No N x N matrix is held.
     """
     y = as_labels(labels, "labels")
