@@ -33,7 +33,7 @@ class Evaluator:
 
     Args:
         metric: 1-NN similarity, see :func:`nearest_neighbor_correct`.
-        chunk_size: 1-NN query rows per matrix product, see :func:`nearest_neighbor_correct`.
+        chunk_size: side of one 1-NN search tile, see :func:`nearest_neighbor_correct`.
         backend: ``"torch"`` or ``"faiss"``, see :func:`nearest_neighbor_correct`.
         device: where the 1-NN matrix products run at ``compute()`` (default: CPU), e.g. "cuda".
         exclude_singleton_queries: leave out of ``r1``/``auroc_correct``, as queries, the samples

@@ -1,10 +1,13 @@
 """Exact leave-one-out 1-nearest-neighbour correctness and Recall@1.
 
 The search is a float32 pass over the upper triangle of the similarity matrix (each pair is
-computed once and serves both samples), tracking each sample's best and second-best score.
-Samples whose best score is not ahead of the runner-up by more than the proven float32 rounding
-bound are re-searched exactly in float64, so the result is that of a float64 brute force for
-float32 and float64 inputs alike.
+computed once and serves both samples), tile by tile into one reused buffer; of each tile only
+the maxima of blocks of 64 candidates are kept, per query the best block and the best score
+outside it. Each sample's best block is then scored again for its best and runner-up. Samples
+whose best is not ahead of the runner-up by more than the proven float32 rounding bound are
+re-searched exactly in float64 (candidates within float64 rounding of the best are scored once
+more by one per-pair kernel, so that exact duplicates tie exactly), so the result is that of a
+float64 brute force for float32 and float64 inputs alike, the lowest index winning ties.
 """
 
 from __future__ import annotations
@@ -24,15 +27,18 @@ Metric = Literal["cosine", "euclidean"]
 
 _log = logging.getLogger(__name__)
 
-# Default tile of the float32 pass: _TILE x _TILE similarities (36 MiB). Measured at N=20,000,
-# D=384 on 2 loaded cores: 2048 is best on 1 thread, 3072-4096 on 2 (more work per parallel
-# region); 3072 is within 5% of the best in both and keeps peak memory within 2x of faiss.
-_TILE = 3072
+# Default tile of the float32 pass: _TILE x _TILE similarities (16 MiB, one buffer reused).
+# At N=20,000, D=384, 2 threads: 1024 and 2048 are equally fast on a quiet machine; with other
+# processes on the cores every parallel region waits for both threads, and 2048 (55 tiles,
+# 3 parallel operations each) is ~1.4x faster than 1024 (210 tiles).
+_TILE = 2048
+# Candidates per block: the tiles keep only block maxima (see _best_blocks); tiles are whole blocks.
+_BLOCK = 64
 # Budget of one float64 chunk (re-check: rows x N similarities; preparation: rows x D values),
 # small next to the float32 copy and the tiles, so that peak memory stays within 2x of faiss.
 _CHUNK_BYTES = 8 * 2**20
-# Queries per gathered piece of a transposed tile (512 x 3072 floats = 6 MiB).
-_GATHER = 512
+# Queries per group of the float64 re-check.
+_RECHECK_GROUP = 4096
 # Unit roundoff of a float32 matrix product under torch's float32 matmul precision setting
 # ("high" may use TF32, "medium" bfloat16 products).
 _MATMUL_UNIT = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}
@@ -72,18 +78,17 @@ def _float32_rows(p: _Prepared) -> torch.Tensor:
     return torch.cat([p.rows64(slice(s, s + step)).float() for s in range(0, p.source.shape[0], step)])
 
 
-def _gap_threshold(p: _Prepared) -> torch.Tensor:
-    """Per query, a gap between float32 scores above which their float64 order is certain.
+def _gap_threshold(p: _Prepared, unit: float) -> torch.Tensor:
+    """Per query ``[N]`` (float64), a gap between scores above which their exact order is certain.
 
-    A float32 dot product of length D (inputs rounded from float64) is within
-    (D + 2) u ||q|| ||x_j|| of the exact one (Higham, Accuracy and Stability, Th. 3.5); the
-    penalty and the final subtraction add a few u. Two scores each off by at most e can swap
-    only if their float32 values are within 2e; the threshold is twice that, for slack.
+    A dot product of length D computed with unit roundoff ``unit`` (inputs rounded from float64)
+    is within (D + 2) u ||q|| ||x_j|| of the exact one (Higham, Accuracy and Stability, Th. 3.5);
+    the penalty and the final subtraction add a few u. Two scores each off by at most e can swap
+    only if their values are within 2e; the threshold is twice that, for slack.
     """
-    unit = _MATMUL_UNIT.get(torch.get_float32_matmul_precision(), 2.0**-8)
     biggest = p.norms.max()
     scale = p.norms * biggest if p.penalty is None else 2 * p.norms * biggest + biggest**2
-    return (4 * (p.source.shape[1] + 4) * unit * scale).float()
+    return 4 * (p.source.shape[1] + 4) * unit * scale
 
 
 @contextmanager
@@ -117,87 +122,157 @@ def _progress(total: int, desc: str) -> Iterator[Callable[[int], None]]:
     yield step
 
 
-def _merge(best: torch.Tensor, index: torch.Tensor, second: torch.Tensor, gap: torch.Tensor,
-           start: int, scores: torch.Tensor, offset: int) -> None:
-    """Fold a tile of scores (queries start.., candidates offset..) into the running top-2.
+def _merge_blocks(best: torch.Tensor, block: torch.Tensor, second: torch.Tensor, start: int,
+                  block_max: torch.Tensor, first_block: int, dim: int) -> None:
+    """Fold a tile's block maxima into each query's running top-2 over candidate blocks.
 
-    Only queries whose tile maximum comes within ``gap`` of their best so far can change it or
-    make it ambiguous; for those the tile's exact top-2 is taken. Elsewhere ``second`` may stay
-    below the true runner-up, which is harmless: that runner-up is more than ``gap`` behind.
+    ``block_max``: the maxima of the tile's blocks of _BLOCK candidates (blocks first_block..
+    along ``dim``, queries start.. along the other side; queries beyond the samples are
+    ignored). Afterwards ``best``/``block`` are each query's largest block maximum so far and
+    its block, ``second`` the largest maximum of its other blocks.
     """
-    rows = slice(start, start + scores.shape[0])
-    if bool(best[rows].isneginf().all()):  # first tile of these queries: all are candidates
-        pieces = [(torch.arange(scores.shape[0], device=scores.device), scores)]
-    else:
-        cand = (scores.amax(dim=1) >= best[rows] - gap[rows]).nonzero().squeeze(1)
-        # In pieces of _GATHER queries so the copies stay small; of a transposed tile, gathering
-        # columns and transposing them is ~10x faster than gathering its rows.
-        take = (lambda c: scores.index_select(0, c)) if scores.stride(1) == 1 else (
-            lambda c: scores.T.index_select(1, c).T.contiguous())
-        pieces = ((c, take(c)) for c in cand.split(_GATHER))
-    for cand, sub in pieces:
-        top, arg = sub.topk(min(2, scores.shape[1]), dim=1)
-        t1 = top[:, 0]
-        t2 = top[:, 1] if top.shape[1] == 2 else torch.full_like(t1, -torch.inf)
-        q = cand + start
-        b1, b2 = best[q], second[q]
-        second[q] = torch.maximum(torch.minimum(b1, t1), torch.maximum(b2, t2))
-        better = t1 > b1
-        best[q] = torch.where(better, t1, b1)
-        index[q] = torch.where(better, arg[:, 0] + offset, index[q])
+    maxima = block_max if dim == 1 else block_max.T
+    top, which = maxima.topk(min(2, maxima.shape[1]), dim=1)
+    rows = slice(start, min(start + maxima.shape[0], best.shape[0]))
+    size = rows.stop - rows.start
+    t1 = top[:size, 0]
+    t2 = top[:size, 1] if top.shape[1] == 2 else torch.full_like(t1, -torch.inf)
+    b1 = best[rows]
+    torch.maximum(torch.minimum(b1, t1), torch.maximum(second[rows], t2), out=second[rows])
+    block[rows] = torch.where(t1 > b1, which[:size, 0] + first_block, block[rows])
+    torch.maximum(b1, t1, out=best[rows])
 
 
-def _nn_float32_pass(p: _Prepared, tile: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(index of the float32 best, whether it is ambiguous) for every sample."""
-    x32 = _float32_rows(p)
-    n, gap = x32.shape[0], _gap_threshold(p)
-    pen = None if p.penalty is None else p.penalty.float()
+def _penalised(sims: torch.Tensor, out: Optional[torch.Tensor], pen: Optional[torch.Tensor], start: int,
+               dim: int) -> torch.Tensor:
+    """Cosine: ``sims``; euclidean: 2 sims - penalty of the candidates along ``dim``, into ``out``."""
+    if pen is None or out is None:
+        return sims
+    cut = pen[start : start + sims.shape[dim]]
+    return torch.mul(sims, 2, out=out[: sims.shape[0], : sims.shape[1]]).sub_(cut if dim == 1 else cut[:, None])
+
+
+def _best_blocks(p: _Prepared, x32: torch.Tensor, tile: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the candidate block holding its float32 best and the largest float32 score
+    outside that block (block j covers candidates j*_BLOCK ..). ``tile`` is a multiple of _BLOCK.
+
+    Each tile takes one matrix product into one reused buffer (its margin filled with -inf)
+    and one maximum per block on each side: a few large parallel operations per tile, the
+    rest on tensors _BLOCK times smaller, which torch runs without threads.
+    """
+    n = x32.shape[0]
+    buf = torch.empty(tile, tile, device=x32.device)
+    aux = None if p.penalty is None else torch.empty_like(buf)
+    pen = None if p.penalty is None else torch.cat([p.penalty.float(), p.penalty.new_zeros(tile, dtype=torch.float32)])
     best = torch.full((n,), -torch.inf, device=x32.device)
     second = best.clone()
-    index = torch.zeros(n, dtype=torch.long, device=x32.device)
+    block = torch.zeros(n, dtype=torch.long, device=x32.device)
     starts = range(0, n, tile)
-    # Diagonal tiles first: every sample then starts from the best of its own tile, so later
-    # tiles rarely come within the gap and their exact top-2 is rarely needed.
     tiles = [(s, s) for s in starts] + [(s, c) for i, s in enumerate(starts) for c in starts[i + 1 :]]
     with _progress(len(tiles), f"1-NN search over {n:,} samples") as step:
         for s, c in tiles:
-            sims = x32[s : s + tile] @ x32[c : c + tile].T
-            if pen is not None:
-                sims.mul_(2)
+            r, w = min(tile, n - s), min(tile, n - c)
+            torch.mm(x32[s : s + r], x32[c : c + w].T, out=buf[:r, :w])
+            sims = buf[: -(-r // _BLOCK) * _BLOCK, : -(-w // _BLOCK) * _BLOCK]
+            sims[r:] = -torch.inf
+            sims[:, w:] = -torch.inf
             if c == s:
                 sims.fill_diagonal_(-torch.inf)  # exclude the query itself BY INDEX
-            _merge(best, index, second, gap, s, sims if pen is None else sims - pen[c : c + tile], c)
+            rows = _penalised(sims, aux, pen, c, 1)
+            _merge_blocks(best, block, second, s, rows.unflatten(1, (-1, _BLOCK)).amax(2), c // _BLOCK, 1)
             if c != s:  # the same pairs, seen from the candidates' side
-                _merge(best, index, second, gap, c, sims.T if pen is None else sims.T - pen[s : s + tile], s)
-            del sims  # before the next tile is allocated
+                cols = _penalised(sims, aux, pen, s, 0)
+                _merge_blocks(best, block, second, c, cols.unflatten(0, (-1, _BLOCK)).amax(1), s // _BLOCK, 0)
             step(1)
-    return index, second >= best - gap
+    return block, second
+
+
+def _nn_float32_pass(p: _Prepared, tile: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(index of the float32 best, whether it is ambiguous) for every sample.
+
+    The best lies in the sample's best block (:func:`_best_blocks`); that block is scored again
+    (all queries sharing a block in one product) for the best and the runner-up inside it. The
+    best is ambiguous where the runner-up inside or the best score outside the block comes
+    within the gap. Scores from different float32 products round differently, but each is
+    within the bound of _gap_threshold of its exact value, which is all the gap needs.
+    """
+    x32 = _float32_rows(p)
+    n, gap = x32.shape[0], _gap_threshold(p, _MATMUL_UNIT.get(torch.get_float32_matmul_precision(), 2.0**-8))
+    block, outside = _best_blocks(p, x32, tile)
+    index = torch.empty(n, dtype=torch.long, device=x32.device)
+    ambiguous = torch.empty(n, dtype=torch.bool, device=x32.device)
+    order = block.argsort()
+    counts = torch.bincount(block, minlength=-(-n // _BLOCK)).tolist()
+    for b, queries in enumerate(order.split(counts)):
+        if not counts[b]:
+            continue
+        lo = b * _BLOCK
+        scores = x32[queries] @ x32[lo : lo + _BLOCK].T
+        if p.penalty is not None:
+            scores.mul_(2).sub_(p.penalty[lo : lo + _BLOCK].float())
+        own = (queries >= lo) & (queries < lo + scores.shape[1])
+        scores[own.nonzero().squeeze(1), queries[own] - lo] = -torch.inf  # the query itself
+        top = scores.topk(min(2, scores.shape[1]), dim=1)
+        runner_up = outside[queries] if top.values.shape[1] == 1 else torch.maximum(outside[queries], top.values[:, 1])
+        index[queries] = top.indices[:, 0] + lo
+        ambiguous[queries] = runner_up >= top.values[:, 0] - gap[queries].float()
+    return index, ambiguous
+
+
+def _pairwise_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-by-row dot products ``[K]`` of ``a, b [K, D]`` by halving sums of elementwise products.
+
+    Only elementwise operations, so equal pairs give bitwise equal results wherever they sit
+    (a BLAS product may round equal columns differently, e.g. in its last columns).
+    """
+    prod = a * b
+    width = 1 << max(0, (prod.shape[1] - 1).bit_length())
+    prod = torch.nn.functional.pad(prod, (0, width - prod.shape[1]))
+    while prod.shape[1] > 1:
+        prod = prod[:, : prod.shape[1] // 2] + prod[:, prod.shape[1] // 2 :]
+    return prod[:, 0]
 
 
 def _nn_float64_recheck(p: _Prepared, rows: torch.Tensor, index: torch.Tensor) -> None:
     """Exact float64 1-NN of ``rows`` (lowest index among equal scores), written into ``index``.
 
-    Groups of up to _GATHER * 8 queries against column chunks of 8 MiB, each chunk prepared once
-    per group; chunks are visited in index order and only a strictly better score replaces the
-    best so far, so the lowest index wins as in one argmax over the whole row.
+    Groups of up to _RECHECK_GROUP queries against column chunks of 8 MiB, each chunk prepared
+    once per group. The products decide which candidates come within the float64 rounding bound
+    of the best so far; those are scored again by :func:`_pairwise_dot`, and the best of these
+    scores wins, the lowest index among equal ones. A candidate outside the bound cannot have
+    the best such score, so the answer is the 1-NN of a brute force that scores every pair with
+    :func:`_pairwise_dot`.
     """
     n, d = p.source.shape
-    for group in rows.split(_GATHER * 8) if rows.numel() else ():
+    slack = _gap_threshold(p, 2.0**-53)
+    for group in rows.split(_RECHECK_GROUP) if rows.numel() else ():
         queries = p.rows64(group)
         best = torch.full((group.numel(),), -torch.inf, dtype=torch.float64, device=queries.device)
+        exact, winner = best.clone(), torch.full_like(group, n)
         own = torch.arange(group.numel(), device=queries.device)
         step = max(1, _CHUNK_BYTES // (8 * max(group.numel(), d)))
         for c in range(0, n, step):
-            sims = queries @ p.rows64(slice(c, c + step)).T
+            cand = p.rows64(slice(c, c + step))
+            sims = queries @ cand.T
             if p.penalty is not None:
                 sims.mul_(2).sub_(p.penalty[c : c + step])
             inside = (group >= c) & (group < c + step)
             sims[own[inside], group[inside] - c] = -torch.inf  # exclude the query itself BY INDEX
-            arg = sims.argmax(dim=1)  # first maximal value = lowest index wins
-            value = sims.gather(1, arg[:, None]).squeeze(1)
-            better = value > best
-            best = torch.where(better, value, best)
-            index[group] = torch.where(better, arg + c, index[group])
+            torch.maximum(best, sims.amax(dim=1), out=best)
+            close = sims >= (best - slack[group])[:, None]
+            close[own[inside], group[inside] - c] = False
+            for piece in close.nonzero().split(max(1, _CHUNK_BYTES // (8 * d))):
+                q, j = piece.unbind(1)
+                score = _pairwise_dot(queries[q], cand[j])
+                if p.penalty is not None:
+                    score = 2 * score - p.penalty[j + c]
+                before = exact.clone()
+                exact.scatter_reduce_(0, q, score, "amax")
+                # Chunks come in index order: a query keeps its winner unless its score rose.
+                lowest = torch.full_like(winner, n).scatter_reduce_(
+                    0, q, torch.where(score == exact[q], j + c, n), "amin")
+                winner = torch.where(exact == before, winner, lowest)
+        index[group] = winner
 
 
 def _nn_torch(x: torch.Tensor, metric: str, tile: int) -> torch.Tensor:
@@ -250,7 +325,7 @@ def nearest_neighbor_index(
         chunk_size = _TILE
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    return _nn_torch(x, metric, min(chunk_size, n))
+    return _nn_torch(x, metric, -(-min(chunk_size, n) // _BLOCK) * _BLOCK)
 
 
 def nearest_neighbor_correct(
@@ -269,9 +344,10 @@ def nearest_neighbor_correct(
         labels: ``[N]`` integer class ids.
         metric: ``"cosine"`` (L2-normalise each row in float64, zero vectors stay zero, then
             inner product) or ``"euclidean"``.
-        chunk_size: side of one square tile of the float32 pass (default 3072); peak extra
-            memory is a few ``chunk_size**2`` floats plus a float64 and a float32 copy of the
-            embeddings. The result does not depend on it.
+        chunk_size: side of one square tile of the float32 pass, rounded up to a multiple of
+            64 (default 2048); peak extra memory is one ``chunk_size**2`` float32 buffer (two
+            for euclidean) plus a float32 copy of the embeddings and float64 chunks of 8 MiB.
+            The result does not depend on it.
         backend: ``"torch"`` (exact, default) or ``"faiss"`` (``IndexFlatIP``/``IndexFlatL2``
             on CPU float32; optional dependency, imported only here; float32 rounding and
             tie-breaking are faiss's own).
@@ -284,7 +360,8 @@ def nearest_neighbor_correct(
     original took the 2nd hit of a k=2 search, spec §9 item 33). The answer is that of a float64
     brute force: a float32 search, then an exact float64 re-search of every sample whose best
     candidate is not provably ahead of the runner-up; among equal float64 scores the LOWEST
-    index wins. Searches longer than a few seconds show progress (tqdm on a TTY, else an INFO
+    index wins (candidates within float64 rounding of the best are scored again pair by pair,
+    so exact duplicates tie wherever they sit). Searches longer than a few seconds show progress (tqdm on a TTY, else an INFO
     log line of ``uncertain_repr.metrics.nearest_neighbor`` every 30 s). No N x N matrix is held.
     """
     y = as_labels(labels, "labels")
