@@ -92,6 +92,8 @@ def test_resume_after_crash_equals_uninterrupted_build(model, tmp_path):
     assert got[0].keys() == ref[0].keys()
     for name in ref[0]:
         np.testing.assert_array_equal(got[0][name], ref[0][name])
+    # 32 rows: traced, and so is the resumed part of 8 rows (the choice counts all rows, not those left)
+    assert got[1]["backbone_runtime"] == ref[1]["backbone_runtime"] == "channels_last+jit_freeze+onednn"
     assert not partial.exists() and not (tmp_path / "run.h5.partial.progress.json").exists()
     assert build(model, SyntheticImages(16), target, epochs=2, batch_size=4, chunk_size=8) == target  # no-op
     with pytest.raises(FileExistsError, match="other settings"):
@@ -175,3 +177,31 @@ def test_cache_command_on_real_images(shared_data, tmp_path):
     assert len(data) == 6 and data.manifest["augment"] is False and data.manifest["split"] == "validation"
     assert data.manifest["dataset"] == "tar/tiny_imagenet200" and "CenterCrop" in data.manifest["transform"]
     assert [data[i]["index"] for i in range(6)] == list(range(6))
+
+
+class _ThreadRecordingImages(SyntheticImages):
+    """SyntheticImages that record on which thread each view is read."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.threads = set()
+
+    def __getitem__(self, i: int) -> dict:
+        import threading
+
+        self.threads.add(threading.current_thread().name)
+        return super().__getitem__(i)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["traced", "eager"])
+def test_seeded_views_load_ahead_only_while_the_backbone_draws_no_random_numbers(model, tmp_path, fast):
+    """A traced timm backbone draws no random numbers, so the views decode on the prefetch thread; an
+    eager backbone (e.g. a custom, stochastic one) might, so they are read on the caller's thread,
+    where the per-view seeding and the backbone's draws cannot interleave."""
+    import threading
+
+    data = _ThreadRecordingImages(8)
+    path = build(model, data, tmp_path / "c.h5", epochs=1, batch_size=4, fast=fast)
+    assert read(path)[1]["backbone_runtime"] == ("channels_last" if fast else "eager")
+    assert ("uncertain_repr-prefetch" in data.threads) == fast  # (build also reads one item itself, first)
+    assert data.threads <= {"uncertain_repr-prefetch", threading.current_thread().name}

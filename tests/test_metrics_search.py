@@ -249,3 +249,20 @@ def test_exact_duplicates_at_varied_positions_lowest_index_wins(metric):
     for chunk_size in (None, 100):
         got = M.nearest_neighbor_index(x, metric=metric, chunk_size=chunk_size).numpy()
         np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("rows", ["equal", "zero"])
+def test_many_equal_rows_are_rescored_per_set_not_per_pair(metric, rows, monkeypatch):
+    """N equal rows (e.g. a collapsed model's embeddings): every sample ties with all others, the
+    lowest other index wins, and the per-pair re-scoring stays O(N) per chunk, not O(N^2)."""
+    n = 1500
+    x = np.zeros((n, 8)) if rows == "zero" else np.tile(np.arange(1.0, 9.0), (n, 1))
+    x[n // 2] += 1.0  # one different row in the middle
+    scored = []
+    real = NN._pairwise_dot
+    monkeypatch.setattr(NN, "_pairwise_dot", lambda a, b: scored.append(len(a)) or real(a, b))
+    got = M.nearest_neighbor_index(x, metric=metric).numpy()
+    np.testing.assert_array_equal(got, per_pair_brute_force_nn(x, metric))
+    assert got[0] == 1 and (got[1 : n // 2] == 0).all() and (got[n // 2 + 1 :] == 0).all()
+    assert sum(scored) < 50 * n  # a few per query and chunk (per pair: N^2 = 2.25e6)

@@ -385,9 +385,10 @@ def _write(
     was_training = model.training
     model.eval()
     from ._prefetch import load_ahead
-    from .inference import frozen_inference
+    from .inference import EAGER, frozen_inference
 
-    runner = frozen_inference(model, enabled=fast and not manifest["amp"], num_images=len(keys) - done)
+    # decided on all rows, not the rows left: a resumed build runs (and records) what its first part ran
+    runner = frozen_inference(model, enabled=fast and not manifest["amp"], num_images=len(keys))
     loader = DataLoader(
         _SeededViews(dataset, seed, augment), batch_size=batch_size, sampler=_Keys(keys[done:]),
         num_workers=num_workers, generator=torch.Generator().manual_seed(seed),
@@ -418,7 +419,10 @@ def _write(
 
     try:
         position = done
-        with load_ahead(loader) as batches:  # the next batch decodes while this one runs
+        # The next batch decodes on a thread while this one runs. Not for an eager (e.g. custom)
+        # backbone on seeded views: its random draws would interleave with the per-view seeding.
+        same_thread = augment and runner.runtime == EAGER
+        with (contextlib.nullcontext(loader) if same_thread else load_ahead(loader)) as batches:
             for batch in batches:
                 count = len(batch["label"])
                 expected_index = [i for _, i in keys[position: position + count]]

@@ -43,10 +43,9 @@ from .model import UncertainOutput, Uncertainizer
 
 #: Runs shorter than this many images use channels-last alone: building the graph costs about
 #: 0.7 CPU-s up front (Lite0, one thread; whole runs of 16 images: channels-last 0.4 s, graph
-#: 0.7-1.1 s; of 32: 0.9 s both; of 64: 1.7-1.95 s vs 1.0 s). Break-even is about 32 images; a
-#: resumed cache build decides again on the rows left, so lowering this changes which runtime
-#: writes which rows of caches started before.
-MIN_IMAGES_TO_TRACE = 64
+#: 0.7-1.1 s; of 32: 0.9 s both; of 64: 1.7-1.95 s vs 1.0 s): break-even is about 32 images. A
+#: cache build decides on its total rows, so that a resumed build runs what the first part ran.
+MIN_IMAGES_TO_TRACE = 32
 #: The frozen graph runs on chunks of this many images (a batch of 32 = 16 chunks; the last chunk
 #: of a run is padded): small inputs keep the fused kernels' activations in cache (2 and 4 measured
 #: equal within noise, 8 twice as slow), and one shape means one profiling run and one check per run.

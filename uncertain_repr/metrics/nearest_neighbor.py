@@ -233,6 +233,22 @@ def _pairwise_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return prod[:, 0]
 
 
+def _equal_rows(rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(group [K], kept [K])`` of ``rows [K, D]``: the id of each row's set of equal rows, and True
+    for the two lowest-indexed rows of each set (the lowest that is not the query itself is
+    always among them)."""
+    _, group = torch.unique(rows, dim=0, return_inverse=True)
+    order = torch.argsort(group, stable=True)  # each set's rows together, in index order
+    ordered = group[order]
+    position = torch.arange(len(group), device=rows.device)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    rank = position - torch.where(starts, position, 0).cummax(0).values
+    kept = torch.empty_like(starts)
+    kept[order] = rank < 2
+    return group, kept
+
+
 def _nn_float64_recheck(p: _Prepared, rows: torch.Tensor, index: torch.Tensor) -> None:
     """Exact float64 1-NN of ``rows`` (lowest index among equal scores), written into ``index``.
 
@@ -241,7 +257,9 @@ def _nn_float64_recheck(p: _Prepared, rows: torch.Tensor, index: torch.Tensor) -
     of the best so far; those are scored again by :func:`_pairwise_dot`, and the best of these
     scores wins, the lowest index among equal ones. A candidate outside the bound cannot have
     the best such score, so the answer is the 1-NN of a brute force that scores every pair with
-    :func:`_pairwise_dot`.
+    :func:`_pairwise_dot`. Equal candidate rows score equally, so of each set of equal rows of a
+    chunk with a member within the bound only the two lowest-indexed are scored (N equal rows
+    cost N x 2 per chunk, not N x N).
     """
     n, d = p.source.shape
     slack = _gap_threshold(p, 2.0**-53)
@@ -260,6 +278,10 @@ def _nn_float64_recheck(p: _Prepared, rows: torch.Tensor, index: torch.Tensor) -
             sims[own[inside], group[inside] - c] = -torch.inf  # exclude the query itself BY INDEX
             torch.maximum(best, sims.amax(dim=1), out=best)
             close = sims >= (best - slack[group])[:, None]
+            sets, kept = _equal_rows(cand)
+            if bool((~kept).any()):  # a set is close if any member is; its two lowest stand for it
+                near = torch.zeros(close.shape[0], int(sets.max()) + 1, device=close.device)
+                close = (near.index_add_(1, sets, close.to(near.dtype))[:, sets] > 0) & kept
             close[own[inside], group[inside] - c] = False
             for piece in close.nonzero().split(max(1, _CHUNK_BYTES // (8 * d))):
                 q, j = piece.unbind(1)
