@@ -1,4 +1,4 @@
-"""The recipe of `efficientnet_lite0.pvu_v2` (and `--recipe v3`): frozen EfficientNet-Lite0 passes once, heads trained on the arrays.
+"""The recipes of `efficientnet_lite0.pvu_v2`, `_v3` (`--recipe v3`) and the unshipped v4: frozen Lite0 passes once, heads trained on the arrays.
 
     python scripts/efficientnet_lite0_pvu_v2.py views  --data DATA --out OUT   # training/selection views (cache.build)
     python scripts/efficientnet_lite0_pvu_v2.py embed  --data DATA --out OUT   # evaluation sets, once (+ crops, sharpness)
@@ -7,7 +7,7 @@
     python scripts/efficientnet_lite0_pvu_v2.py score  --out OUT               # tables with 95% bootstrap CIs
 
 Training data (never an evaluation set): photos of ``tar/imagenet_sample1000`` (v2: the 900 with
-``class_index % 10 != 0``; v3: the 700 with ``class_index % 10 >= 3``; see :data:`RECIPES`) in several
+``class_index % 10 != 0``; v3 and v4: the 700 with ``class_index % 10 >= 3``; see :data:`RECIPES`) in several
 "use-like" views, and Tiny ImageNet ``train``. Selection data: the other photos of
 ``tar/imagenet_sample1000`` (several views each) and Tiny ImageNet ``validation``. Evaluation only: ``soft/imagenet_val1300``, ``soft/cifar10h``,
 ``idx/fashion_mnist``. Everything is seeded; ``--scale`` shrinks every count for a smoke run.
@@ -87,6 +87,8 @@ RECIPES = {
     "v2": Recipe("efficientnet_lite0.pvu_v2", "views", lambda c: c % 10 == 0, 4, 4),
     # third attempt: 3x the selection photos (about 40 classifier errors instead of 13), 2x the views
     "v3": Recipe("efficientnet_lite0.pvu_v3", "views-v3", lambda c: c % 10 < 3, 8, 4),
+    # fourth attempt: v3's photo split and selection views, 4x the use-like views per training photo
+    "v4": Recipe("efficientnet_lite0.pvu_v4", "views-v4", lambda c: c % 10 < 3, 32, 4),
 }
 
 

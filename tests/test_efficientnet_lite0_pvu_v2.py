@@ -65,7 +65,7 @@ def test_shipped_card_loads_by_its_registered_name_and_carries_the_current_model
     card = (folder / "README.md").read_text(encoding="utf-8")
     assert f"model = ur.load_model({name!r})" in card and "load_model('uncertain_repr/" not in card
     page = (REPO_ROOT / "docs" / "efficientnet_lite0_pvu.md").read_text(encoding="utf-8").strip()
-    assert page in card, "refresh the card's body from docs/efficientnet_lite0_pvu.md"
+    assert page in card, "run python scripts/refresh_model_cards.py (the card body is docs/efficientnet_lite0_pvu.md)"
 
 
 def test_same_backbone_and_classifier_as_v1(model):
@@ -127,7 +127,7 @@ def test_average_heads_is_the_mean_of_the_raw_scores():
     assert merged.net[0].out_features == 24
 
 
-@pytest.mark.parametrize("recipe_name, n_select", [("v2", 100), ("v3", 300)])
+@pytest.mark.parametrize("recipe_name, n_select", [("v2", 100), ("v3", 300), ("v4", 300)])
 def test_recipe_photo_splits_never_share_a_photo(shared_data, recipe_name, n_select):
     import importlib.util
 
