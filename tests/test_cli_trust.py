@@ -203,3 +203,18 @@ def test_benchmark_out_that_is_a_file_is_refused_before_any_work(tmp_path):
     one_line_error(cli("benchmark", "--model", "efficientnet_lite0.pvu", "--datasets", "soft/cifar10h",
                        "--data-dir", tmp_path, "--out", tmp_path / "results"), "benchmark",
                    f"--out {tmp_path / 'results'} is a file")
+
+
+def test_traced_predict_prints_no_warnings_and_equals_eager(tmp_path):
+    """34 images: the frozen graph is built while the next batch decodes on the loader thread. Warning
+    filters are process-global, so the decoder must not change them (it did: a race in which torch's
+    deprecation notice for jit.freeze leaked through the tracer's filter in about half the runs, and
+    PIL's decompression-bomb guard could be switched off by the tracer's filter)."""
+    for i in range(34):
+        shutil.copy(IMAGES / ("chelsea.png" if i % 2 else "rocket.jpg"), tmp_path / f"{i:02d}{'.png' if i % 2 else '.jpg'}")
+    fast, eager = cli("predict", "--json", tmp_path), cli("predict", "--json", "--eager", tmp_path)
+    assert fast.returncode == 0 and eager.returncode == 0, fast.stderr + eager.stderr
+    assert "Warning" not in fast.stderr, fast.stderr
+    rows, reference = ([json.loads(line) for line in r.stdout.splitlines()] for r in (fast, eager))
+    assert [r["image"] for r in rows] == [r["image"] for r in reference] and len(rows) == 34
+    assert [r["uncertainty"] for r in rows] == pytest.approx([r["uncertainty"] for r in reference], abs=1e-4)

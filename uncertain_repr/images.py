@@ -13,7 +13,6 @@ EXIF orientation is applied. Files above PIL's decompression-bomb limit
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple, Union
 
@@ -71,11 +70,14 @@ def decode_image(path: Union[str, Path]) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    # The pixel limit is checked here, not by turning PIL's warning into an error: warning filters are
+    # process-global, and images decode on a loader thread while the caller may change them.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                return to_rgb(ImageOps.exif_transpose(image))
+        with Image.open(path) as image:
+            pixels = image.width * image.height
+            if Image.MAX_IMAGE_PIXELS is not None and pixels > Image.MAX_IMAGE_PIXELS:
+                raise Image.DecompressionBombError(f"({pixels} pixels)")
+            return to_rgb(ImageOps.exif_transpose(image))
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
         size = re.search(r"\((\d+) pixels\)", str(err))
         raise ValueError(
