@@ -2,18 +2,20 @@
 
     python scripts/refresh_model_cards.py
 
-Each card under ``uncertain_repr/pretrained_models/`` is its generated header (front matter, model details,
-how to use, preprocessing, provenance), then the body ``docs/efficientnet_lite0_pvu.md``, then its license
-section. The weights and ``config.json`` are not touched.
+Each card of a registered model shipped in the package (``package_files``) is its generated header
+(front matter, model details, how to use, preprocessing, provenance), then the body
+``docs/efficientnet_lite0_pvu.md``, then its license section. The weights and ``config.json`` are not
+touched.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from uncertain_repr.pretrained import get_pretrained, list_pretrained
+
 REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "efficientnet_lite0_pvu.md"
-FOLDERS = ("efficientnet_lite0_pvu", "efficientnet_lite0_pvu_v2", "efficientnet_lite0_pvu_v3")
 
 
 def refresh(card: Path, page: str) -> None:
@@ -30,8 +32,11 @@ def refresh(card: Path, page: str) -> None:
 
 def main() -> None:
     page = PAGE.read_text(encoding="utf-8")
-    for folder in FOLDERS:
-        card = REPO / "uncertain_repr" / "pretrained_models" / folder / "README.md"
+    for name in list_pretrained():
+        folder = get_pretrained(name).package_files
+        if folder is None:
+            continue
+        card = REPO / "uncertain_repr" / folder / "README.md"
         refresh(card, page)
         print(f"refreshed {card.relative_to(REPO)}")
 

@@ -12,6 +12,7 @@ import torch
 
 import uncertain_repr as ur
 from uncertain_repr.images import eval_transform, load_images
+from uncertain_repr.pretrained import get_pretrained
 
 from .conftest import REPO_ROOT
 
@@ -56,11 +57,16 @@ def test_predict_without_model_prints_v3s_recorded_uncertainty(capsys):
     assert row["uncertainty"] == pytest.approx(recorded["chelsea.png"], abs=1e-4)
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0.pvu", NAME, "efficientnet_lite0.pvu_v3"])
+SHIPPED = [name for name in ur.list_pretrained() if get_pretrained(name).package_files]  # every model in the package
+
+
+def test_every_lite0_version_ships_in_the_package():
+    assert SHIPPED == ["efficientnet_lite0.pvu", NAME, "efficientnet_lite0.pvu_v3"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_card_loads_by_its_registered_name_and_carries_the_current_model_page(name):
     """A loaded model's card must not say what was true at ship time only (e.g. which one is the default)."""
-    from uncertain_repr.pretrained import get_pretrained
-
     folder = REPO_ROOT / "uncertain_repr" / get_pretrained(name).package_files
     card = (folder / "README.md").read_text(encoding="utf-8")
     assert f"model = ur.load_model({name!r})" in card and "load_model('uncertain_repr/" not in card

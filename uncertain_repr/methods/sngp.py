@@ -168,7 +168,8 @@ class SNGP(UncertaintyMethod):
 
     @torch.no_grad()
     def reset_covariance(self) -> None:
-        """Forget the accumulated data: the posterior becomes the prior (call at every epoch start)."""
+        """Forget the accumulated data: the posterior becomes the prior (under exact accumulation
+        :meth:`begin_epoch` calls it)."""
         self.precision.zero_()
 
     @property
