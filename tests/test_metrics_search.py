@@ -266,3 +266,14 @@ def test_many_equal_rows_are_rescored_per_set_not_per_pair(metric, rows, monkeyp
     np.testing.assert_array_equal(got, per_pair_brute_force_nn(x, metric))
     assert got[0] == 1 and (got[1 : n // 2] == 0).all() and (got[n // 2 + 1 :] == 0).all()
     assert sum(scored) < 50 * n  # a few per query and chunk (per pair: N^2 = 2.25e6)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("dtype, exponent", [(np.float32, 70), (np.float32, -70), (np.float64, 700), (np.float64, -700)])
+def test_search_does_not_depend_on_the_scale_of_the_embeddings(metric, dtype, exponent):
+    # Scaling by a power of 2 is exact, so the 1-NN must be that of the unscaled points. Unscaled,
+    # float32 squares of 2**70 overflow and float64 squares of 2**+-700 over/underflow.
+    x = near_tie_data().astype(dtype)
+    expected = brute_force_nn(x, metric)
+    got = M.nearest_neighbor_index(x * dtype(2.0) ** exponent, metric=metric).numpy()
+    np.testing.assert_array_equal(got, expected)

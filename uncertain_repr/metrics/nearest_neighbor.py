@@ -13,6 +13,7 @@ float64 brute force for float32 and float64 inputs alike, the lowest index winni
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from contextlib import contextmanager
@@ -49,6 +50,7 @@ class _Prepared(NamedTuple):
     """The search's view of the embeddings: score(q, j) = a * q.x_j - penalty_j, q and x_j prepared."""
 
     source: torch.Tensor  # the embeddings as given
+    scale: float  # a power of 2 applied to every row first (exact: the 1-NN and its ties are unchanged)
     divisor: Optional[torch.Tensor]  # cosine: float64 row norms (1 for zero rows); euclidean: None
     penalty: Optional[torch.Tensor]  # euclidean: float64 ||x_j||^2; cosine: None
     norms: torch.Tensor  # float64 norms of the PREPARED rows (<= 1 for cosine)
@@ -56,6 +58,8 @@ class _Prepared(NamedTuple):
     def rows64(self, rows: slice | torch.Tensor) -> torch.Tensor:
         """Prepared rows in float64 (elementwise, so bitwise the same however rows are chunked)."""
         x = self.source[rows].double()
+        if self.scale != 1.0:
+            x = x * self.scale
         return x if self.divisor is None else x / self.divisor[rows, None]
 
 
@@ -64,13 +68,18 @@ def _prepare(x: torch.Tensor, metric: str) -> _Prepared:
     if metric not in ("cosine", "euclidean"):
         raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
     step = max(1, _CHUNK_BYTES // (8 * x.shape[1]))
-    sq = torch.cat([(r * r).sum(dim=1) for r in x.split(step) for r in (r.double(),)])
+    # The power of 2 that brings the largest |value| into [0.5, 1), so that neither the float32
+    # squares and products nor the float64 ones overflow or underflow (e.g. at 1e20 or 1e-200).
+    biggest = float(torch.stack([r.abs().amax() for r in x.split(step)]).amax())
+    scale = math.ldexp(1.0, -min(max(math.frexp(biggest)[1], -1000), 1000))
+    scaled = _Prepared(x, scale, None, None, x.new_empty(0)).rows64  # the scaled rows in float64
+    sq = torch.cat([(r * r).sum(dim=1) for s in range(0, x.shape[0], step) for r in (scaled(slice(s, s + step)),)])
     norms = sq.sqrt()
     if metric == "euclidean":
         # argmin ||q - x_j||^2 = argmax (2 q.x_j - ||x_j||^2); ||q||^2 is constant per query.
-        return _Prepared(x, None, sq, norms)
+        return _Prepared(x, scale, None, sq, norms)
     # Zero vectors stay zero (like sklearn.preprocessing.normalize): similarity 0 to everything.
-    return _Prepared(x, torch.where(norms > 0, norms, torch.ones_like(norms)), None, (norms > 0).double())
+    return _Prepared(x, scale, torch.where(norms > 0, norms, torch.ones_like(norms)), None, (norms > 0).double())
 
 
 def _float32_rows(p: _Prepared) -> torch.Tensor:
