@@ -445,3 +445,39 @@ def test_evaluator_compute_mixed():
     correct = labels[brute_force_nn(emb)] == labels
     unc = np.r_[ind["uncertainties"].numpy(), ood["uncertainties"].numpy() + 0.5]
     assert out["auroc_correct_mixed"] == pytest.approx(roc_auc_score(~correct, unc), abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------- bootstrap
+@pytest.mark.parametrize(
+    "seed, error",
+    [
+        (np.random.default_rng(1), TypeError),  # its state moves on: A and B got different resamples
+        (np.random.PCG64(1), TypeError),
+        (None, TypeError),  # fresh OS entropy: not reproducible
+        (1.5, TypeError),
+        (True, TypeError),
+        ([1, 2.5], TypeError),
+        ([], ValueError),
+        (-1, ValueError),
+        ([3, -1], ValueError),
+    ],
+)
+def test_bootstrap_seed_must_be_ints(seed, error):
+    unc, correct = np.random.default_rng(0).random(40), np.arange(40) % 3 > 0
+    with pytest.raises(error, match="seed must be"):
+        M.paired_bootstrap_difference(lambda u, c: M.auroc(u, ~c), unc, unc, correct, n_resamples=20, seed=seed)
+    with pytest.raises(error, match="seed must be"):
+        M.bootstrap_distribution(np.mean, unc, n_resamples=20, seed=seed)
+
+
+@pytest.mark.parametrize("seed", [0, np.int64(7), [7, 11], (7, 11), np.array([7, 11])])
+def test_bootstrap_int_seeds_reproduce_a_plain_numpy_loop(seed):
+    unc, correct = np.random.default_rng(0).random(40), np.arange(40) % 3 > 0
+    rng, expected = np.random.default_rng(seed), []
+    for _ in range(20):
+        idx = rng.integers(0, 40, size=40)
+        expected.append(roc_auc_score(~correct[idx], unc[idx]))
+    got = M.bootstrap_distribution(lambda u, c: M.auroc(u, ~c), unc, correct, n_resamples=20, seed=seed)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    same = M.paired_bootstrap_difference(lambda u, c: M.auroc(u, ~c), unc, unc, correct, n_resamples=20, seed=seed)
+    assert same == (0.0, 0.0, 0.0, 1.0)  # one method against itself on the same resamples

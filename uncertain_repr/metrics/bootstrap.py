@@ -63,6 +63,19 @@ def _check_resamples(n_resamples: int) -> None:
         raise ValueError(f"n_resamples must be a positive int, got {n_resamples!r}")
 
 
+def _check_seed(seed: Seed) -> None:
+    """An int >= 0 or a non-empty sequence of them: a Generator (or None) would not give both
+    methods of a paired comparison the same resamples, nor the same resamples on every call."""
+    def is_int(v: object) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+    values = list(seed) if isinstance(seed, (list, tuple, np.ndarray)) else [seed]
+    if not all(is_int(v) for v in values):
+        raise TypeError(f"seed must be an int or a sequence of ints (not a Generator or None), got {seed!r}")
+    if not values or min(values) < 0:
+        raise ValueError(f"seed must be a non-negative int or a non-empty sequence of them, got {seed!r}")
+
+
 def _check_confidence(confidence: float) -> None:
     if not isinstance(confidence, (int, float)) or not 0.0 < float(confidence) < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
@@ -76,13 +89,14 @@ def bootstrap_distribution(metric: Metric, *arrays: ArrayLike, n_resamples: int 
         arrays: per-sample arrays (torch, numpy or lists), all with the same length N on axis 0
             (``[N]``, ``[N, D]``, ...).
         n_resamples: number of resamples R.
-        seed: seeds ``np.random.default_rng`` (an int or a sequence of ints); resample ``r`` is its ``r``-th
-            ``integers(0, N, size=N)`` draw.
+        seed: seeds ``np.random.default_rng`` (an int >= 0 or a sequence of them; a Generator or
+            None is refused); resample ``r`` is its ``r``-th ``integers(0, N, size=N)`` draw.
 
     A resample where the metric is undefined (e.g. AUROC with one class only) gives ``nan``; its
     warnings are collected into one :class:`UndefinedMetricWarning`.
     """
     _check_resamples(n_resamples)
+    _check_seed(seed)
     data = _arrays(arrays, [f"arrays[{i}]" for i in range(len(arrays))])
     n = data[0].shape[0]
     rng = np.random.default_rng(seed)
