@@ -481,3 +481,21 @@ def test_bootstrap_int_seeds_reproduce_a_plain_numpy_loop(seed):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
     same = M.paired_bootstrap_difference(lambda u, c: M.auroc(u, ~c), unc, unc, correct, n_resamples=20, seed=seed)
     assert same == (0.0, 0.0, 0.0, 1.0)  # one method against itself on the same resamples
+
+
+def test_evaluator_keeps_float64_uncertainties_as_the_functional_api_does():
+    # Distinct in float64, equal in float32: storing float32 copies turned them into ties.
+    d = _dataset(300, seed=11)
+    order = np.random.default_rng(0).permutation(300)
+    unc = 1.0 + order * 1e-9
+    unc_cropped = unc + np.where(order % 2 == 0, 1e-10, -1e-10)
+    fractions = 0.5 + order * 1e-10
+    ev = M.Evaluator()
+    ev.update(d["embeddings"], torch.from_numpy(unc), d["labels"], uncertainties_cropped=unc_cropped,
+              crop_fractions=fractions)
+    out = ev.compute()
+    correct = M.nearest_neighbor_correct(d["embeddings"], d["labels"]).numpy()
+    assert out["auroc_correct"] == pytest.approx(roc_auc_score(~correct, unc), abs=1e-12)
+    assert out["croppedHasBiggerUnc"] == 0.5
+    assert out["rcorr_crop_unc"] == pytest.approx(spearmanr(unc_cropped, -fractions).statistic, abs=1e-12)
+    assert out["unc_iqr_75_25"] == pytest.approx(np.subtract(*np.quantile(unc, [0.75, 0.25])), rel=1e-9)

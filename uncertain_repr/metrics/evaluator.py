@@ -19,6 +19,11 @@ from .rank_correlation import rcorr_crop_unc, rcorr_entropy
 from .summary import uncertainty_summary
 
 
+# Per-sample scalars are kept in float64: float32 copies would tie values that differ in float64
+# and change the rank metrics (the wide inputs are stored in float32 to save memory).
+_FLOAT64 = ("uncertainties", "uncertainties_cropped", "crop_fractions")
+
+
 def _cpu(x: torch.Tensor | np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return torch.as_tensor(x).detach().to(device="cpu", dtype=dtype)
 
@@ -26,7 +31,8 @@ def _cpu(x: torch.Tensor | np.ndarray, dtype: torch.dtype) -> torch.Tensor:
 class Evaluator:
     """Accumulates per-batch outputs and computes the per-dataset metrics of the URL benchmark.
 
-    ``update()`` stores detached CPU copies (float32; labels/indices int64). ``compute()``
+    ``update()`` stores detached CPU copies (embeddings, logits, soft labels float32;
+    uncertainties and crop fractions float64; labels/indices int64). ``compute()``
     gathers all ranks when ``torch.distributed`` is initialised (uneven shards allowed), orders
     samples by ``indices`` if they were given (duplicated indices, e.g. DistributedSampler
     padding, are kept once), and returns plain floats. Nothing N x N is ever stored.
@@ -93,7 +99,7 @@ class Evaluator:
         """
         batch = {
             "embeddings": _cpu(as_embeddings(embeddings, "embeddings"), torch.float32),
-            "uncertainties": _cpu(as_float_1d(uncertainties, "uncertainties"), torch.float32),
+            "uncertainties": _cpu(as_float_1d(uncertainties, "uncertainties"), torch.float64),
             "labels": _cpu(as_labels(labels, "labels"), torch.int64),
         }
         optional = {
@@ -109,7 +115,8 @@ class Evaluator:
             raise ValueError("crop_fractions needs uncertainties_cropped in the same update() call")
         for name, value in optional.items():
             if value is not None:
-                batch[name] = _cpu(value, torch.int64 if name == "indices" else torch.float32)
+                dtype = torch.int64 if name == "indices" else torch.float64 if name in _FLOAT64 else torch.float32
+                batch[name] = _cpu(value, dtype)
         check_same_length(**batch)
         if self._num_batches and set(batch) != set(self._store):
             raise ValueError(
