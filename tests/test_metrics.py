@@ -499,3 +499,14 @@ def test_evaluator_keeps_float64_uncertainties_as_the_functional_api_does():
     assert out["croppedHasBiggerUnc"] == 0.5
     assert out["rcorr_crop_unc"] == pytest.approx(spearmanr(unc_cropped, -fractions).statistic, abs=1e-12)
     assert out["unc_iqr_75_25"] == pytest.approx(np.subtract(*np.quantile(unc, [0.75, 0.25])), rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.bool])
+def test_risk_coverage_takes_errors_of_any_torch_dtype(dtype):
+    unc = np.random.default_rng(3).random(30)
+    errors = np.arange(30) % 4 == 0
+    order = np.argsort(unc)
+    expected = np.mean(np.cumsum(errors[order]) / np.arange(1, 31))  # no ties: the plain AURC
+    assert M.aurc(unc, torch.from_numpy(errors).to(dtype)) == pytest.approx(expected, abs=1e-12)
+    _, risk = M.risk_coverage_curve(torch.from_numpy(unc), torch.from_numpy(errors).to(dtype))
+    np.testing.assert_allclose(risk.numpy(), np.cumsum(errors[order]) / np.arange(1, 31), rtol=0, atol=1e-12)

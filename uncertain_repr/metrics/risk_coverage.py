@@ -7,13 +7,13 @@ from typing import Tuple
 import numpy as np
 import torch
 
-from ._checks import ArrayLike, as_float_1d, check_same_length
+from ._checks import ArrayLike, _to_numpy, as_float_1d, check_same_length
 
 
 def _grouped(uncertainties: ArrayLike, errors: ArrayLike) -> Tuple[np.ndarray, np.ndarray, int]:
     """Per group of equal uncertainty (ascending): group sizes and summed errors; and N."""
     u = as_float_1d(uncertainties, "uncertainties")
-    e_raw = errors.detach().cpu().numpy() if isinstance(errors, torch.Tensor) else np.asarray(errors)
+    e_raw = _to_numpy(errors, "errors")
     e = as_float_1d(e_raw.astype(np.float64) if e_raw.dtype == np.bool_ else e_raw, "errors")
     check_same_length(uncertainties=u, errors=e)
     order = np.argsort(u, kind="stable")
