@@ -4,7 +4,11 @@ singleton queries, tie-exact soft-label entropy and Evaluator width checks."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -277,3 +281,36 @@ def test_search_does_not_depend_on_the_scale_of_the_embeddings(metric, dtype, ex
     expected = brute_force_nn(x, metric)
     got = M.nearest_neighbor_index(x * dtype(2.0) ** exponent, metric=metric).numpy()
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize(
+    "setting, unit",
+    [
+        ("torch.backends.mkldnn.matmul.fp32_precision = 'bf16'", 2.0**-8),
+        ("torch.backends.fp32_precision = 'tf32'", 2.0**-11),
+        ("torch.backends.cuda.matmul.fp32_precision = 'tf32'", 2.0**-24),  # not the CPU's products
+        ("torch.set_float32_matmul_precision('high')", 2.0**-11),
+    ],
+)
+def test_search_reads_the_per_backend_matmul_precision(setting, unit):
+    # After the per-backend API (torch >= 2.9), torch.get_float32_matmul_precision() raises: the
+    # search must read that API, and stay exact under reduced-precision products. Own process:
+    # the setting is global and cannot be undone.
+    code = f"""
+import numpy as np, torch
+{setting}
+from tests.test_metrics import brute_force_nn
+from tests.test_metrics_search import near_tie_data
+from uncertain_repr import metrics as M
+from uncertain_repr.metrics import nearest_neighbor as NN
+assert NN._matmul_unit(torch.device("cpu")) == {unit!r}, NN._matmul_unit(torch.device("cpu"))
+x = near_tie_data()
+for metric in ("cosine", "euclidean"):
+    np.testing.assert_array_equal(M.nearest_neighbor_index(x, metric=metric).numpy(), brute_force_nn(x, metric))
+"""
+    if not hasattr(torch.backends, "fp32_precision") and "set_float32" not in setting:
+        pytest.skip("torch < 2.9 has no per-backend matmul precision")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

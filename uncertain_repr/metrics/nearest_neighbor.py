@@ -40,9 +40,11 @@ _BLOCK = 64
 _CHUNK_BYTES = 8 * 2**20
 # Queries per group of the float64 re-check.
 _RECHECK_GROUP = 4096
-# Unit roundoff of a float32 matrix product under torch's float32 matmul precision setting
-# ("high" may use TF32, "medium" bfloat16 products).
-_MATMUL_UNIT = {"highest": 2.0**-24, "high": 2.0**-11, "medium": 2.0**-8}
+# Unit roundoff of a float32 matrix product under each of torch's precision settings: the
+# legacy torch.set_float32_matmul_precision ("high" may use TF32, "medium" bfloat16 products)
+# and the per-backend fp32_precision of torch >= 2.9 ("none" defers to the global one).
+_MATMUL_UNIT = {"highest": 2.0**-24, "ieee": 2.0**-24, "none": 2.0**-24, "high": 2.0**-11, "tf32": 2.0**-11,
+                "medium": 2.0**-8, "bf16": 2.0**-8}
 _PROGRESS_LOG_SECONDS = 30.0
 
 
@@ -85,6 +87,24 @@ def _prepare(x: torch.Tensor, metric: str) -> _Prepared:
 def _float32_rows(p: _Prepared) -> torch.Tensor:
     step = max(1, _CHUNK_BYTES // (8 * p.source.shape[1]))
     return torch.cat([p.rows64(slice(s, s + step)).float() for s in range(0, p.source.shape[0], step)])
+
+
+def _matmul_unit(device: torch.device) -> float:
+    """The largest unit roundoff that torch's settings allow for float32 products on ``device``.
+
+    Reads the legacy setting and, where they exist, the per-backend and global ``fp32_precision``
+    (once those are set, ``torch.get_float32_matmul_precision()`` raises); unknown values count
+    as bfloat16.
+    """
+    settings = []
+    try:
+        settings.append(torch.get_float32_matmul_precision())
+    except RuntimeError:  # torch >= 2.9 after the per-backend API was used
+        pass
+    backend = torch.backends.cuda if device.type == "cuda" else torch.backends.mkldnn
+    settings.append(getattr(getattr(backend, "matmul", None), "fp32_precision", "none"))
+    settings.append(getattr(torch.backends, "fp32_precision", "none"))
+    return max(_MATMUL_UNIT.get(s, 2.0**-8) for s in settings)
 
 
 def _gap_threshold(p: _Prepared, unit: float) -> torch.Tensor:
@@ -206,7 +226,7 @@ def _nn_float32_pass(p: _Prepared, tile: int) -> Tuple[torch.Tensor, torch.Tenso
     within the bound of _gap_threshold of its exact value, which is all the gap needs.
     """
     x32 = _float32_rows(p)
-    n, gap = x32.shape[0], _gap_threshold(p, _MATMUL_UNIT.get(torch.get_float32_matmul_precision(), 2.0**-8))
+    n, gap = x32.shape[0], _gap_threshold(p, _matmul_unit(x32.device))
     block, outside = _best_blocks(p, x32, tile)
     index = torch.empty(n, dtype=torch.long, device=x32.device)
     ambiguous = torch.empty(n, dtype=torch.bool, device=x32.device)
