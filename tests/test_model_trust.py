@@ -550,3 +550,10 @@ def test_raw_pixel_values_in_a_float_tensor_are_refused_naming_x():
         ok = model(eval_transform(model)(photo)[None])
         model(torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0)))  # noise stays accepted
     assert torch.isfinite(ok.uncertainty).all()
+    from uncertain_repr._validation import check_images, normalised_range
+
+    assert normalised_range((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)) == (0.0, 1.0)  # a model that only scales to [0, 1]
+    noise = torch.full((1, 3, 4, 4), -7.9)  # further out than torch.randn of any size reaches
+    assert check_images(noise, value_range=(0.0, 1.0)) is noise
+    with pytest.raises(ValueError, match=r"x holds values in \[0, 255\], far outside \[0, 1\]"):
+        check_images(torch.tensor([0.0, 255.0]).repeat(1, 3, 4, 2), value_range=(0.0, 1.0))

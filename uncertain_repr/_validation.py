@@ -30,9 +30,10 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
         raise ValueError(f"{name} contains NaN or inf values (in batch rows {bad[:10].tolist()})")
 
 
-#: How far (in widths of the normalised range) values may lie outside it before the batch is refused:
-#: wide enough for noise images (``torch.randn``), narrow enough for raw 0-255 pixels of any photo.
-RANGE_SLACK = 4.0
+#: How far values may lie outside the normalised range before the batch is refused: this many widths
+#: of the range, at least ``MIN_SLACK``: wide enough for noise images (``torch.randn`` of any size, for
+#: a model normalising to [0, 1] too), narrow enough for raw 0-255 pixels of any photo.
+RANGE_SLACK, MIN_SLACK = 4.0, 8.0
 
 
 def normalised_range(mean: Sequence[float], std: Sequence[float]) -> Optional[Tuple[float, float]]:
@@ -53,7 +54,7 @@ def check_images(
     """Validate a float image batch ``[B, C, H, W]``; ``img_size`` only for fixed-size backbones.
 
     ``value_range``: the range of normalised images (:func:`normalised_range`); values more than
-    :data:`RANGE_SLACK` widths outside it (raw 0-255 pixels) are refused."""
+    :data:`RANGE_SLACK` widths (at least :data:`MIN_SLACK`) outside it (raw 0-255 pixels) are refused."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(
             f"{name} must be a torch.Tensor of images [B, C, H, W], got {type(x).__name__} "
@@ -84,7 +85,7 @@ def check_images(
     check_finite(name, x)
     if value_range is not None and not _is_compiling():
         low, high = value_range
-        slack = RANGE_SLACK * (high - low)
+        slack = max(RANGE_SLACK * (high - low), MIN_SLACK)
         x_min, x_max = (float(v) for v in torch.aminmax(x))
         if x_min < low - slack or x_max > high + slack:
             raise ValueError(
