@@ -218,3 +218,23 @@ def test_traced_predict_prints_no_warnings_and_equals_eager(tmp_path):
     rows, reference = ([json.loads(line) for line in r.stdout.splitlines()] for r in (fast, eager))
     assert [r["image"] for r in rows] == [r["image"] for r in reference] and len(rows) == 34
     assert [r["uncertainty"] for r in rows] == pytest.approx([r["uncertainty"] for r in reference], abs=1e-4)
+
+
+def test_interrupted_predict_keeps_the_printed_rows_and_does_not_promise_a_resume(monkeypatch, capsys):
+    # predict keeps no state: "rerun the same command to resume" (cache's and benchmark's hint) was untrue
+    from uncertain_repr.commands import predict as command
+
+    batches = command.predict
+
+    def interrupted(*args, **kwargs):
+        for n, batch in enumerate(batches(*args, **kwargs)):
+            if n == 1:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(command, "predict", interrupted)
+    photos = [str(IMAGES / "chelsea.png"), str(IMAGES / "rocket.jpg")]
+    assert main(["predict", *photos, "--batch-size", "1", "--json"]) == 130
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["image"] for line in out.splitlines()] == photos[:1]
+    assert err.strip() == "uncertain-repr predict: interrupted; rerun the same command: predict starts over (it keeps no partial results)"

@@ -185,3 +185,23 @@ def test_dataset_files_decode_16_bit_images_on_their_scale_too(tmp_path):
     gray = np.asarray(Image.open(IMAGES / "brick.png"))
     Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "brick16.png")
     assert np.array_equal(np.asarray(FileImages([tmp_path / "brick16.png"]).load(0))[..., 1], gray)
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "RGB"])
+@pytest.mark.parametrize("compression", [None, "tiff_lzw"])
+def test_uncompressed_tiff_with_a_turning_orientation_is_turned_not_garbled(tmp_path, mode, compression):
+    # PIL applies a TIFF's orientation itself while loading; for an uncompressed one-band file opened by
+    # name it memory-maps the raster at the turned size and returns scrambled pixels without an error
+    gray = np.asarray(Image.open(IMAGES / "chelsea.png").convert("L"))
+    stored = {"L": gray, "I;16": gray.astype(np.uint16) * 257, "RGB": np.repeat(gray[..., None], 3, axis=2)}[mode]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    path = tmp_path / "turned.tif"
+    Image.fromarray(stored).save(path, exif=exif.tobytes(), compression=compression)
+    upright = np.rot90(gray, k=-1)
+    decoded = np.asarray(decode_image(path))
+    assert decoded.shape == (*upright.shape, 3)
+    assert np.array_equal(decoded, np.repeat(upright[..., None], 3, axis=2))
+    from uncertain_repr.data.sources import FileImages
+
+    assert np.array_equal(np.asarray(FileImages([path]).load(0)), np.repeat(upright[..., None], 3, axis=2))

@@ -8,6 +8,7 @@ the model itself wherever the optimisation does not apply.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,20 @@ def test_bad_images_raise_like_the_model():
         fast(torch.randn(2, 1, 32, 32))
     with pytest.raises(TypeError, match="floating-point"):
         fast(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+@pytest.mark.parametrize("num_images", [2, None], ids=["channels_last", "jit_freeze"])
+def test_double_and_half_images_are_cast_as_the_model_casts_them(lite0, dtype, num_images):
+    # the model takes float16/float64 images (cast to its float32 weights); the fast path crashed on
+    # them (channels-last: a dtype RuntimeError) or fell back to eager with a tracing warning
+    model, x = lite0
+    fast = frozen_inference(model, num_images=num_images)
+    runtime = fast.runtime
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _assert_close(fast(x[:3].to(dtype)), _eager(model, x[:3].to(dtype)))
+    assert fast.runtime == runtime
 
 
 def test_cache_manifest_records_the_runtime(tmp_path):

@@ -523,3 +523,37 @@ def test_load_model_checks_device_as_the_command_line_does(device):
     with pytest.raises(ValueError) as err:  # before anything is loaded: the name need not exist
         ur.load_model("/no/such/checkpoint", device=device)
     assert type(err.value) is ValueError and str(err.value) == expected
+
+
+def test_raw_pixel_values_in_a_float_tensor_are_refused_naming_x():
+    # the commonest preprocessing slip, torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float():
+    # uint8 is refused by dtype, the same pixels as float32 were taken as normalised images
+    from PIL import Image
+
+    from uncertain_repr.images import eval_transform
+    from uncertain_repr.inference import frozen_inference
+
+    from .conftest import REPO_ROOT
+
+    model = ur.load_model("efficientnet_lite0.pvu")
+    photo = Image.open(REPO_ROOT / "examples" / "images" / "chelsea.png").convert("RGB").resize((224, 224))
+    raw = torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1).float()[None]  # values 0..255
+    # the model normalises with mean = std = 0.5: pixels in [0, 1] become [-1, 1] (by hand)
+    assert list(model.pretrained_cfg["mean"]) == list(model.pretrained_cfg["std"]) == [0.5, 0.5, 0.5]
+    message = r"x holds values in \[.*\], far outside \[-1, 1\], the range of images normalised with this model's mean/std"
+    for runner in (model, frozen_inference(model, num_images=1)):
+        with torch.no_grad(), pytest.raises(ValueError, match=message):
+            runner(raw)
+        with torch.no_grad(), pytest.raises(ValueError, match=message):
+            runner(raw - 128.0)  # centred but not scaled
+    with torch.no_grad():
+        ok = model(eval_transform(model)(photo)[None])
+        model(torch.randn(4, 3, 224, 224, generator=torch.Generator().manual_seed(0)))  # noise stays accepted
+    assert torch.isfinite(ok.uncertainty).all()
+    from uncertain_repr._validation import check_images, normalised_range
+
+    assert normalised_range((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)) == (0.0, 1.0)  # a model that only scales to [0, 1]
+    noise = torch.full((1, 3, 4, 4), -7.9)  # further out than torch.randn of any size reaches
+    assert check_images(noise, value_range=(0.0, 1.0)) is noise
+    with pytest.raises(ValueError, match=r"x holds values in \[0, 255\], far outside \[0, 1\]"):
+        check_images(torch.tensor([0.0, 255.0]).repeat(1, 3, 4, 2), value_range=(0.0, 1.0))

@@ -30,14 +30,31 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
         raise ValueError(f"{name} contains NaN or inf values (in batch rows {bad[:10].tolist()})")
 
 
+#: How far values may lie outside the normalised range before the batch is refused: this many widths
+#: of the range, at least ``MIN_SLACK``: wide enough for noise images (``torch.randn`` of any size, for
+#: a model normalising to [0, 1] too), narrow enough for raw 0-255 pixels of any photo.
+RANGE_SLACK, MIN_SLACK = 4.0, 8.0
+
+
+def normalised_range(mean: Sequence[float], std: Sequence[float]) -> Optional[Tuple[float, float]]:
+    """``(low, high)``: where pixels in ``[0, 1]`` land after ``(p - mean) / std`` (``None`` if a std is not > 0)."""
+    if not mean or len(mean) != len(std) or min(std) <= 0:
+        return None
+    return min(-m / s for m, s in zip(mean, std)), max((1 - m) / s for m, s in zip(mean, std))
+
+
 def check_images(
     x: object,
     *,
     in_chans: Optional[int] = None,
     img_size: Optional[Sequence[int]] = None,
+    value_range: Optional[Tuple[float, float]] = None,
     name: str = "x",
 ) -> torch.Tensor:
-    """Validate a float image batch ``[B, C, H, W]``; ``img_size`` only for fixed-size backbones."""
+    """Validate a float image batch ``[B, C, H, W]``; ``img_size`` only for fixed-size backbones.
+
+    ``value_range``: the range of normalised images (:func:`normalised_range`); values more than
+    :data:`RANGE_SLACK` widths (at least :data:`MIN_SLACK`) outside it (raw 0-255 pixels) are refused."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(
             f"{name} must be a torch.Tensor of images [B, C, H, W], got {type(x).__name__} "
@@ -66,6 +83,16 @@ def check_images(
             f"{name} must be {tuple(img_size)} pixels (H, W) for this backbone, got {tuple(x.shape[2:])}"
         )
     check_finite(name, x)
+    if value_range is not None and not _is_compiling():
+        low, high = value_range
+        slack = max(RANGE_SLACK * (high - low), MIN_SLACK)
+        x_min, x_max = (float(v) for v in torch.aminmax(x))
+        if x_min < low - slack or x_max > high + slack:
+            raise ValueError(
+                f"{name} holds values in [{x_min:g}, {x_max:g}], far outside [{low:.3g}, {high:.3g}], the range of "
+                "images normalised with this model's mean/std: raw pixel values? Apply the model's transforms "
+                "(uncertain_repr.images.eval_transform(model)), which scale pixels to [0, 1] and normalise them"
+            )
     return x
 
 

@@ -68,7 +68,10 @@ USER_ERRORS = (ValueError, TypeError, LookupError, ImportError, OSError, EOFErro
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 # How to continue after Ctrl-C, where rerunning the same command is not enough.
-RESUME_HINTS = {"train": "rerun the same command with --resume to continue"}
+RESUME_HINTS = {
+    "train": "rerun the same command with --resume to continue",
+    "predict": "rerun the same command: predict starts over (it keeps no partial results)",
+}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

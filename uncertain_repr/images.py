@@ -73,7 +73,10 @@ def decode_image(path: Union[str, Path]) -> Image.Image:
     # The pixel limit is checked here, not by turning PIL's warning into an error: warning filters are
     # process-global, and images decode on a loader thread while the caller may change them.
     try:
-        with Image.open(path) as image:
+        # Opened as a file object, not by name: PIL memory-maps uncompressed files it opens by name, and for
+        # a one-band TIFF whose orientation turns it (5-8) it maps the raster at the turned size, which
+        # scrambles the pixels without an error (Pillow 13).
+        with open(path, "rb") as file, Image.open(file) as image:
             pixels = image.width * image.height
             if Image.MAX_IMAGE_PIXELS is not None and pixels > Image.MAX_IMAGE_PIXELS:
                 raise Image.DecompressionBombError(f"({pixels} pixels)")

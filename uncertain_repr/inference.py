@@ -173,7 +173,7 @@ class FrozenInference:
             if self.runtime == EAGER:
                 return self.model.forward_embedding(x)
             self.model.check_input(x)
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = self.model._cast_input(x).contiguous(memory_format=torch.channels_last)  # float16/64 as model(x) casts
             if self.runtime == CHANNELS_LAST:
                 return self._module(x)
             graph, first = self._graph_for(x)

@@ -16,7 +16,14 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
-from ._validation import _is_compiling, check_embedding, check_finite, check_images, check_method_output
+from ._validation import (
+    _is_compiling,
+    check_embedding,
+    check_finite,
+    check_images,
+    check_method_output,
+    normalised_range,
+)
 from .methods import UncertaintyMethod, create_method, get_method_class
 
 PARTS = ("backbone", "classifier", "method")
@@ -552,6 +559,7 @@ class Uncertainizer(nn.Module):
             x,
             in_chans=input_size[0] if input_size else None,
             img_size=input_size[1:] if input_size and cfg.get("fixed_input_size") else None,
+            value_range=normalised_range(cfg.get("mean") or (), cfg.get("std") or ()),
         )
 
     def forward_embedding(self, x: torch.Tensor) -> torch.Tensor:

@@ -37,8 +37,8 @@ class ImageSource(Protocol):
 def _decode(data: Union[Path, io.BytesIO], name: str) -> Image.Image:
     from ..images import to_rgb  # 16-bit and float images on their true scale, not clipped to white/black
 
-    try:
-        with Image.open(data) as image:
+    try:  # a file object, not a path: see decode_image (PIL's memory map scrambles turned TIFFs)
+        with (data.open("rb") if isinstance(data, Path) else data) as file, Image.open(file) as image:
             return to_rgb(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageDecodeError(f"cannot decode image {name}: {err}") from None
