@@ -201,3 +201,26 @@ def test_squashed_use_like_view_keeps_the_whole_photo_in_a_square(recipe):
         view(image)
     assert all(w == h for w, h in seen)
     assert recipe.UseLikeView(lambda image: image).squash == 0.0  # v2-v5 views draw the same random numbers as before
+
+
+@pytest.mark.slow
+def test_cross_fitting_recipe_runs_train_blend_refit_on_a_slice(tmp_path, shared_data):
+    data = shared_data("imagenet_sample1000").parent
+    shared_data("tiny_imagenet200")
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    common = ["--recipe", "v5", "--heads", "h", "--rule", "photos", "--candidates", "pnl-maxprob-losspred", "--seeds", "2"]
+    stages = [["views", "--recipe", "v5", "--scale", "0.1"], ["train", *common, "--epochs", "2"], ["blend", *common],
+              ["refit", *common, "--epochs", "2"]]
+    for stage in stages:
+        result = subprocess.run([sys.executable, str(RECIPE), stage[0], "--data", str(data), "--out", str(out), *stage[1:],
+                                 "--workers", "0"], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+        assert result.returncode == 0, stage[0] + result.stdout[-2000:] + result.stderr[-2000:]
+    selection = json.loads((out / "h" / "selection.json").read_text())
+    folds = [k for k in selection["heads"] if ".fold" in k]
+    assert len(folds) == 10 and all(selection["heads"][k]["epoch"] in (1, 2) for k in folds)  # 5 folds x 2 seeds
+    cv = [k for k in selection["heads"] if ".cv5.avg2." in k]
+    assert len(cv) == 11 and all(len(selection["heads"][k]["folds"]) == 5 for k in cv)
+    selected = selection["heads"][selection["selected"]]
+    assert selection["selected"].startswith("pnl-maxprob-losspred.refit.avg2.c") and (out / "h" / f"{selected['weights']}.pt").exists()
+    assert set(selection["default_rule"]) == {"this recipe (out of fold)", "efficientnet_lite0.pvu_v3", "folds"}
