@@ -74,8 +74,7 @@ def _prepare(x: torch.Tensor, metric: str) -> _Prepared:
     # squares and products nor the float64 ones overflow or underflow (e.g. at 1e20 or 1e-200).
     biggest = float(torch.stack([r.abs().amax() for r in x.split(step)]).amax())
     scale = math.ldexp(1.0, -min(max(math.frexp(biggest)[1], -1000), 1000))
-    scaled = _Prepared(x, scale, None, None, x.new_empty(0)).rows64  # the scaled rows in float64
-    sq = torch.cat([(r * r).sum(dim=1) for s in range(0, x.shape[0], step) for r in (scaled(slice(s, s + step)),)])
+    sq = torch.cat([(r * r).sum(dim=1) for r in x.split(step) for r in (r.double() * scale,)])  # as rows64 scales
     norms = sq.sqrt()
     if metric == "euclidean":
         # argmin ||q - x_j||^2 = argmax (2 q.x_j - ||x_j||^2); ||q||^2 is constant per query.
