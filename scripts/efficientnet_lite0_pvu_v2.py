@@ -483,6 +483,7 @@ def _blend_folds(args, train, val, tiny_correct) -> None:
     _write_selection(Path(args.out) / args.heads, report)
 
 
+SHIPPED_DEFAULT = "efficientnet_lite0.pvu_v3"  # the default of `predict`, which a later attempt has to beat
 V3_HELD_OUT = RECIPES["v3"].held_out  # the photos the shipped v3 head never trained on
 
 
@@ -490,20 +491,22 @@ def cmd_refit(args) -> None:
     """Cross-fitting recipes: the selected (candidate, correction) trained on ALL photos, ``--seeds`` seeds, each
     stopped at the median best epoch of its fold heads, averaged; then the default rule against the shipped v3 head
     on the photos v3 never trained on (out-of-fold heads of this recipe against v3, rule ``--rule``)."""
-    model, train, val, tiny_correct = _selection_views(args)
+    from uncertain_repr.methods import create_method
+
+    _, train, val, tiny_correct = _selection_views(args)
     out = Path(args.out) / args.heads
     selection = json.loads((out / "selection.json").read_text())
     cv_key = max((k for k in selection["heads"] if ".cv" in k), key=lambda k: selection["heads"][k]["score"])
     name, c = cv_key.split(".")[0], selection["heads"][cv_key]["correction"]
     epochs = [v["epoch"] for k, v in selection["heads"].items() if k.startswith(f"{name}.fold") and "epoch" in v]
     epoch = int(np.median(epochs))
-    singles = []
+    spec, singles = CANDIDATES[name], []
     for seed in range(args.seeds):
-        state = train_head(CANDIDATES[name], train, val, tiny_correct, seed=seed, epochs=args.epochs,
-                           keep_epoch=epoch)["state"]
-        head = _head(f"{name}.fold0.seed{seed}", Path(args.out), args.heads)  # same shape; weights replaced
-        head.load_state_dict(state)
-        singles.append(head)
+        head = create_method(spec.method, embed_dim=train["embeddings"].shape[1], num_classes=train["logits"].shape[1],
+                             **spec.method_args)
+        head.load_state_dict(train_head(spec, train, val, tiny_correct, seed=seed, epochs=args.epochs,
+                                        keep_epoch=epoch)["state"])
+        singles.append(head.eval())
     merged = average_heads(singles)
     tag = f"{name}.refit.avg{args.seeds}"
     torch.save(merged.state_dict(), out / f"{tag}.pt")
@@ -512,9 +515,9 @@ def cmd_refit(args) -> None:
                                "cv": cv_key, "method_args": {"width": merged.net[0].out_features, "correction": c}}
     selection["selected"] = key
 
-    v3 = ur.load_model("efficientnet_lite0.pvu_v3").method.eval()
+    v3 = ur.load_model(SHIPPED_DEFAULT).method.eval()
     folds = _fold_averages(args, name)
-    rule = {"this recipe (out of fold)": [], "efficientnet_lite0.pvu_v3": []}
+    rule = {"this recipe (out of fold)": [], SHIPPED_DEFAULT: []}
     for head, (_, _, fold_val) in zip(folds, _splits(args.recipe, train, val)):
         photo = fold_val["source"] != SELECT.index("tiny_val")
         keep = ~photo | torch.tensor([V3_HELD_OUT(int(y)) for y in fold_val["labels"]])
@@ -523,7 +526,7 @@ def cmd_refit(args) -> None:
         rows = {k: v[keep] for k, v in fold_val.items()}
         head.correction = c
         with torch.no_grad():
-            for label, h in (("this recipe (out of fold)", head), ("efficientnet_lite0.pvu_v3", v3)):
+            for label, h in (("this recipe (out of fold)", head), (SHIPPED_DEFAULT, v3)):
                 rule[label].append(selection_score(h.uncertainty(rows["embeddings"], rows["logits"]), rows, tiny_correct,
                                                    args.rule)["score"])
     selection["default_rule"] = {k: float(np.mean(v)) for k, v in rule.items()} | {"folds": rule}
@@ -560,7 +563,8 @@ def cmd_ship(args) -> None:
     selection = json.loads((out / args.heads / "selection.json").read_text())
     name = selection["selected"]
     dest = args.dest or f"uncertain_repr/pretrained_models/{recipe.shipped.replace('.', '_')}"
-    loss, largs = CANDIDATES[name.split(".")[0]].loss, CANDIDATES[name.split(".")[0]].loss_args
+    spec = CANDIDATES[name.split(".")[0]]
+    loss, largs = spec.loss, spec.loss_args
     method, margs, _ = _head_args(name, out, args.heads)
     model = ur.Uncertainizer("tf_efficientnet_lite0", method, pretrained=SOURCE, **margs)
     model.method.load_state_dict(_head(name, out, args.heads).state_dict())
@@ -610,8 +614,8 @@ def cmd_score(args) -> None:
     out = Path(args.out)
     selection = json.loads((out / args.heads / "selection.json").read_text())
     heads = {"pvu v1 (shipped before)": ur.load_model(MODEL).method.eval()}
-    if args.heads not in ("heads", "heads-photos", "heads-v3"):  # a later attempt: against the shipped default too
-        heads["pvu_v3 (shipped default)"] = ur.load_model("efficientnet_lite0.pvu_v3").method.eval()
+    if selection.get("default_rule"):  # an attempt at replacing the default: against the shipped default too
+        heads["pvu_v3 (shipped default)"] = ur.load_model(SHIPPED_DEFAULT).method.eval()
     shown = [k for k in selection["heads"] if k not in FREE and ".fold" not in k
              and (k.endswith(".seed0") or k == selection["selected"])]
     shown += [k for k in args.show.split(",") if k and k not in shown]
