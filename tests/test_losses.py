@@ -196,6 +196,38 @@ def test_losspred_order_gradcheck_and_soft_targets():
     assert loss(out, counts).item() == pytest.approx(want, rel=1e-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name, kwargs", [("losspred-order", {"pairing": "all"}), ("losspred", {}),
+                                          ("cross-entropy", {"inv_temp": 30.0})])
+def test_half_precision_inputs_are_computed_in_float32(dtype, name, kwargs):
+    # 64 near-uniform 1000-class rows: their CEs (~6.9) differ by < 0.1, finer than bf16's spacing of 0.03,
+    # so a bf16 computation turns most pairs into ties; soft targets go through log_softmax (bf16 under CPU
+    # autocast). inv_temp * logits overflows float16 (max 65504).
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(64, 1000, generator=g) * (0.05 if name != "cross-entropy" else 3000.0)).to(dtype)
+    unc = torch.rand(64, generator=g).to(dtype)
+    y = torch.randint(0, 1000, (64,), generator=g)
+    soft = torch.zeros(64, 1000).index_put_((torch.arange(64), torch.randint(0, 1000, (64,), generator=g)),
+                                            torch.tensor(1.0)).index_put_((torch.arange(64), y), torch.tensor(3.0),
+                                                                          accumulate=True)  # vote counts
+    loss = L.create(name, **kwargs)
+    for target in (y, soft):
+        want = loss(LossBatch(torch.zeros(64, 2, dtype=F64), unc.double(), logits.double()), target.double()
+                    if target.is_floating_point() else target)
+        got = loss(LossBatch(torch.zeros(64, 2, dtype=dtype), unc, logits), target)
+        assert got.dtype == torch.float32
+        assert got.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_info_nce_half_precision_inputs_are_computed_in_float32(dtype):
+    emb = torch.randn(64, 16, generator=torch.Generator().manual_seed(1)).to(dtype)
+    loss = L.InfoNCE(kappa=30.0)
+    want = loss(LossBatch(emb.double(), torch.ones(64, dtype=F64)), None)
+    got = loss(LossBatch(emb, torch.ones(64, dtype=dtype)), None)
+    assert got.dtype == torch.float32 and got.item() == pytest.approx(want.item(), rel=1e-5)
+
+
 # -------------------------------------------------------------------------------------------------- ELK
 def test_elk_matches_naive_numpy():
     out, y = batch(b=5, d=6, c=4, dtype=F64, seed=5, unc_scale=0.3)

@@ -78,7 +78,8 @@ def get_uncertainty(output: LossInput, batch: int, strictly_positive: bool = Fal
 
 
 def get_logits(output: LossInput, batch: int) -> torch.Tensor:
-    """``output.logits`` if set, else ``output.classifier(output.embedding)``; a float [B, C] tensor."""
+    """``output.logits`` if set, else ``output.classifier(output.embedding)``; a float [B, C] tensor in at least
+    float32 (half-precision logits are upcast, so that the per-sample CE is not rounded to ~3 digits)."""
     logits = getattr(output, "logits", None)
     if logits is None:
         classifier = getattr(output, "classifier", None)
@@ -88,7 +89,7 @@ def get_logits(output: LossInput, batch: int) -> torch.Tensor:
     logits = _float_tensor(logits, "output.logits", 2)
     if logits.shape[0] != batch:
         raise ValueError(f"output.logits must have {batch} rows, got shape {tuple(logits.shape)}")
-    return logits
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 def get_class_weight(output: LossInput) -> torch.Tensor:

@@ -93,7 +93,7 @@ class InfoNCE(_ContrastiveBase):
     def forward(self, output: LossInput, target: torch.Tensor) -> torch.Tensor:
         emb = get_embedding(output, min_batch=2)
         positives, _ = pair_masks(target, emb.shape[0], self.supervised, emb.device)
-        mu = F.normalize(emb, dim=1)
+        mu = F.normalize(emb.to(torch.promote_types(emb.dtype, torch.float32)), dim=1)  # at least float32
         return -info_nce_log_prob(self.kappa.to(mu.dtype) * mu @ mu.T, positives).mean()
 
 

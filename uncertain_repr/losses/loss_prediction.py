@@ -36,6 +36,7 @@ class _LossPredictionBase(nn.Module):
     def forward(self, output: LossInput, target: torch.Tensor) -> torch.Tensor:
         batch = get_embedding(output, self.min_batch).shape[0]
         unc = get_uncertainty(output, batch)
+        unc = unc.to(torch.promote_types(unc.dtype, torch.float32))  # the targets' precision (float32 or more)
         logits = get_logits(output, batch)
         target = check_target(target, batch, logits.shape[1])
         task_loss = cross_entropy_per_sample(self.inv_temp * logits, target)
