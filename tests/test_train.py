@@ -120,6 +120,24 @@ def test_accumulation_averages_micro_batches(cached):
     assert not torch.equal(one.method.net[0].weight, base.method.net[0].weight)
 
 
+def test_a_non_finite_loss_stops_the_run_before_the_optimizer_steps(cached, tmp_path):
+    base, data = cached
+    steps = len(data) // 8
+
+    class NanAtLastStep(nn.Module):  # a run that diverges on the last micro-batch of its last epoch
+        calls = 0
+
+        def forward(self, output: LossBatch, target):
+            self.calls += 1
+            return output.uncertainty.mean() * (float("nan") if self.calls == steps else 1.0)
+
+    model = copy.deepcopy(base)
+    with pytest.raises(ValueError, match=rf"training loss is not finite \(nan\) in epoch 0, micro-batch {steps - 1}"):
+        fit(model, data, TrainConfig(epochs=1, **FAST), loss_fn=NanAtLastStep(), output_dir=tmp_path)
+    assert all(bool(torch.isfinite(p).all()) for p in model.method.parameters())
+    assert not list(tmp_path.glob("checkpoint-*")) and not (tmp_path / "resume.pt").exists()
+
+
 def test_unc_start_value_is_saved_and_loss_parameters_are_trained(cached, tmp_path):
     base, data = cached
 

@@ -67,3 +67,11 @@ def mean_over_ranks(value: float, device: torch.device) -> float:
     tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return float(tensor.item()) / world_size()
+
+
+def any_over_ranks(flag: torch.Tensor) -> bool:
+    """Whether the 0-d bool ``flag`` is true on any rank (``flag`` itself in a single process)."""
+    flag = flag.to(torch.int32)
+    if is_distributed():
+        dist.all_reduce(flag)
+    return bool(flag)

@@ -455,6 +455,12 @@ def _fit(
                     scaler.scale(loss / group_size).backward()
                 loss_sum += loss.detach().double()
                 if steps_now:
+                    if dist_utils.any_over_ranks(~torch.isfinite(loss_sum)):  # the sum holds every loss so far
+                        where = f"micro-batch {i}" if group_size == 1 else f"micro-batches {group_start}-{i}"
+                        raise ValueError(
+                            f"training loss is not finite ({float(loss_sum):g}) in epoch {epoch}, {where} (on some "
+                            "rank): the optimizer did not step, so no weights became NaN; lower the learning rate, "
+                            "add --clip-grad, or check the data for NaN/inf")
                     if config.clip_grad is not None:
                         scaler.unscale_(optimizer)  # once per optimizer step
                         torch.nn.utils.clip_grad_norm_(step_module.parameters(), config.clip_grad)
