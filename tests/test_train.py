@@ -109,6 +109,20 @@ def test_killed_run_resumes_to_bitwise_identical_weights(cached, tmp_path):
     assert not torch.equal(base.method.net[0].weight, straight.method.net[0].weight)
 
 
+def test_resume_with_other_settings_is_refused(cached, tmp_path):
+    # the saved cosine schedule spans 1 epoch: resuming with epochs=3 trained epochs 1-2 at lr 0
+    base, data = cached
+    config = TrainConfig(epochs=1, **FAST)
+    fit(copy.deepcopy(base), data, config, output_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"epochs=1 in the saved run, 3 now; lr=0.003 in the saved run, 0.1 now"):
+        fit(copy.deepcopy(base), data, config.replace(epochs=3, lr=0.1, resume=True), output_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"loss='losspred-order' in the saved run, 'losspred' now"):
+        fit(copy.deepcopy(base), data, config.replace(loss="losspred", resume=True), output_dir=tmp_path)
+    # settings that do not change the numbers may differ
+    result = fit(copy.deepcopy(base), data, config.replace(resume=True, workers=1, output=str(tmp_path)))
+    assert [row["epoch"] for row in result.history] == [0]
+
+
 def test_accumulation_averages_micro_batches(cached):
     base, data = cached
     one = copy.deepcopy(base)

@@ -71,7 +71,22 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 RESUME_KEYS = ("model", "loss", "optimizer", "scheduler", "scaler", "epoch", "num_updates", "history",
-               "best_epoch", "best_metrics", "rng")
+               "best_epoch", "best_metrics", "rng", "config")
+#: settings a resumed run may change: where things are and how they are logged, not what is computed
+RESUME_MAY_CHANGE = ("resume", "output", "device", "workers", "validation_batch_size", "data_dir", "data_dir_eval",
+                     "data_dir_downstream", "log_tensorboard", "log_wandb", "wandb_project")
+
+
+def check_resume_config(path: Path, saved: Dict[str, Any], config: Dict[str, Any]) -> None:
+    """``ValueError`` naming every setting (but :data:`RESUME_MAY_CHANGE`) in which ``config`` differs from the
+    ``saved`` one of the run in ``path``: resuming would mix two runs (e.g. the saved schedule with new epochs)."""
+    missing = object()
+    changed = [f"{key}={saved.get(key, missing)!r} in the saved run, {value!r} now" for key, value in config.items()
+               if key not in RESUME_MAY_CHANGE and saved.get(key, missing) != value]
+    if changed:
+        raise ValueError(f"resume file {path} was written by a run with other settings: {'; '.join(changed)}. "
+                         "Resume with the saved settings (its optimizer and schedule are continued as saved), "
+                         "or start a new run in another output folder")
 
 
 def save_resume(path: Path, state: Dict[str, Any]) -> None:

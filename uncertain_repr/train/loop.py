@@ -32,7 +32,7 @@ from ..losses import LossBatch
 from ..methods.base import UncertaintyMethod
 from ..metrics import Evaluator
 from . import distributed as dist_utils
-from .checkpoint import load_resume, load_trained_state, rng_state, save_resume, set_rng_state, trained_state
+from .checkpoint import check_resume_config, load_resume, load_trained_state, rng_state, save_resume, set_rng_state, trained_state
 from .config import TrainConfig
 from .optim import create_optimizer_and_scheduler
 from .sampler import GlobalOrderSampler
@@ -391,6 +391,7 @@ def _fit(
             raise FileExistsError(f"{output} already holds a run; pass resume=True to continue it, "
                                   "or choose another output folder")
         state = load_resume(resume_path)
+        check_resume_config(resume_path, state["config"], config.to_dict())
         load_trained_state(model, state["model"])
         loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
