@@ -109,6 +109,20 @@ def test_killed_run_resumes_to_bitwise_identical_weights(cached, tmp_path):
     assert not torch.equal(base.method.net[0].weight, straight.method.net[0].weight)
 
 
+def test_gradients_left_on_the_model_do_not_enter_the_first_step(cached):
+    # e.g. a fit interrupted in the middle of an accumulation group, then called again on the same model
+    base, data = cached
+    config = TrainConfig(epochs=1, **{**FAST, "opt": "sgd", "lr": 0.5})
+    clean = copy.deepcopy(base)
+    fit(clean, data, config)
+    stale = copy.deepcopy(base)
+    for p in stale.method.parameters():
+        p.grad = torch.ones_like(p)
+    fit(stale, data, config)
+    for key, value in clean.method.state_dict().items():
+        assert torch.equal(stale.method.state_dict()[key], value), key
+
+
 def test_resume_with_other_settings_is_refused(cached, tmp_path):
     # the saved cosine schedule spans 1 epoch: resuming with epochs=3 trained epochs 1-2 at lr 0
     base, data = cached

@@ -382,6 +382,7 @@ def _fit(
     optimizer, scheduler = create_optimizer_and_scheduler(config, step_module, updates_per_epoch=updates_per_epoch,
                                                           world_size=world)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    optimizer.zero_grad(set_to_none=True)  # gradients left on the model (an interrupted fit) must not enter step 1
 
     result = FitResult(output_dir=output, eval_metric=eval_metric if has_validation else None)
     start_epoch, num_updates = 0, 0
