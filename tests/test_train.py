@@ -242,3 +242,12 @@ def test_config_learning_rate_scaling_and_parsing(tmp_path):
         TrainConfig.from_dict({"lr_bas": 1})
     with pytest.raises(ValueError, match="accumulation_steps must be >= 1"):
         TrainConfig(accumulation_steps=0)
+
+
+@pytest.mark.parametrize("loss, setting, value", [("losspred-order", "smoothing", 0.1), ("elk", "mc_samples", 64)])
+def test_a_loss_flag_the_loss_does_not_read_is_reported(loss, setting, value):
+    from uncertain_repr.train.original_flags import loss_notes
+
+    assert f"--{setting} has no effect on --loss {loss} (as in the original); ignored" in loss_notes(
+        TrainConfig(loss=loss, **{setting: value}))
+    assert loss_notes(TrainConfig(loss=loss)) == []
