@@ -132,9 +132,15 @@ def test_resume_with_other_settings_is_refused(cached, tmp_path):
         fit(copy.deepcopy(base), data, config.replace(epochs=3, lr=0.1, resume=True), output_dir=tmp_path)
     with pytest.raises(ValueError, match=r"loss='losspred-order' in the saved run, 'losspred' now"):
         fit(copy.deepcopy(base), data, config.replace(loss="losspred", resume=True), output_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"global batch \(batch_size x processes\) 8 x 1 in the saved run, 16 x 1 now"):
+        fit(copy.deepcopy(base), data, config.replace(batch_size=16, resume=True), output_dir=tmp_path)
     # settings that do not change the numbers may differ
     result = fit(copy.deepcopy(base), data, config.replace(resume=True, workers=1, output=str(tmp_path)))
     assert [row["epoch"] for row in result.history] == [0]
+    saved = torch.load(tmp_path / "resume.pt", weights_only=True)["config"]
+    from uncertain_repr.train.checkpoint import check_resume_config
+
+    check_resume_config(tmp_path, saved, config.replace(batch_size=4).to_dict(), saved_world=1, world=2)  # same global
 
 
 def test_accumulation_averages_micro_batches(cached):

@@ -77,12 +77,19 @@ RESUME_MAY_CHANGE = ("resume", "output", "device", "workers", "validation_batch_
                      "data_dir_downstream", "log_tensorboard", "log_wandb", "wandb_project")
 
 
-def check_resume_config(path: Path, saved: Dict[str, Any], config: Dict[str, Any]) -> None:
+def check_resume_config(path: Path, saved: Dict[str, Any], config: Dict[str, Any], *, saved_world: int,
+                        world: int) -> None:
     """``ValueError`` naming every setting (but :data:`RESUME_MAY_CHANGE`) in which ``config`` differs from the
-    ``saved`` one of the run in ``path``: resuming would mix two runs (e.g. the saved schedule with new epochs)."""
+    ``saved`` one of the run in ``path``: resuming would mix two runs (e.g. the saved schedule with new epochs).
+
+    ``batch_size`` may change with the number of processes (``saved_world`` then, ``world`` now) if the global
+    batch ``batch_size * processes`` stays the same (the sample order depends only on it)."""
     missing = object()
     changed = [f"{key}={saved.get(key, missing)!r} in the saved run, {value!r} now" for key, value in config.items()
-               if key not in RESUME_MAY_CHANGE and saved.get(key, missing) != value]
+               if key not in RESUME_MAY_CHANGE + ("batch_size",) and saved.get(key, missing) != value]
+    if saved.get("batch_size", 0) * saved_world != config["batch_size"] * world:
+        changed.append(f"global batch (batch_size x processes) {saved.get('batch_size')} x {saved_world} in the saved "
+                       f"run, {config['batch_size']} x {world} now")
     if changed:
         raise ValueError(f"resume file {path} was written by a run with other settings: {'; '.join(changed)}. "
                          "Resume with the saved settings (its optimizer and schedule are continued as saved), "

@@ -392,7 +392,7 @@ def _fit(
             raise FileExistsError(f"{output} already holds a run; pass resume=True to continue it, "
                                   "or choose another output folder")
         state = load_resume(resume_path)
-        check_resume_config(resume_path, state["config"], config.to_dict())
+        check_resume_config(resume_path, state["config"], config.to_dict(), saved_world=len(state["rng"]), world=world)
         load_trained_state(model, state["model"])
         loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
