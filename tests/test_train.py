@@ -123,6 +123,26 @@ def test_gradients_left_on_the_model_do_not_enter_the_first_step(cached):
         assert torch.equal(stale.method.state_dict()[key], value), key
 
 
+def test_resume_continues_the_plateau_schedule(tmp_path):
+    # timm's plateau scheduler saves only best/last_epoch: its bad-epoch count restarted at 0 on resume,
+    # so the resumed run never cut the lr the uninterrupted run cut at epoch 11 (patience 10)
+    model = tiny_model().eval()
+    data = CachedEmbeddings(build(model, SyntheticImages(16), tmp_path / "train.h5", batch_size=16), in_memory=True)
+    config = TrainConfig(epochs=13, sched="plateau", eval_metric="top1", **FAST)  # frozen classifier: top1 constant
+
+    def stop(epoch, row):
+        if epoch == 4:
+            raise KeyboardInterrupt
+
+    straight = fit(copy.deepcopy(model), data, config, val_set=data, output_dir=tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        fit(copy.deepcopy(model), data, config, val_set=data, output_dir=tmp_path / "b", on_epoch_end=stop)
+    resumed = fit(copy.deepcopy(model), data, config.replace(resume=True), val_set=data, output_dir=tmp_path / "b")
+    lrs = [row["lr"] for row in straight.history]
+    assert lrs[-1] == pytest.approx(lrs[0] * 0.1)  # the straight run did cut it
+    assert [row["lr"] for row in resumed.history] == lrs
+
+
 def test_resume_with_other_settings_is_refused(cached, tmp_path):
     # the saved cosine schedule spans 1 epoch: resuming with epochs=3 trained epochs 1-2 at lr 0
     base, data = cached

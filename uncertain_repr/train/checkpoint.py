@@ -70,6 +70,22 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def scheduler_state(scheduler: Any) -> Dict[str, Any]:
+    """The timm scheduler's ``state_dict``, plus that of the torch scheduler it wraps (timm's plateau
+    scheduler saves only ``best`` and ``last_epoch``, so its bad-epoch count would restart at 0)."""
+    inner = getattr(scheduler, "lr_scheduler", None)
+    return {**scheduler.state_dict(), **({} if inner is None else {"torch_scheduler": inner.state_dict()})}
+
+
+def load_scheduler_state(scheduler: Any, state: Dict[str, Any]) -> None:
+    """Put a :func:`scheduler_state` back."""
+    state = dict(state)
+    inner = state.pop("torch_scheduler", None)
+    scheduler.load_state_dict(state)
+    if inner is not None:
+        scheduler.lr_scheduler.load_state_dict(inner)
+
+
 RESUME_KEYS = ("model", "loss", "optimizer", "scheduler", "scaler", "epoch", "num_updates", "history",
                "best_epoch", "best_metrics", "rng", "config")
 #: settings a resumed run may change: where things are and how they are logged, not what is computed

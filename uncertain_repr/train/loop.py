@@ -32,7 +32,8 @@ from ..losses import LossBatch
 from ..methods.base import UncertaintyMethod
 from ..metrics import Evaluator
 from . import distributed as dist_utils
-from .checkpoint import check_resume_config, load_resume, load_trained_state, rng_state, save_resume, set_rng_state, trained_state
+from .checkpoint import (check_resume_config, load_resume, load_scheduler_state, load_trained_state, rng_state,
+                         save_resume, scheduler_state, set_rng_state, trained_state)
 from .config import TrainConfig
 from .optim import create_optimizer_and_scheduler
 from .sampler import GlobalOrderSampler
@@ -396,7 +397,7 @@ def _fit(
         load_trained_state(model, state["model"])
         loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        load_scheduler_state(scheduler, state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, num_updates = int(state["epoch"]) + 1, int(state["num_updates"])
         result.history = list(state["history"])
@@ -527,7 +528,7 @@ def _save_epoch(
         model.save_pretrained(output / f"checkpoint-{epoch}", card=card)
         save_resume(output / RESUME_FILE, {
             "model": trained_state(model), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+            "scheduler": scheduler_state(scheduler), "scaler": scaler.state_dict(), "epoch": epoch,
             "num_updates": num_updates, "history": result.history, "best_epoch": result.best_epoch,
             "best_metrics": result.best_metrics, "rng": rngs, "config": config.to_dict(),
         })
