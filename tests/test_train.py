@@ -123,6 +123,23 @@ def test_gradients_left_on_the_model_do_not_enter_the_first_step(cached):
         assert torch.equal(stale.method.state_dict()[key], value), key
 
 
+def test_image_training_with_workers_resumes_to_bitwise_identical_weights(tmp_path):
+    # the augmentations run in the DataLoader workers: their RNG must depend on (seed, rank, epoch) only
+    config = TrainConfig(epochs=2, **{**FAST, "workers": 1})
+
+    def stop(epoch, row):
+        raise KeyboardInterrupt
+
+    straight = tiny_model()
+    fit(straight, SyntheticImages(16), config, output_dir=tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_model(), SyntheticImages(16), config, output_dir=tmp_path / "b", on_epoch_end=stop)
+    resumed = tiny_model()
+    fit(resumed, SyntheticImages(16), config.replace(resume=True), output_dir=tmp_path / "b")
+    for key, value in straight.method.state_dict().items():
+        assert torch.equal(resumed.method.state_dict()[key], value), key
+
+
 def test_resume_continues_the_plateau_schedule(tmp_path):
     # timm's plateau scheduler saves only best/last_epoch: its bad-epoch count restarted at 0 on resume,
     # so the resumed run never cut the lr the uninterrupted run cut at epoch 11 (patience 10)

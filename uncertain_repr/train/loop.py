@@ -424,11 +424,12 @@ def _fit(
         )
     else:
         train_module = step_module
+    # Not persistent: the workers restart every epoch, seeded from (seed, rank, epoch) below, so that the
+    # augmentations of a resumed epoch are those of the uninterrupted run.
     loader = DataLoader(
         train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True, num_workers=config.workers,
         collate_fn=getattr(train_set, "collate_fn", None),
-        pin_memory=device.type == "cuda", persistent_workers=config.workers > 0,
-        generator=torch.Generator().manual_seed(config.seed + rank),
+        pin_memory=device.type == "cuda", generator=torch.Generator(),
     )
     if output is not None and dist_utils.is_main():
         output.mkdir(parents=True, exist_ok=True)
@@ -440,6 +441,7 @@ def _fit(
     try:
         for epoch in range(start_epoch, config.epochs):
             sampler.set_epoch(epoch)
+            loader.generator.manual_seed(int(np.random.SeedSequence([config.seed, rank, epoch]).generate_state(1)[0]))
             model.train()
             for method in model.modules():
                 if isinstance(method, UncertaintyMethod):
