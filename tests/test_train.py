@@ -287,6 +287,18 @@ def test_config_learning_rate_scaling_and_parsing(tmp_path):
         TrainConfig(accumulation_steps=0)
 
 
+@pytest.mark.parametrize("setting, value, match", [
+    ("clip_grad", 0.0, "clip_grad must be > 0"),  # clipping to norm 0 zeroed every gradient: nothing trained
+    ("warmup_lr", -1e-4, "warmup_lr must be >= 0"),  # a negative lr ascends the loss during warm-up
+    ("min_lr", -1e-5, "min_lr must be >= 0"),
+    ("lr", -0.1, "lr must be >= 0"),
+    ("lr_base", -0.1, "lr_base must be >= 0"),
+])
+def test_settings_that_would_silently_not_train_are_refused(setting, value, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**{setting: value})
+
+
 @pytest.mark.parametrize("loss, setting, value", [("losspred-order", "smoothing", 0.1), ("elk", "mc_samples", 64)])
 def test_a_loss_flag_the_loss_does_not_read_is_reported(loss, setting, value):
     from uncertain_repr.train.original_flags import loss_notes
