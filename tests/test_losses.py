@@ -119,6 +119,12 @@ def test_riskpred_is_the_url_era_formula_by_hand():
         L.create("riskpred", inv_temp=2.0)
 
 
+@pytest.mark.parametrize("name", ["losspred", "losspred-order", "riskpred"])
+def test_negative_lambda_is_refused(name):  # it would train the uncertainty to predict the opposite
+    with pytest.raises(ValueError, match="lambda_value must be >= 0"):
+        L.create(name, lambda_value=-1.0)
+
+
 @pytest.mark.parametrize("cls", [L.LossPred, L.LossPredOrder])
 def test_task_loss_is_detached(cls):
     out, y = batch(b=6)

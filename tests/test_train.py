@@ -293,6 +293,8 @@ def test_config_learning_rate_scaling_and_parsing(tmp_path):
     ("min_lr", -1e-5, "min_lr must be >= 0"),
     ("lr", -0.1, "lr must be >= 0"),
     ("lr_base", -0.1, "lr_base must be >= 0"),
+    ("decay_rate", -0.1, "decay_rate must be > 0"),  # step schedules multiply the lr by it
+    ("unc_start_value", -0.001, "unc_start_value must be >= 0"),  # was silently off
 ])
 def test_settings_that_would_silently_not_train_are_refused(setting, value, match):
     with pytest.raises(ValueError, match=match):

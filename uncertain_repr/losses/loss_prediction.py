@@ -25,6 +25,8 @@ class _LossPredictionBase(nn.Module):
         super().__init__()
         if inv_temp <= 0:
             raise ValueError(f"inv_temp must be > 0, got {inv_temp}")
+        if not lambda_value >= 0:
+            raise ValueError(f"lambda_value must be >= 0 (a negative weight trains the opposite), got {lambda_value}")
         self.lambda_value = float(lambda_value)
         self.inv_temp = float(inv_temp)
         self.train_classifier = bool(train_classifier)

@@ -116,8 +116,10 @@ class TrainConfig:
             raise ValueError("iters_instead_of_epochs and warmup_epochs must be >= 0")
         if self.clip_grad is not None and not self.clip_grad > 0:
             raise ValueError(f"clip_grad must be > 0 (leave it out for no clipping), got {self.clip_grad}")
-        for name in ("warmup_lr", "min_lr", "lr_base") + (("lr",) if self.lr is not None else ()):
-            if not getattr(self, name) >= 0:  # a negative learning rate ascends the loss
+        if not self.decay_rate > 0:
+            raise ValueError(f"decay_rate must be > 0, got {self.decay_rate}")
+        for name in ("warmup_lr", "min_lr", "lr_base", "unc_start_value") + (("lr",) if self.lr is not None else ()):
+            if not getattr(self, name) >= 0:  # a negative learning rate ascends the loss; unc_start_value 0 = off
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr_base_scale not in ("", "sqrt", "linear"):
             raise ValueError(f"lr_base_scale must be '', 'sqrt' or 'linear', got {self.lr_base_scale!r}")
