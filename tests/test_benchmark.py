@@ -261,6 +261,20 @@ def test_cli_compare_and_from_npz(saved_run, tmp_path, capsys):
     assert "exactly one of --model, --compare, --from-npz" in capsys.readouterr().err
 
 
+def test_cli_refuses_options_that_from_npz_and_compare_would_ignore(saved_run, tmp_path, capsys):
+    result, out = saved_run
+    assert "bootstrap" not in result  # the saved run had none: --bootstrap here would have been dropped silently
+    assert main(["benchmark", "--from-npz", str(out / "embeddings"), "--bootstrap", "50", "--seed", "3", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "--bootstrap, --seed: not used with --from-npz" in err and "Traceback" not in err
+    assert main(["benchmark", "--compare", str(out / "results.json"), "--out", str(tmp_path / "x"), "--num-workers", "0"]) == 2
+    assert "--num-workers, --out: not used with --compare" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    # what they do use still works, and the defaults given explicitly are no error
+    assert main(["benchmark", "--from-npz", str(out / "embeddings"), "--out", str(tmp_path / "y"), "--seed", "0"]) == 0
+    assert (tmp_path / "y" / "results.json").is_file()
+
+
 def test_import_uncertain_repr_does_not_import_benchmark():
     code = "import sys, uncertain_repr; print('uncertain_repr.benchmark' in sys.modules, 'matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
