@@ -217,6 +217,10 @@ def test_bad_input_gives_clear_errors(tmp_path):
         benchmark.run(tiny_model(), datasets(), classify=["c"], progress=False)
     with pytest.raises(TypeError, match="wrap a plain network"):
         benchmark.run(TinyNet(), datasets(), progress=False)
+    with pytest.raises(ValueError, match=r"upstream_split='validation' \(--upstream-split\) .* no upstream set is given"):
+        benchmark.run(tiny_model(), datasets(), upstream_split="validation", progress=False)  # was: ignored
+    with pytest.raises(ValueError, match=r"but the upstream set is a \(name, dataset\) pair"):
+        benchmark.run(tiny_model(), datasets(), upstream=upstream(), upstream_split="validation", progress=False)
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         benchmark.recompute(tmp_path)
 

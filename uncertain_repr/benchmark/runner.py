@@ -328,6 +328,10 @@ def run(
         raise ValueError(f"bootstrap must be an int >= 0 (resamples; 0 = off), got {bootstrap!r}")
     if (save_embeddings or plots) and out is None:
         raise ValueError("save_embeddings and plots write files: pass out= (a folder)")
+    if upstream_split is not None and not isinstance(upstream, str):
+        given = "no upstream set is given" if upstream is None else "the upstream set is a (name, dataset) pair"
+        raise ValueError(f"upstream_split={upstream_split!r} (--upstream-split) is the split of an upstream set named by "
+                         f"upstream= (--upstream), but {given}")
     if plots:
         from .plots import require_matplotlib
 
