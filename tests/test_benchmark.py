@@ -321,3 +321,18 @@ def test_bootstrap_mixed_and_average_intervals_vs_plain_numpy(tmp_path):
     assert set(boot["differences"]) == {"class-entropy - embed-norm", "class-entropy - max-prob", "embed-norm - max-prob"} | {
         f"{m} - {c}" for m in METHODS for c in ("random", "sharpness")}
     assert "a_r1" not in boot["differences"]["embed-norm - max-prob"]  # R@1 does not depend on the method
+
+
+def test_bootstrap_has_no_classification_interval_where_the_metric_is_undefined():
+    # "b" has 7 classes, the classifier 5: auroc_classification is undefined there (absent from the
+    # metrics), so the bootstrap must not report an interval or a paired difference of it either
+    result = run_tiny(bootstrap=20, classify=["up", "b"])
+    for m in METHODS:
+        assert "b_auroc_classification" not in result["metrics"][m] and "up_auroc_classification" in result["metrics"][m]
+        bootstrapped = set(result["bootstrap"]["intervals"][m])
+        assert "up_auroc_classification" in bootstrapped
+        assert not {"b_auroc_classification", "avg_downstream_auroc_classification"} & bootstrapped
+    for pair in result["bootstrap"]["differences"].values():
+        assert "b_auroc_classification" not in pair and "avg_downstream_auroc_classification" not in pair
+    rows = [line for line in benchmark.format_differences(result).splitlines() if "auroc_classification" in line]
+    assert rows and all(line.split("|")[2].strip() == "up_auroc_classification" for line in rows)

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..metrics import auroc, bootstrap_distribution, paired_difference, percentile_interval, singleton_query_mask
+from ..metrics.evaluator import labels_are_classes
 from .controls import CONTROLS
 from .outputs import DatasetOutputs
 from .results import AVERAGE
@@ -44,12 +45,13 @@ def dataset_distributions(
 
     ``correct``: the dataset's 1-NN correctness ``[N]`` (``scoring.nn_correct``). With
     ``exclude_singleton_queries`` the R@1 / R-AUROC resamples are over the other queries only.
+    ``auroc_classification`` only where the metrics have it: labels that are the classifier's classes.
     """
     key = _key(seed, outputs.name, "bootstrap")
     queries = ~singleton_query_mask(outputs.labels).numpy() if exclude_singleton_queries else np.ones(len(correct), bool)
     r1 = _both(np.mean, (correct[queries],), n_resamples, key)
     wrong_class = None
-    if classify and outputs.predictions is not None:
+    if classify and outputs.logits is not None and labels_are_classes(outputs.labels, outputs.logits):
         wrong_class = outputs.predictions != outputs.labels
     result: Distributions = {}
     for row, method in enumerate(outputs.methods):
