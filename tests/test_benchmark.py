@@ -323,6 +323,19 @@ def test_bootstrap_mixed_and_average_intervals_vs_plain_numpy(tmp_path):
     assert "a_r1" not in boot["differences"]["embed-norm - max-prob"]  # R@1 does not depend on the method
 
 
+def test_bootstrap_with_every_query_a_singleton_left_out_is_undefined_not_a_crash():
+    ds = Synthetic(30, 30, 1)
+    ds.labels = torch.arange(30)  # one image per class, e.g. imagenet_sample1000
+    with pytest.warns(UserWarning):
+        result = benchmark.run(tiny_model(), {"s": ds}, methods=METHODS, num_workers=0, progress=False,
+                               exclude_singleton_queries=True, bootstrap=10)
+    for m in METHODS:
+        assert result["metrics"][m]["s_r1"] is None and result["metrics"][m]["s_auroc_correct"] is None
+        assert result["bootstrap"]["intervals"][m]["s_r1"] == [None, None]
+        assert result["bootstrap"]["intervals"][m]["s_auroc_correct"] == [None, None]
+    assert result["bootstrap"]["differences"]["class-entropy - max-prob"]["s_auroc_correct"]["difference"] is None
+
+
 def test_bootstrap_has_no_classification_interval_where_the_metric_is_undefined():
     # "b" has 7 classes, the classifier 5: auroc_classification is undefined there (absent from the
     # metrics), so the bootstrap must not report an interval or a paired difference of it either

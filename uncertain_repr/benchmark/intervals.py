@@ -34,6 +34,8 @@ def _key(seed: int, dataset: str, purpose: str) -> List[int]:
 
 
 def _both(metric, arrays, n_resamples: int, seed) -> Tuple[float, np.ndarray]:
+    if len(arrays[0]) == 0:  # no sample (e.g. every query a singleton, left out): undefined, as in the metrics
+        return float("nan"), np.full(int(n_resamples), np.nan)
     return float(metric(*arrays)), bootstrap_distribution(metric, *arrays, n_resamples=n_resamples, seed=seed)
 
 
