@@ -323,6 +323,17 @@ def test_bootstrap_mixed_and_average_intervals_vs_plain_numpy(tmp_path):
     assert "a_r1" not in boot["differences"]["embed-norm - max-prob"]  # R@1 does not depend on the method
 
 
+def test_joined_shards_are_in_index_order_whatever_order_they_come_in():
+    # nn_correct runs on the joined outputs, the Evaluator orders by index: both must see one order
+    part = lambda idx: benchmark.DatasetOutputs(  # noqa: E731
+        name="s", methods=("m",), indices=np.array(idx), labels=np.array(idx) % 2,
+        embeddings=np.array(idx, np.float32)[:, None] * [1, 2], uncertainties=np.array([idx], np.float32) / 10)
+    joined = benchmark.outputs.concatenate([part([4, 2]), part([0, 3, 2, 1])])  # 2 twice (a padded shard)
+    assert joined.indices.tolist() == [0, 1, 2, 3, 4] and joined.labels.tolist() == [0, 1, 0, 1, 0]
+    assert joined.embeddings[:, 1].tolist() == [0, 2, 4, 6, 8]
+    assert np.array_equal(joined.uncertainties, np.array([[0, 1, 2, 3, 4]], np.float32) / 10)
+
+
 def test_bootstrap_with_every_query_a_singleton_left_out_is_undefined_not_a_crash():
     ds = Synthetic(30, 30, 1)
     ds.labels = torch.arange(30)  # one image per class, e.g. imagenet_sample1000
