@@ -217,6 +217,9 @@ def test_bad_input_gives_clear_errors(tmp_path):
         benchmark.run(tiny_model(), datasets(), classify=["c"], progress=False)
     with pytest.raises(TypeError, match="wrap a plain network"):
         benchmark.run(TinyNet(), datasets(), progress=False)
+    with pytest.raises(ValueError, match=r"datasets \['x/a_b', 'x_a/b'\] would save their embeddings to the same file"):
+        benchmark.run(tiny_model(), {"x/a_b": Synthetic(20, 5, 1), "x_a/b": Synthetic(20, 5, 2)}, out=tmp_path,
+                      save_embeddings=True, progress=False)  # was: x_a_b.npz of the first overwritten by the second
     with pytest.raises(ValueError, match=r"upstream_split='validation' \(--upstream-split\) .* no upstream set is given"):
         benchmark.run(tiny_model(), datasets(), upstream_split="validation", progress=False)  # was: ignored
     with pytest.raises(ValueError, match=r"but the upstream set is a \(name, dataset\) pair"):

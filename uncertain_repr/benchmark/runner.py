@@ -353,6 +353,11 @@ def run(
                            options=options)
 
     entries = _entries(datasets, upstream, classify, open_named, splits, dataset_options or {})
+    if save_embeddings:  # one file per dataset: "folder/a_b" and "folder/a/b" would overwrite each other
+        stems = [file_name(e.name) for e in entries]
+        clash = sorted({e.name for e, stem in zip(entries, stems) if stems.count(stem) > 1})
+        if clash:
+            raise ValueError(f"datasets {clash} would save their embeddings to the same file; rename one")
     mode = progress_mode(progress, rank=rank)
     out_dir = None if out is None else Path(out)
 
