@@ -217,6 +217,13 @@ def test_bad_input_gives_clear_errors(tmp_path):
         benchmark.run(tiny_model(), datasets(), classify=["c"], progress=False)
     with pytest.raises(TypeError, match="wrap a plain network"):
         benchmark.run(TinyNet(), datasets(), progress=False)
+    with pytest.raises(ValueError, match=r"datasets \['x/a_b', 'x_a/b'\] would save their embeddings to the same file"):
+        benchmark.run(tiny_model(), {"x/a_b": Synthetic(20, 5, 1), "x_a/b": Synthetic(20, 5, 2)}, out=tmp_path,
+                      save_embeddings=True, progress=False)  # was: x_a_b.npz of the first overwritten by the second
+    with pytest.raises(ValueError, match=r"upstream_split='validation' \(--upstream-split\) .* no upstream set is given"):
+        benchmark.run(tiny_model(), datasets(), upstream_split="validation", progress=False)  # was: ignored
+    with pytest.raises(ValueError, match=r"but the upstream set is a \(name, dataset\) pair"):
+        benchmark.run(tiny_model(), datasets(), upstream=upstream(), upstream_split="validation", progress=False)
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         benchmark.recompute(tmp_path)
 
@@ -261,6 +268,20 @@ def test_cli_compare_and_from_npz(saved_run, tmp_path, capsys):
     assert "exactly one of --model, --compare, --from-npz" in capsys.readouterr().err
 
 
+def test_cli_refuses_options_that_from_npz_and_compare_would_ignore(saved_run, tmp_path, capsys):
+    result, out = saved_run
+    assert "bootstrap" not in result  # the saved run had none: --bootstrap here would have been dropped silently
+    assert main(["benchmark", "--from-npz", str(out / "embeddings"), "--bootstrap", "50", "--seed", "3", "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "--bootstrap, --seed: not used with --from-npz" in err and "Traceback" not in err
+    assert main(["benchmark", "--compare", str(out / "results.json"), "--out", str(tmp_path / "x"), "--num-workers", "0"]) == 2
+    assert "--num-workers, --out: not used with --compare" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    # what they do use still works, and the defaults given explicitly are no error
+    assert main(["benchmark", "--from-npz", str(out / "embeddings"), "--out", str(tmp_path / "y"), "--seed", "0"]) == 0
+    assert (tmp_path / "y" / "results.json").is_file()
+
+
 def test_import_uncertain_repr_does_not_import_benchmark():
     code = "import sys, uncertain_repr; print('uncertain_repr.benchmark' in sys.modules, 'matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -303,3 +324,42 @@ def test_bootstrap_mixed_and_average_intervals_vs_plain_numpy(tmp_path):
     assert set(boot["differences"]) == {"class-entropy - embed-norm", "class-entropy - max-prob", "embed-norm - max-prob"} | {
         f"{m} - {c}" for m in METHODS for c in ("random", "sharpness")}
     assert "a_r1" not in boot["differences"]["embed-norm - max-prob"]  # R@1 does not depend on the method
+
+
+def test_joined_shards_are_in_index_order_whatever_order_they_come_in():
+    # nn_correct runs on the joined outputs, the Evaluator orders by index: both must see one order
+    part = lambda idx: benchmark.DatasetOutputs(  # noqa: E731
+        name="s", methods=("m",), indices=np.array(idx), labels=np.array(idx) % 2,
+        embeddings=np.array(idx, np.float32)[:, None] * [1, 2], uncertainties=np.array([idx], np.float32) / 10)
+    joined = benchmark.outputs.concatenate([part([4, 2]), part([0, 3, 2, 1])])  # 2 twice (a padded shard)
+    assert joined.indices.tolist() == [0, 1, 2, 3, 4] and joined.labels.tolist() == [0, 1, 0, 1, 0]
+    assert joined.embeddings[:, 1].tolist() == [0, 2, 4, 6, 8]
+    assert np.array_equal(joined.uncertainties, np.array([[0, 1, 2, 3, 4]], np.float32) / 10)
+
+
+def test_bootstrap_with_every_query_a_singleton_left_out_is_undefined_not_a_crash():
+    ds = Synthetic(30, 30, 1)
+    ds.labels = torch.arange(30)  # one image per class, e.g. imagenet_sample1000
+    with pytest.warns(UserWarning):
+        result = benchmark.run(tiny_model(), {"s": ds}, methods=METHODS, num_workers=0, progress=False,
+                               exclude_singleton_queries=True, bootstrap=10)
+    for m in METHODS:
+        assert result["metrics"][m]["s_r1"] is None and result["metrics"][m]["s_auroc_correct"] is None
+        assert result["bootstrap"]["intervals"][m]["s_r1"] == [None, None]
+        assert result["bootstrap"]["intervals"][m]["s_auroc_correct"] == [None, None]
+    assert result["bootstrap"]["differences"]["class-entropy - max-prob"]["s_auroc_correct"]["difference"] is None
+
+
+def test_bootstrap_has_no_classification_interval_where_the_metric_is_undefined():
+    # "b" has 7 classes, the classifier 5: auroc_classification is undefined there (absent from the
+    # metrics), so the bootstrap must not report an interval or a paired difference of it either
+    result = run_tiny(bootstrap=20, classify=["up", "b"])
+    for m in METHODS:
+        assert "b_auroc_classification" not in result["metrics"][m] and "up_auroc_classification" in result["metrics"][m]
+        bootstrapped = set(result["bootstrap"]["intervals"][m])
+        assert "up_auroc_classification" in bootstrapped
+        assert not {"b_auroc_classification", "avg_downstream_auroc_classification"} & bootstrapped
+    for pair in result["bootstrap"]["differences"].values():
+        assert "b_auroc_classification" not in pair and "avg_downstream_auroc_classification" not in pair
+    rows = [line for line in benchmark.format_differences(result).splitlines() if "auroc_classification" in line]
+    assert rows and all(line.split("|")[2].strip() == "up_auroc_classification" for line in rows)

@@ -126,6 +126,16 @@ def test_shards_read_as_one_dataset_equal_to_a_single_build(model, tmp_path):
         CachedEmbeddings(tmp_path / "two.h5")
 
 
+def test_a_single_file_next_to_shards_of_the_same_name_is_refused_not_read_stale(model, tmp_path):
+    old = build(model, SyntheticImages(6), tmp_path / "c.h5", batch_size=3, seed=0)  # an earlier 1-process build
+    for rank in range(2):  # the current build, with another seed, by 2 processes
+        build(model, SyntheticImages(6), tmp_path / "c.h5", batch_size=3, seed=7, rank=rank, world_size=2)
+    with pytest.raises(ValueError, match=r"c.h5 and rank shards \['c.rank0-of-2.h5', 'c.rank1-of-2.h5'\] .* both exist"):
+        CachedEmbeddings(old)  # was: the old file's rows (seed 0), silently
+    old.unlink()
+    assert CachedEmbeddings(tmp_path / "c.h5").manifest["seed"] == 7
+
+
 def test_reader_items_loader_laziness_and_memory_mode(model, tmp_path):
     path = build(model, SyntheticImages(6, soft=True), tmp_path / "c.h5", epochs=2, dtype="float16")
     data = CachedEmbeddings(path, expect=model)

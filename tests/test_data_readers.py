@@ -178,6 +178,12 @@ def test_folder_split_search_and_class_map(tmp_path):
         urd.create_dataset("folder/mini", tmp_path, "train", class_map=class_map)
     with pytest.raises(FileNotFoundError, match=r"no test folder under .*mini.*split='all'"):
         urd.create_dataset("folder/mini", tmp_path, "test")
+    # taking that hint on this layout would label every image by its split folder (train = 0, val = 1)
+    with pytest.raises(ValueError, match=r"split='all' would take the split folders train, val of .*mini as its classes"):
+        urd.create_dataset("folder/mini", tmp_path, "all")
+    _png(tmp_path / "flat" / "train" / "0.png")  # a class that happens to be called "train" among others is fine
+    _png(tmp_path / "flat" / "zebra" / "0.png")
+    assert urd.create_dataset("folder/flat", tmp_path, "all").classes == ["train", "zebra"]
 
 
 def _resisc_root(tmp_path: Path) -> Path:

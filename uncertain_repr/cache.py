@@ -124,14 +124,18 @@ def shard_path(path: PathLike, rank: int, world_size: int) -> Path:
 
 
 def _find_shards(path: Path) -> List[Path]:
-    if path.is_file():
-        return [path]
     stem = path.name[: -len(".h5")] if path.name.endswith(".h5") else path.name
     found: Dict[int, Dict[int, Path]] = {}
     for candidate in path.parent.glob(f"{glob.escape(stem)}.rank*-of-*.h5") if path.parent.is_dir() else []:
         match = _SHARD_NAME.match(candidate.name)
         if match and match["stem"] == stem:
             found.setdefault(int(match["world"]), {})[int(match["rank"])] = candidate
+    if path.is_file():
+        if found:  # two builds of one name: which is current cannot be told from here
+            shards = sorted(p.name for ranks in found.values() for p in ranks.values())
+            raise ValueError(f"embedding cache {path} and rank shards {shards} of the same name both exist; "
+                             "remove the stale one(s)")
+        return [path]
     if not found:
         raise FileNotFoundError(f"no embedding cache at {path} (nor shards {stem}.rank*-of-*.h5 next to it)")
     if len(found) > 1:

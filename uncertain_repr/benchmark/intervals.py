@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..metrics import auroc, bootstrap_distribution, paired_difference, percentile_interval, singleton_query_mask
+from ..metrics.evaluator import labels_are_classes
 from .controls import CONTROLS
 from .outputs import DatasetOutputs
 from .results import AVERAGE
@@ -33,6 +34,8 @@ def _key(seed: int, dataset: str, purpose: str) -> List[int]:
 
 
 def _both(metric, arrays, n_resamples: int, seed) -> Tuple[float, np.ndarray]:
+    if len(arrays[0]) == 0:  # no sample (e.g. every query a singleton, left out): undefined, as in the metrics
+        return float("nan"), np.full(int(n_resamples), np.nan)
     return float(metric(*arrays)), bootstrap_distribution(metric, *arrays, n_resamples=n_resamples, seed=seed)
 
 
@@ -44,12 +47,13 @@ def dataset_distributions(
 
     ``correct``: the dataset's 1-NN correctness ``[N]`` (``scoring.nn_correct``). With
     ``exclude_singleton_queries`` the R@1 / R-AUROC resamples are over the other queries only.
+    ``auroc_classification`` only where the metrics have it: labels that are the classifier's classes.
     """
     key = _key(seed, outputs.name, "bootstrap")
     queries = ~singleton_query_mask(outputs.labels).numpy() if exclude_singleton_queries else np.ones(len(correct), bool)
     r1 = _both(np.mean, (correct[queries],), n_resamples, key)
     wrong_class = None
-    if classify and outputs.predictions is not None:
+    if classify and outputs.logits is not None and labels_are_classes(outputs.labels, outputs.logits):
         wrong_class = outputs.predictions != outputs.labels
     result: Distributions = {}
     for row, method in enumerate(outputs.methods):

@@ -66,7 +66,7 @@ class DatasetOutputs:
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def select(self, keep: np.ndarray) -> "DatasetOutputs":
-        """The samples where the boolean mask ``keep [N]`` is True."""
+        """The samples where the boolean mask ``keep [N]`` is True (or at the positions ``keep``, in that order)."""
         changes = {}
         for name, value in self.arrays().items():
             changes[name] = value[:, keep] if name in ROWS else value[keep]
@@ -89,14 +89,8 @@ def concatenate(parts: Sequence[DatasetOutputs]) -> DatasetOutputs:
     for name in first.arrays():
         axis = 1 if name in ROWS else 0
         joined[name] = np.concatenate([getattr(p, name) for p in parts], axis=axis)
-    _, unique_first = np.unique(joined["indices"], return_index=True)
-    return replace(first, **joined).select(_mask(len(joined["indices"]), unique_first))
-
-
-def _mask(n: int, positions: np.ndarray) -> np.ndarray:
-    keep = np.zeros(n, dtype=bool)
-    keep[positions] = True
-    return keep
+    _, unique_first = np.unique(joined["indices"], return_index=True)  # in index order
+    return replace(first, **joined).select(unique_first)
 
 
 def gather(outputs: DatasetOutputs) -> DatasetOutputs:

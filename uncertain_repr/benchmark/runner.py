@@ -328,6 +328,10 @@ def run(
         raise ValueError(f"bootstrap must be an int >= 0 (resamples; 0 = off), got {bootstrap!r}")
     if (save_embeddings or plots) and out is None:
         raise ValueError("save_embeddings and plots write files: pass out= (a folder)")
+    if upstream_split is not None and not isinstance(upstream, str):
+        given = "no upstream set is given" if upstream is None else "the upstream set is a (name, dataset) pair"
+        raise ValueError(f"upstream_split={upstream_split!r} (--upstream-split) is the split of an upstream set named by "
+                         f"upstream= (--upstream), but {given}")
     if plots:
         from .plots import require_matplotlib
 
@@ -349,6 +353,11 @@ def run(
                            options=options)
 
     entries = _entries(datasets, upstream, classify, open_named, splits, dataset_options or {})
+    if save_embeddings:  # one file per dataset: "folder/a_b" and "folder/a/b" would overwrite each other
+        stems = [file_name(e.name) for e in entries]
+        clash = sorted({e.name for e, stem in zip(entries, stems) if stems.count(stem) > 1})
+        if clash:
+            raise ValueError(f"datasets {clash} would save their embeddings to the same file; rename one")
     mode = progress_mode(progress, rank=rank)
     out_dir = None if out is None else Path(out)
 

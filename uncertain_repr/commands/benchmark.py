@@ -107,7 +107,7 @@ def _command_line(args: argparse.Namespace) -> str:
     """The command as it was given (options in canonical form), for the run's record."""
     words = ["uncertain-repr", "benchmark"]
     for key, value in vars(args).items():
-        if key in ("command", "run") or value is None or value is False or DEFAULTS.get(key) == value:
+        if key in ("command", "run") or not _given(args, key):
             continue
         flag = "--" + key.replace("_", "-")
         if key in REPEATED:
@@ -122,6 +122,27 @@ def _command_line(args: argparse.Namespace) -> str:
 
 DEFAULTS = {"split": "test", "batch_size": 64, "device": "cpu", "seed": 0}
 REPEATED = ("class_map",)
+# what only a --model run reads; --from-npz also reads --out and --plots, --compare only --json
+MODEL_ONLY = (
+    "method", "methods", "datasets", "data_dir", "split", "class_map", "upstream", "upstream_split", "classify",
+    "max_samples", "batch_size", "num_workers", "channels_last", "eager", "device", "legacy_preprocessing",
+    "no_crops", "save_embeddings", "bootstrap", "exclude_singleton_queries", "seed",
+)
+
+
+def _given(args: argparse.Namespace, key: str) -> bool:
+    """Whether option ``key`` was set to something other than its default."""
+    value = getattr(args, key, None)
+    return not (value is None or value is False or DEFAULTS.get(key) == value)
+
+
+def _check_unused(args: argparse.Namespace, mode: str) -> None:
+    """``ValueError`` naming the options that ``--compare`` / ``--from-npz`` would silently ignore."""
+    unused = [key for key in MODEL_ONLY + (("out", "plots") if mode == "compare" else ()) if _given(args, key)]
+    if unused:
+        flags = ", ".join("--" + key.replace("_", "-") for key in unused)
+        what = "shows the results as they are" if mode == "compare" else "recomputes with the run's own settings (its meta)"
+        raise ValueError(f"{flags}: not used with --{mode.replace('_', '-')}, which {what}; they apply to --model runs")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
     modes = [m for m in ("model", "compare", "from_npz") if getattr(args, m)]
     if len(modes) != 1:
         raise ValueError("give exactly one of --model, --compare, --from-npz")
+    if modes[0] != "model":
+        _check_unused(args, modes[0])
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise ValueError(f"--out {args.out} is a file; give the folder to write the results into")
     try:

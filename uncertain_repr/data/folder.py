@@ -2,8 +2,9 @@
 
 The split folder is ``root/<name>/<split>``, or a synonym (``train``/``training``;
 ``validation``/``val``/``valid``/``eval``/``evaluation``); ``split="all"`` reads ``root/<name>``
-itself. Unlike timm, a missing split folder is an error rather than a silent fallback to the
-whole folder (the original's ``tar/imagenet21k`` evaluated on its training images).
+itself (an error if all its sub-folders are split folders: they would become the classes). Unlike
+timm, a missing split folder is an error rather than a silent fallback to the whole folder (the
+original's ``tar/imagenet21k`` evaluated on its training images).
 
 Classes are the sub-folders in sorted order, unless ``class_map`` is a text file of class folder
 names (e.g. WordNet ids), one per line, whose line order defines the class index -- so that
@@ -66,6 +67,12 @@ def image_folder(root: Path, split: str, name: str, class_map: Optional[Union[st
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir())
     if not class_dirs:
         raise ValueError(f"no class folders in {folder}")
+    split_names = {name for names in _SPLIT_FOLDERS.values() for name in names}
+    if split == "all" and all(d.name in split_names for d in class_dirs):
+        raise ValueError(
+            f"split='all' would take the split folders {', '.join(d.name for d in class_dirs)} of {folder} as its "
+            "classes (every label = the split); pass split='train', 'validation' or 'test'"
+        )
     if class_map is None:
         mapping = {d.name: i for i, d in enumerate(class_dirs)}
         classes = [d.name for d in class_dirs]

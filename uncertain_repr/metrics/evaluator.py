@@ -24,6 +24,12 @@ from .summary import uncertainty_summary
 _FLOAT64 = ("uncertainties", "uncertainties_cropped", "crop_fractions")
 
 
+def labels_are_classes(labels: torch.Tensor | np.ndarray, logits: torch.Tensor | np.ndarray) -> bool:
+    """Whether ``labels [N]`` (N >= 1) index the ``C`` classes of ``logits [N, C]``: where they do not
+    (e.g. SOP's 11k classes under a 1k-class model) top-k and ``auroc_classification`` are undefined."""
+    return 0 <= int(labels.min()) and int(labels.max()) < logits.shape[1]
+
+
 def _cpu(x: torch.Tensor | np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return torch.as_tensor(x).detach().to(device="cpu", dtype=dtype)
 
@@ -176,9 +182,7 @@ class Evaluator:
         unc_np = unc.double().numpy()
         out = retrieval_scores(unc_np, correct, labels.numpy(), self.exclude_singleton_queries)
         self.n_singleton_queries = int(out.pop("n_singleton_queries"))
-        if "logits" in d and int(labels.max()) < d["logits"].shape[1] and int(labels.min()) >= 0:
-            # top-k is not defined where the labels are not the classifier's classes (e.g. SOP's 11k
-            # classes under a 1k-class model): those keys are absent
+        if "logits" in d and labels_are_classes(labels, d["logits"]):  # else those keys are absent
             logits = d["logits"]
             out["top1"] = top_k_accuracy(logits, labels, 1)
             out["top5"] = top_k_accuracy(logits, labels, 5)
