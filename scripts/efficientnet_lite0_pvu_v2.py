@@ -106,6 +106,8 @@ RECIPES = {
     "v5": Recipe("efficientnet_lite0.pvu_v5", "views-v5", lambda c: False, 8, 0, folds=5),
     # sixth attempt: v5 with half of the use-like views squashed to a square (and more candidates)
     "v6": Recipe("efficientnet_lite0.pvu_v6", "views-v6", lambda c: False, 8, 0, folds=5, squash=0.5),
+    # seventh attempt: v3's data and views (the same cache), a correction that sees no class identity
+    "v7": Recipe("efficientnet_lite0.pvu_v7", "views-v3", lambda c: c % 10 < 3, 8, 4),
 }
 
 
@@ -225,6 +227,8 @@ CANDIDATES = {  # every one trained with the same data and schedule
     # v6: less capacity or a gentler step (v5's heads peaked at epoch 1 of 15)
     "pnl-maxprob-losspred-lr3e-4": Candidate("pred-net-logits", {"base": "max-prob"}, "losspred", {}, lr=3e-4),
     "pnl-maxprob-losspred-w128": Candidate("pred-net-logits", {"base": "max-prob", "width": 128}, "losspred", {}),
+    # v7: a correction without class identity (logit statistics and the embedding's norm only)
+    "pnl-maxprob-losspred-stats": Candidate("pred-net-logits", {"base": "max-prob", "inputs": "stats"}, "losspred", {}),
 }
 
 
@@ -407,8 +411,8 @@ def average_heads(heads):
 
     k, first = len(heads), heads[0].net[0]
     width = first.out_features
-    merged = create_method("pred-net-logits", embed_dim=first.in_features - 3, num_classes=1000, width=width * k,
-                           depth=2, base=heads[0].base)
+    merged = create_method("pred-net-logits", embed_dim=heads[0].embed_dim, num_classes=1000, width=width * k,
+                           depth=2, base=heads[0].base, inputs=heads[0].inputs)
     m1, _, m2, _, m3 = merged.net
     with torch.no_grad():
         m2.weight.zero_()
@@ -432,9 +436,9 @@ def cmd_blend(args) -> None:
     out = Path(args.out) / args.heads
     report = {"rule": args.rule, "heads": {m: selection_score(free_uncertainty(m, val["embeddings"], val["logits"]), val,
                                                               tiny_correct, args.rule) for m in FREE}}
-    with torch.no_grad():  # the shipped v1 head on the same selection data: is the new head worth the default?
-        report["v1"] = selection_score(model.method.uncertainty(val["embeddings"], val["logits"]), val, tiny_correct,
-                                       args.rule)
+    with torch.no_grad():  # the shipped heads on the same selection data: is the new head worth the default?
+        for label, head in (("v1", model.method), (SHIPPED_DEFAULT, ur.load_model(SHIPPED_DEFAULT).method.eval())):
+            report[label] = selection_score(head.uncertainty(val["embeddings"], val["logits"]), val, tiny_correct, args.rule)
     for name in args.candidates.split(","):
         singles = [_head(f"{name}.seed{s}", Path(args.out), args.heads) for s in range(args.seeds)]
         for tag, head in ((f"{name}.seed0", singles[0]), (f"{name}.avg{args.seeds}", average_heads(singles))):

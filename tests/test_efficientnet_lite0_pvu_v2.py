@@ -117,26 +117,27 @@ def test_recipe_runs_end_to_end_on_a_slice(tmp_path, shared_data):
     assert "| max-prob |" in (out / "score.md").read_text()
 
 
-def test_average_heads_is_the_mean_of_the_raw_scores(recipe):
+@pytest.mark.parametrize("inputs", ["embedding", "stats"])
+def test_average_heads_is_the_mean_of_the_raw_scores(recipe, inputs):
     from uncertain_repr.methods import create_method
-    from uncertain_repr.methods.pred_net_logits import logit_stats
+    from uncertain_repr.methods.pred_net_logits import INPUTS, logit_stats
 
     g = torch.Generator().manual_seed(0)
     emb, logits = torch.randn(32, 16, generator=g), 3 * torch.randn(32, 10, generator=g)
     heads = []
     for seed in range(3):
         torch.manual_seed(seed)
-        head = create_method("pred-net-logits", embed_dim=16, num_classes=10, width=8, depth=2)
+        head = create_method("pred-net-logits", embed_dim=16, num_classes=10, width=8, depth=2, inputs=inputs)
         torch.nn.init.normal_(head.net[-1].weight)
         torch.nn.init.normal_(head.net[-1].bias)
         head.gain.data.fill_(1.0 + seed)
         heads.append(head.eval())
-    features = torch.cat([emb, logit_stats(logits)], 1)
+    features = INPUTS[inputs](emb, logit_stats(logits))
     with torch.no_grad():
         raw = torch.stack([h.gain * logit_stats(logits)[:, 1] + h.net(features).squeeze(-1) for h in heads]).mean(0)
         merged = recipe.average_heads(heads)
         torch.testing.assert_close(merged.uncertainty(emb, logits), torch.nn.functional.softplus(raw) + 1e-6)
-    assert merged.net[0].out_features == 24
+    assert merged.net[0].out_features == 24 and merged.inputs == inputs
 
 
 @pytest.mark.parametrize("recipe_name, n_select", [("v2", 100), ("v3", 300), ("v4", 300)])

@@ -91,3 +91,21 @@ def test_correction_shrinks_the_learned_residual_towards_the_base():
     assert spearmanr(head.uncertainty(emb, logits).detach().numpy(), max_prob.numpy()).statistic == pytest.approx(1.0)
     with pytest.raises(ValueError, match="correction must be in"):
         create_method("pred-net-logits", embed_dim=4, num_classes=3, correction=1.5)
+
+
+def test_stats_inputs_see_only_the_logit_statistics_and_the_embedding_norm():
+    emb, logits = _data()
+    torch.manual_seed(2)
+    head = create_method("pred-net-logits", embed_dim=16, num_classes=10, width=8, depth=1, inputs="stats")
+    torch.nn.init.normal_(head.net[-1].weight)
+    assert head.net[0].in_features == 4  # 3 statistics + log(1 + ||e||), whatever the embedding's width
+    with torch.no_grad():
+        features = torch.cat([logit_stats(logits), torch.log1p(torch.linalg.vector_norm(emb, dim=1, keepdim=True))], 1)
+        p_top1 = torch.softmax(logits, 1).max(1).values
+        expected = torch.nn.functional.softplus(4.0 * (1 - p_top1) + head.net(features).squeeze(-1)) + 1e-6
+        torch.testing.assert_close(head.uncertainty(emb, logits), expected)
+        # the direction of the embedding (its class identity) is invisible: a rotation changes nothing
+        rotation = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(3)))[0]
+        torch.testing.assert_close(head.uncertainty(emb @ rotation, logits), expected)
+    with pytest.raises(ValueError, match="inputs must be one of"):
+        create_method("pred-net-logits", embed_dim=4, num_classes=3, inputs="logits")

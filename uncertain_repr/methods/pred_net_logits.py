@@ -40,12 +40,23 @@ BASES: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 """The free baseline the residual is added to, read from :func:`logit_stats` ([B, 3] -> [B])."""
 
+INPUTS: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "embedding": lambda embedding, stats: torch.cat([embedding.to(stats.dtype), stats], dim=-1),
+    "stats": lambda embedding, stats: torch.cat(
+        [stats, torch.log1p(embedding.to(stats.dtype).norm(dim=-1, keepdim=True))], dim=-1
+    ),
+}
+"""What the MLP sees, from ``embedding [B, D]`` and ``stats [B, 3]``: ``embedding``: ``[e, stats]`` [B, D + 3];
+``stats``: ``[stats, log(1 + ||e||)]`` [B, 4], no class identity (a correction that cannot memorise classes)."""
+INPUT_DIMS: Dict[str, Callable[[int], int]] = {"embedding": lambda d: d + NUM_STATS, "stats": lambda d: NUM_STATS + 1}
+
 
 @register_method("pred-net-logits")
 class PredNetLogits(UncertaintyMethod):
     """``u = scale * (softplus(gain * base(z) + correction * MLP([e, stats(z)])) + 1e-6)``, strictly positive.
 
-    ``stats(z)`` [B, 3] is :func:`logit_stats` of the classifier's logits, ``base`` one of
+    ``stats(z)`` [B, 3] is :func:`logit_stats` of the classifier's logits (``inputs="stats"``: the MLP
+    sees ``[stats(z), log(1 + ||e||)]`` instead of ``[e, stats(z)]``, see :data:`INPUTS`), ``base`` one of
     :data:`BASES` (default ``max-prob``: 1 - top-1 probability). The MLP (``depth`` x [Linear ->
     LeakyReLU(0.01)], then Linear(width, 1)) has a zero last layer, so an untrained head ranks
     exactly as its base; training learns a correction. ``gain`` (a parameter, initially
@@ -54,7 +65,7 @@ class PredNetLogits(UncertaintyMethod):
     the base: ``correction=0`` ranks exactly as the base, whatever the MLP's weights.
 
     Args:
-        width: hidden width. depth: number of hidden layers. base: see :data:`BASES`.
+        width: hidden width. depth: number of hidden layers. base: see :data:`BASES`. inputs: see :data:`INPUTS`.
         base_gain: initial ``gain``. correction: weight of the MLP's output, in [0, 1].
         negative_slope: LeakyReLU slope.
     """
@@ -72,17 +83,21 @@ class PredNetLogits(UncertaintyMethod):
         base_gain: float = 4.0,
         correction: float = 1.0,
         negative_slope: float = 0.01,
+        inputs: str = "embedding",
     ) -> None:
         super().__init__(embed_dim, num_classes)
         if width < 1 or depth < 0:
             raise ValueError(f"pred-net-logits needs width >= 1 and depth >= 0, got width={width}, depth={depth}")
         if base not in BASES:
             raise ValueError(f"base must be one of {sorted(BASES)}, got {base!r}")
+        if inputs not in INPUTS:
+            raise ValueError(f"inputs must be one of {sorted(INPUTS)}, got {inputs!r}")
         if not 0.0 <= correction <= 1.0:
             raise ValueError(f"correction must be in [0, 1], got {correction}")
         self.base = base
         self.correction = float(correction)
-        layers, in_dim = hidden_layers(embed_dim + NUM_STATS, width, depth, negative_slope)
+        self.inputs = inputs
+        layers, in_dim = hidden_layers(INPUT_DIMS[inputs](embed_dim), width, depth, negative_slope)
         last = nn.Linear(in_dim, 1)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
@@ -94,9 +109,9 @@ class PredNetLogits(UncertaintyMethod):
         if logits is None:
             raise ValueError("pred-net-logits needs the classifier's logits")
         stats = logit_stats(logits)
-        features = torch.cat([embedding.to(stats.dtype), stats], dim=-1)
+        features = INPUTS[self.inputs](embedding, stats)
         raw = self.gain * BASES[self.base](stats) + self.correction * self.net(features).squeeze(-1)
         return (nn.functional.softplus(raw) + EPS) * self.scale
 
     def extra_repr(self) -> str:
-        return f"base={self.base!r}, correction={self.correction}"
+        return f"base={self.base!r}, inputs={self.inputs!r}, correction={self.correction}"
