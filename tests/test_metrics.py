@@ -510,3 +510,23 @@ def test_risk_coverage_takes_errors_of_any_torch_dtype(dtype):
     assert M.aurc(unc, torch.from_numpy(errors).to(dtype)) == pytest.approx(expected, abs=1e-12)
     _, risk = M.risk_coverage_curve(torch.from_numpy(unc), torch.from_numpy(errors).to(dtype))
     np.testing.assert_allclose(risk.numpy(), np.cumsum(errors[order]) / np.arange(1, 31), rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------- audit: traps found by users
+def test_evaluator_refuses_repeated_indices_with_different_labels():
+    # Batch-local positions passed as indices: np.unique kept only the first batch's samples
+    # and silently scored 100 of 400 samples.
+    d = _dataset(400)
+    ev = M.Evaluator()
+    for start in range(0, 400, 100):
+        ev.update(d["embeddings"][start : start + 100], d["uncertainties"][start : start + 100],
+                  d["labels"][start : start + 100], indices=torch.arange(100))
+    with pytest.raises(ValueError, match="indices: sample id .* different labels"):
+        ev.compute()
+    # DistributedSampler padding (the same samples again, same labels) is still kept once.
+    ev = M.Evaluator()
+    ev.update(d["embeddings"], d["uncertainties"], d["labels"], indices=torch.arange(400))
+    ev.update(d["embeddings"][:3], d["uncertainties"][:3], d["labels"][:3], indices=torch.arange(3))
+    correct = d["labels"][torch.from_numpy(brute_force_nn(d["embeddings"].numpy()))] == d["labels"]
+    assert ev.compute()["r1"] == correct.double().mean().item()
+

@@ -41,7 +41,8 @@ class Evaluator:
     uncertainties and crop fractions float64; labels/indices int64). ``compute()``
     gathers all ranks when ``torch.distributed`` is initialised (uneven shards allowed), orders
     samples by ``indices`` if they were given (duplicated indices, e.g. DistributedSampler
-    padding, are kept once), and returns plain floats. Nothing N x N is ever stored.
+    padding, are kept once; a repeated index with a different label is a ``ValueError``), and
+    returns plain floats. Nothing N x N is ever stored.
 
     Args:
         metric: 1-NN similarity, see :func:`nearest_neighbor_correct`.
@@ -99,7 +100,8 @@ class Evaluator:
             crop_fractions: ``[B]`` kept side fraction of those crops -> ``rcorr_crop_unc``
                 (needs ``uncertainties_cropped``).
             logits: ``[B, C]`` classifier outputs -> ``top1``, ``top5``, ``auroc_classification``.
-            indices: ``[B]`` global sample ids; makes results independent of batching/sharding.
+            indices: ``[B]`` global sample ids; makes results independent of batching/sharding
+                (not positions within the batch: a repeated id is kept once).
 
         Every optional argument must be given in every batch or in none.
         """
@@ -158,7 +160,18 @@ class Evaluator:
         if not data:
             raise ValueError("Evaluator.compute() called before any update()")
         if "indices" in data:
-            _, first = np.unique(data["indices"].numpy(), return_index=True)  # sorted ids, first copy
+            ids = data["indices"].numpy()
+            _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)  # sorted ids, first copy
+            labels = data["labels"].numpy()
+            kept = labels[first][inverse.reshape(-1)]  # the label of each sample's first copy
+            clash = np.flatnonzero(labels != kept)
+            if clash.size:
+                i = clash[0]
+                raise ValueError(
+                    f"indices: sample id {ids[i]} appears more than once with different labels ({kept[i]} and "
+                    f"{labels[i]}); indices must be global sample ids (e.g. the dataset index), not positions "
+                    "within a batch or shard"
+                )
             order = torch.from_numpy(first)
             data = {name: value[order] for name, value in data.items()}
         return data
