@@ -530,3 +530,22 @@ def test_evaluator_refuses_repeated_indices_with_different_labels():
     correct = d["labels"][torch.from_numpy(brute_force_nn(d["embeddings"].numpy()))] == d["labels"]
     assert ev.compute()["r1"] == correct.double().mean().item()
 
+
+@pytest.mark.parametrize("with_correct", [False, True])
+def test_evaluator_compute_mixed_honours_exclude_singleton_queries(with_correct):
+    rng = np.random.default_rng(4)
+    emb_id, emb_ood = rng.standard_normal((50, 4)), rng.standard_normal((30, 4))
+    labels_id, labels_ood = rng.integers(0, 3, 50), rng.integers(0, 4, 30)
+    labels_id[:3], labels_ood[:2] = [10, 11, 12], [20, 21]  # 3 + 2 classes with one member
+    unc_id, unc_ood = rng.random(50), rng.random(30)
+    emb, unc = np.concatenate([emb_id, emb_ood]), np.r_[unc_id, unc_ood]
+    labels = np.concatenate([labels_id, labels_ood + 100])
+    correct = labels[brute_force_nn(emb)] == labels
+    counts = {v: int((labels == v).sum()) for v in labels}
+    keep = np.array([counts[v] > 1 for v in labels])
+    ev_id, ev_ood = M.Evaluator(exclude_singleton_queries=True), M.Evaluator()
+    ev_id.update(emb_id, unc_id, labels_id)
+    ev_ood.update(emb_ood, unc_ood, labels_ood)
+    out = ev_id.compute_mixed(ev_ood, correct=torch.from_numpy(correct) if with_correct else None)
+    assert out["auroc_correct_mixed"] == pytest.approx(roc_auc_score(~correct[keep], unc[keep]), abs=1e-12)
+
