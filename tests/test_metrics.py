@@ -549,3 +549,25 @@ def test_evaluator_compute_mixed_honours_exclude_singleton_queries(with_correct)
     out = ev_id.compute_mixed(ev_ood, correct=torch.from_numpy(correct) if with_correct else None)
     assert out["auroc_correct_mixed"] == pytest.approx(roc_auc_score(~correct[keep], unc[keep]), abs=1e-12)
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_top_k_accuracy_tied_logits_lowest_index_wins_like_argmax(dtype):
+    # Constant (or bfloat16-rounded) logits tie; torch.topk's order among ties is unspecified and
+    # disagreed with argmax, so Evaluator's top1 and auroc_classification scored different events.
+    rng = np.random.default_rng(11)
+    logits = np.round(rng.standard_normal((300, 40)), 1)  # many ties at the top
+    logits[:50] = 0.0
+    labels = rng.integers(0, 40, 300)
+    t = torch.from_numpy(logits).to(dtype)
+    values = t.double().numpy()
+    assert M.top_k_accuracy(t, labels, 1) == np.mean(values.argmax(1) == labels)
+    for k in (3, 5):  # the k largest, the lowest index first among equal values
+        top = np.argsort(-values, axis=1, kind="stable")[:, :k]
+        assert M.top_k_accuracy(t, labels, k) == np.mean((top == labels[:, None]).any(1))
+    ev = M.Evaluator()
+    ev.update(rng.standard_normal((300, 4)), rng.random(300), labels, logits=t)
+    out = ev.compute()
+    assert out["auroc_classification"] == pytest.approx(
+        roc_auc_score(values.argmax(1) != labels, ev._store["uncertainties"][0].numpy()), abs=1e-12)
+    assert out["top1"] == np.mean(values.argmax(1) == labels)
+
