@@ -389,8 +389,9 @@ def nearest_neighbor_correct(
     """Whether each sample's nearest other sample has the same label (leave-one-out 1-NN).
 
     Args:
-        embeddings: ``[N, D]`` finite floats (N >= 2), float32 or float64 (float16/bfloat16 and
-            integers are promoted); CUDA tensors stay on the GPU.
+        embeddings: ``[N, D]`` finite floats (N >= 2), float32 or float64 (float16/bfloat16 are
+            promoted to float32, integers of magnitude <= 2**53 to float64, both exactly); CUDA
+            tensors stay on the GPU.
         labels: ``[N]`` integer class ids.
         metric: ``"cosine"`` (L2-normalise each row in float64, zero vectors stay zero, then
             inner product) or ``"euclidean"``.
