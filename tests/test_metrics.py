@@ -584,3 +584,11 @@ def test_integer_embeddings_are_searched_exactly(metric, dtype):
 def test_integer_embeddings_beyond_float64_are_refused():
     with pytest.raises(ValueError, match=r"embeddings holds integers beyond 2\*\*53"):
         M.nearest_neighbor_index(np.array([[2**53 + 1, 0], [0, 1]], dtype=np.int64))
+
+
+def test_soft_label_entropy_of_huge_counts_does_not_overflow():
+    # The row sum overflowed to inf: q = 0 everywhere and the entropy came out as 0, not log 2.
+    huge = [[1e308, 1e308, 0.0], [1.5e308, 0.5e308, 1e308], [1.0, 1.0, 0.0]]
+    expected = [np.log(2), -sum(q * np.log(q) for q in (1 / 2, 1 / 6, 1 / 3)), np.log(2)]
+    np.testing.assert_allclose(M.soft_label_entropy(huge).numpy(), expected, rtol=1e-15)
+

@@ -30,6 +30,9 @@ def soft_label_entropy(counts_or_probs: ArrayLike) -> torch.Tensor:
     # Permuted rows become identical rows; sums are running sums (a fixed order, whatever the
     # memory layout; np.sum's pairwise order depends on it).
     counts = np.sort(counts, axis=1)
+    # Rows whose largest value is >= 1 are scaled down by a power of 2 (exact: q is unchanged)
+    # so that the row sum cannot overflow (a sum of inf made every q 0 and the entropy 0).
+    counts = np.ldexp(counts, -np.maximum(np.frexp(counts[:, -1:])[1], 0))
     total = np.cumsum(counts, axis=1)[:, -1:]
     with np.errstate(invalid="ignore", divide="ignore"):
         q = counts / total
