@@ -592,3 +592,12 @@ def test_soft_label_entropy_of_huge_counts_does_not_overflow():
     expected = [np.log(2), -sum(q * np.log(q) for q in (1 / 2, 1 / 6, 1 / 3)), np.log(2)]
     np.testing.assert_allclose(M.soft_label_entropy(huge).numpy(), expected, rtol=1e-15)
 
+
+def test_soft_label_errors_name_the_argument_given():
+    with pytest.raises(ValueError, match=r"soft_labels must have shape \[N, D\]"):
+        M.rcorr_entropy([0.1, 0.2], [1.0, 2.0])
+    with pytest.raises(ValueError, match="soft_labels must be non-negative"):
+        M.rcorr_entropy([0.1, 0.2], [[1.0, -2.0], [1.0, 1.0]])
+    ev = M.Evaluator()
+    with pytest.raises(ValueError, match="soft_labels must be non-negative"):  # at update(), not at compute()
+        ev.update(np.eye(2), [0.1, 0.2], [0, 1], soft_labels=[[1.0, -2.0], [1.0, 1.0]])

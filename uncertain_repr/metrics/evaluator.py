@@ -16,6 +16,7 @@ from .nearest_neighbor import Metric, nearest_neighbor_correct
 from .r_auroc import r_auroc_mixed, union_labels
 from .retrieval import retrieval_scores
 from .rank_correlation import rcorr_crop_unc, rcorr_entropy
+from .soft_label_entropy import as_counts
 from .summary import uncertainty_summary
 
 
@@ -112,7 +113,7 @@ class Evaluator:
             "labels": _cpu(as_labels(labels, "labels"), torch.int64),
         }
         optional = {
-            "soft_labels": None if soft_labels is None else as_float_2d(soft_labels, "soft_labels"),
+            "soft_labels": None if soft_labels is None else as_counts(soft_labels, "soft_labels"),
             "uncertainties_cropped": None
             if uncertainties_cropped is None
             else as_float_1d(uncertainties_cropped, "uncertainties_cropped"),
