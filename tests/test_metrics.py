@@ -601,3 +601,16 @@ def test_soft_label_errors_name_the_argument_given():
     ev = M.Evaluator()
     with pytest.raises(ValueError, match="soft_labels must be non-negative"):  # at update(), not at compute()
         ev.update(np.eye(2), [0.1, 0.2], [0, 1], soft_labels=[[1.0, -2.0], [1.0, 1.0]])
+
+
+def test_numpy_scalars_are_accepted_where_python_numbers_are():
+    # np.float32(0.9) was refused as "confidence must be in (0, 1)"; np.int64 k / chunk_size as not an int.
+    rng = np.random.default_rng(12)
+    logits, labels, u = rng.standard_normal((40, 6)), rng.integers(0, 6, 40), rng.random(40)
+    assert M.top_k_accuracy(logits, labels, np.int64(3)) == M.top_k_accuracy(logits, labels, 3)
+    assert M.bootstrap_ci(np.mean, u, n_resamples=20, confidence=np.float32(0.9)) == M.bootstrap_ci(
+        np.mean, u, n_resamples=20, confidence=float(np.float32(0.9)))
+    x = rng.standard_normal((40, 3))
+    assert torch.equal(M.nearest_neighbor_index(x, chunk_size=np.int64(7)), torch.from_numpy(brute_force_nn(x)))
+    with pytest.raises(ValueError, match="k must be an int >= 1"):
+        M.top_k_accuracy(logits, labels, np.float64(3.0))

@@ -20,6 +20,7 @@ over queries instead::
 from __future__ import annotations
 
 import warnings
+from numbers import Real
 from typing import Callable, NamedTuple, Sequence, Tuple, Union
 
 import numpy as np
@@ -77,7 +78,7 @@ def _check_seed(seed: Seed) -> None:
 
 
 def _check_confidence(confidence: float) -> None:
-    if not isinstance(confidence, (int, float)) or not 0.0 < float(confidence) < 1.0:
+    if not isinstance(confidence, Real) or not 0.0 < float(confidence) < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
 
 from ._checks import ArrayLike, as_float_2d, as_labels, check_same_length
@@ -22,7 +24,7 @@ def top_k_accuracy(logits: ArrayLike, labels: ArrayLike, k: int = 1) -> float:
     x = as_float_2d(logits, "logits")
     y = as_labels(labels, "labels")
     check_same_length(logits=x, labels=y)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     num_classes = x.shape[1]
     if y.min() < 0 or y.max() >= num_classes:
