@@ -573,16 +573,18 @@ def test_top_k_accuracy_tied_logits_lowest_index_wins_like_argmax(dtype):
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-@pytest.mark.parametrize("dtype", [np.int64, np.int32])
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint32, np.uint64])
 def test_integer_embeddings_are_searched_exactly(metric, dtype):
     # Integers above 2**24 were rounded to float32 first: 2**24 + 1 -> 2**24, 2**24 + 3 -> 2**24 + 4.
     big = 2**24
     x = np.array([[big, 0], [big + 1, 0], [big + 3, 0], [0, big], [1, big + 1], [3, big + 2]], dtype=dtype)
     assert M.nearest_neighbor_index(x, metric=metric).tolist() == brute_force_nn(x, metric).tolist()
+    small = np.array([[1, 0], [2, 0], [5, 0], [9, 1]], dtype=np.uint16)  # torch has no max() for uint16
+    assert M.nearest_neighbor_index(small, metric=metric).tolist() == brute_force_nn(small, metric).tolist()
 
 
 def test_integer_embeddings_beyond_float64_are_refused():
-    with pytest.raises(ValueError, match=r"embeddings holds integers beyond 2\*\*53"):
+    with pytest.raises(ValueError, match=r"embeddings holds integers of magnitude 2\*\*53 or more"):
         M.nearest_neighbor_index(np.array([[2**53 + 1, 0], [0, 1]], dtype=np.int64))
 
 

@@ -391,7 +391,7 @@ def nearest_neighbor_correct(
 
     Args:
         embeddings: ``[N, D]`` finite floats (N >= 2), float32 or float64 (float16/bfloat16 are
-            promoted to float32, integers of magnitude <= 2**53 to float64, both exactly); CUDA
+            promoted to float32, integers of magnitude < 2**53 to float64, both exactly); CUDA
             tensors stay on the GPU.
         labels: ``[N]`` integer class ids.
         metric: ``"cosine"`` (L2-normalise each row in float64, zero vectors stay zero, then
