@@ -618,3 +618,17 @@ def test_numpy_scalars_are_accepted_where_python_numbers_are():
     assert torch.equal(M.nearest_neighbor_index(x, chunk_size=np.int64(7)), torch.from_numpy(brute_force_nn(x)))
     with pytest.raises(ValueError, match="k must be an int >= 1"):
         M.top_k_accuracy(logits, labels, np.float64(3.0))
+
+
+@pytest.mark.filterwarnings("ignore:the metric is undefined on every resample")
+def test_bootstrap_over_one_sample_is_undefined_not_a_zero_width_interval():
+    # uncertainties of shape [1, N] (a broadcasting trap) are ONE sample along axis 0: every resample
+    # was that sample, and the interval [point, point] claimed there is no sampling uncertainty.
+    u = np.random.default_rng(13).random((1, 50))
+    with pytest.warns(UndefinedMetricWarning, match=r"1 sample along axis 0 .*shape \(1, 50\)"):
+        point, low, high = M.bootstrap_ci(np.mean, u, n_resamples=20)
+    assert point == u.mean() and np.isnan(low) and np.isnan(high)
+    with pytest.warns(UndefinedMetricWarning, match="1 sample along axis 0"):
+        diff = M.paired_bootstrap_difference(lambda a: float(a[0]), [0.2], [0.1], n_resamples=20)
+    assert diff.difference == pytest.approx(0.1) and np.isnan(diff.low) and np.isnan(diff.p_value)
+    assert not np.isnan(M.bootstrap_ci(np.mean, u[0, :2], n_resamples=20).low)  # 2 samples: defined
