@@ -510,3 +510,125 @@ def test_risk_coverage_takes_errors_of_any_torch_dtype(dtype):
     assert M.aurc(unc, torch.from_numpy(errors).to(dtype)) == pytest.approx(expected, abs=1e-12)
     _, risk = M.risk_coverage_curve(torch.from_numpy(unc), torch.from_numpy(errors).to(dtype))
     np.testing.assert_allclose(risk.numpy(), np.cumsum(errors[order]) / np.arange(1, 31), rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------- audit: traps found by users
+def test_evaluator_refuses_repeated_indices_with_different_labels():
+    # Batch-local positions passed as indices: np.unique kept only the first batch's samples
+    # and silently scored 100 of 400 samples.
+    d = _dataset(400)
+    ev = M.Evaluator()
+    for start in range(0, 400, 100):
+        ev.update(d["embeddings"][start : start + 100], d["uncertainties"][start : start + 100],
+                  d["labels"][start : start + 100], indices=torch.arange(100))
+    with pytest.raises(ValueError, match="indices: sample id .* different labels"):
+        ev.compute()
+    # DistributedSampler padding (the same samples again, same labels) is still kept once.
+    ev = M.Evaluator()
+    ev.update(d["embeddings"], d["uncertainties"], d["labels"], indices=torch.arange(400))
+    ev.update(d["embeddings"][:3], d["uncertainties"][:3], d["labels"][:3], indices=torch.arange(3))
+    correct = d["labels"][torch.from_numpy(brute_force_nn(d["embeddings"].numpy()))] == d["labels"]
+    assert ev.compute()["r1"] == correct.double().mean().item()
+
+
+@pytest.mark.parametrize("with_correct", [False, True])
+def test_evaluator_compute_mixed_honours_exclude_singleton_queries(with_correct):
+    rng = np.random.default_rng(4)
+    emb_id, emb_ood = rng.standard_normal((50, 4)), rng.standard_normal((30, 4))
+    labels_id, labels_ood = rng.integers(0, 3, 50), rng.integers(0, 4, 30)
+    labels_id[:3], labels_ood[:2] = [10, 11, 12], [20, 21]  # 3 + 2 classes with one member
+    unc_id, unc_ood = rng.random(50), rng.random(30)
+    emb, unc = np.concatenate([emb_id, emb_ood]), np.r_[unc_id, unc_ood]
+    labels = np.concatenate([labels_id, labels_ood + 100])
+    correct = labels[brute_force_nn(emb)] == labels
+    counts = {v: int((labels == v).sum()) for v in labels}
+    keep = np.array([counts[v] > 1 for v in labels])
+    ev_id, ev_ood = M.Evaluator(exclude_singleton_queries=True), M.Evaluator()
+    ev_id.update(emb_id, unc_id, labels_id)
+    ev_ood.update(emb_ood, unc_ood, labels_ood)
+    out = ev_id.compute_mixed(ev_ood, correct=torch.from_numpy(correct) if with_correct else None)
+    assert out["auroc_correct_mixed"] == pytest.approx(roc_auc_score(~correct[keep], unc[keep]), abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_top_k_accuracy_tied_logits_lowest_index_wins_like_argmax(dtype):
+    # Constant (or bfloat16-rounded) logits tie; torch.topk's order among ties is unspecified and
+    # disagreed with argmax, so Evaluator's top1 and auroc_classification scored different events.
+    rng = np.random.default_rng(11)
+    logits = np.round(rng.standard_normal((300, 40)), 1)  # many ties at the top
+    logits[:50] = 0.0
+    labels = rng.integers(0, 40, 300)
+    t = torch.from_numpy(logits).to(dtype)
+    values = t.double().numpy()
+    assert M.top_k_accuracy(t, labels, 1) == np.mean(values.argmax(1) == labels)
+    for k in (3, 5):  # the k largest, the lowest index first among equal values
+        top = np.argsort(-values, axis=1, kind="stable")[:, :k]
+        assert M.top_k_accuracy(t, labels, k) == np.mean((top == labels[:, None]).any(1))
+    ev = M.Evaluator()
+    ev.update(rng.standard_normal((300, 4)), rng.random(300), labels, logits=t)
+    out = ev.compute()
+    assert out["auroc_classification"] == pytest.approx(
+        roc_auc_score(values.argmax(1) != labels, ev._store["uncertainties"][0].numpy()), abs=1e-12)
+    assert out["top1"] == np.mean(values.argmax(1) == labels)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint32, np.uint64])
+def test_integer_embeddings_are_searched_exactly(metric, dtype):
+    # Integers above 2**24 were rounded to float32 first: 2**24 + 1 -> 2**24, 2**24 + 3 -> 2**24 + 4.
+    big = 2**24
+    x = np.array([[big, 0], [big + 1, 0], [big + 3, 0], [0, big], [1, big + 1], [3, big + 2]], dtype=dtype)
+    if metric == "cosine":  # directions that float32 rounding confuses
+        x = np.array([[31048322, 27463657], [31048321, 27463656], [31048319, 27463656], [31048320, 27463661]], dtype=dtype)
+    assert M.nearest_neighbor_index(x, metric=metric).tolist() == brute_force_nn(x, metric).tolist()
+    small = np.array([[1, 0], [2, 0], [5, 0], [9, 1]], dtype=np.uint16)  # torch has no max() for uint16
+    assert M.nearest_neighbor_index(small, metric=metric).tolist() == brute_force_nn(small, metric).tolist()
+
+
+def test_integer_embeddings_beyond_float64_are_refused():
+    with pytest.raises(ValueError, match=r"embeddings holds integers of magnitude 2\*\*53 or more"):
+        M.nearest_neighbor_index(np.array([[2**53 + 1, 0], [0, 1]], dtype=np.int64))
+
+
+def test_soft_label_entropy_of_huge_counts_does_not_overflow():
+    # The row sum overflowed to inf: q = 0 everywhere and the entropy came out as 0, not log 2.
+    huge = [[1e308, 1e308, 0.0], [1.5e308, 0.5e308, 1e308], [1.0, 1.0, 0.0]]
+    expected = [np.log(2), -sum(q * np.log(q) for q in (1 / 2, 1 / 6, 1 / 3)), np.log(2)]
+    np.testing.assert_allclose(M.soft_label_entropy(huge).numpy(), expected, rtol=1e-15)
+
+
+def test_soft_label_errors_name_the_argument_given():
+    with pytest.raises(ValueError, match=r"soft_labels must have shape \[N, D\]"):
+        M.rcorr_entropy([0.1, 0.2], [1.0, 2.0])
+    with pytest.raises(ValueError, match="soft_labels must be non-negative"):
+        M.rcorr_entropy([0.1, 0.2], [[1.0, -2.0], [1.0, 1.0]])
+    ev = M.Evaluator()
+    with pytest.raises(ValueError, match="soft_labels must be non-negative"):  # at update(), not at compute()
+        ev.update(np.eye(2), [0.1, 0.2], [0, 1], soft_labels=[[1.0, -2.0], [1.0, 1.0]])
+
+
+def test_numpy_scalars_are_accepted_where_python_numbers_are():
+    # np.float32(0.9) was refused as "confidence must be in (0, 1)"; np.int64 k / chunk_size as not an int.
+    rng = np.random.default_rng(12)
+    logits, labels, u = rng.standard_normal((40, 6)), rng.integers(0, 6, 40), rng.random(40)
+    assert M.top_k_accuracy(logits, labels, np.int64(3)) == M.top_k_accuracy(logits, labels, 3)
+    assert M.bootstrap_ci(np.mean, u, n_resamples=20, confidence=np.float32(0.9)) == M.bootstrap_ci(
+        np.mean, u, n_resamples=20, confidence=float(np.float32(0.9)))
+    x = rng.standard_normal((40, 3))
+    assert torch.equal(M.nearest_neighbor_index(x, chunk_size=np.int64(7)), torch.from_numpy(brute_force_nn(x)))
+    with pytest.raises(ValueError, match="k must be an int >= 1"):
+        M.top_k_accuracy(logits, labels, np.float64(3.0))
+
+
+@pytest.mark.filterwarnings("ignore:the metric is undefined on every resample")
+def test_bootstrap_over_one_sample_is_undefined_not_a_zero_width_interval():
+    # uncertainties of shape [1, N] (a broadcasting trap) are ONE sample along axis 0: every resample
+    # was that sample, and the interval [point, point] claimed there is no sampling uncertainty.
+    u = np.random.default_rng(13).random((1, 50))
+    with pytest.warns(UndefinedMetricWarning, match=r"1 sample along axis 0 .*shape \(1, 50\)"):
+        point, low, high = M.bootstrap_ci(np.mean, u, n_resamples=20)
+    assert point == u.mean() and np.isnan(low) and np.isnan(high)
+    with pytest.warns(UndefinedMetricWarning, match="1 sample along axis 0"):
+        diff = M.paired_bootstrap_difference(lambda a: float(a[0]), [0.2], [0.1], n_resamples=20)
+    assert diff.difference == pytest.approx(0.1) and np.isnan(diff.low) and np.isnan(diff.p_value)
+    assert not np.isnan(M.bootstrap_ci(np.mean, u[0, :2], n_resamples=20).low)  # 2 samples: defined

@@ -44,6 +44,8 @@ def _worker(rank: int, init_file: str, out_file: str) -> None:
         data = _data()
         # Each rank feeds its shard in REVERSED order, in batches of 100: only indices order it.
         own = torch.arange(N)[SHARDS[rank]].flip(0)
+        if rank == 1:  # DistributedSampler-style padding: samples of rank 0 again (kept once)
+            own = torch.cat([own, torch.tensor([0, 1])])
         ev = Evaluator(chunk_size=128)
         for batch in own.split(100):
             ev.update(**{k: v[batch] for k, v in data.items()})

@@ -83,7 +83,8 @@ def as_float_2d(x: ArrayLike, name: str) -> np.ndarray:
 def as_embeddings(x: ArrayLike, name: str = "embeddings") -> torch.Tensor:
     """``x`` as a finite floating torch tensor ``[N, D]`` on its own device.
 
-    float32/float64 are kept; float16/bfloat16 and integers are promoted to float32.
+    float32/float64 are kept; float16/bfloat16 are promoted to float32 and integers to float64
+    (both exact; integers of magnitude 2**53 or more are refused, float64 would round them).
     """
     t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(_to_numpy(x, name))
     if t.ndim != 2:
@@ -92,7 +93,14 @@ def as_embeddings(x: ArrayLike, name: str = "embeddings") -> torch.Tensor:
         raise ValueError(f"{name} is empty: got shape {tuple(t.shape)}, need N >= 1 and D >= 1")
     if t.dtype == torch.bool or t.is_complex():
         raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
-    if t.dtype not in (torch.float32, torch.float64):
+    if not t.is_floating_point():
+        t = t.double()  # exact below 2**53 in magnitude; from 2**53 on an integer may have been rounded
+        if bool((t.abs() >= 2.0**53).any()):
+            raise ValueError(
+                f"{name} holds integers of magnitude 2**53 or more, which float64 cannot represent exactly "
+                "(their distances would be rounded); scale them down or pass floats"
+            )
+    elif t.dtype not in (torch.float32, torch.float64):
         t = t.float()
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains non-finite (NaN or inf) values; all must be finite")

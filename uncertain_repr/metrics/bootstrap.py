@@ -20,6 +20,7 @@ over queries instead::
 from __future__ import annotations
 
 import warnings
+from numbers import Real
 from typing import Callable, NamedTuple, Sequence, Tuple, Union
 
 import numpy as np
@@ -77,7 +78,7 @@ def _check_seed(seed: Seed) -> None:
 
 
 def _check_confidence(confidence: float) -> None:
-    if not isinstance(confidence, (int, float)) or not 0.0 < float(confidence) < 1.0:
+    if not isinstance(confidence, Real) or not 0.0 < float(confidence) < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
 
 
@@ -93,12 +94,17 @@ def bootstrap_distribution(metric: Metric, *arrays: ArrayLike, n_resamples: int 
             None is refused); resample ``r`` is its ``r``-th ``integers(0, N, size=N)`` draw.
 
     A resample where the metric is undefined (e.g. AUROC with one class only) gives ``nan``; its
-    warnings are collected into one :class:`UndefinedMetricWarning`.
+    warnings are collected into one :class:`UndefinedMetricWarning`. With N = 1 (e.g. an array of
+    shape ``[1, N]`` passed for ``[N]``) every resample is ``nan``, with that warning.
     """
     _check_resamples(n_resamples)
     _check_seed(seed)
     data = _arrays(arrays, [f"arrays[{i}]" for i in range(len(arrays))])
     n = data[0].shape[0]
+    if n == 1:  # every resample would be that sample: a zero-width interval that claims certainty
+        undefined(f"a bootstrap over 1 sample along axis 0 is undefined (arrays[0] has shape {tuple(data[0].shape)}; "
+                  "per-sample arrays are [N, ...]); returning nan for every resample")
+        return np.full(int(n_resamples), np.nan)
     rng = np.random.default_rng(seed)
     values = np.empty(int(n_resamples), dtype=np.float64)
     with warnings.catch_warnings():

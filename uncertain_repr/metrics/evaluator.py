@@ -13,9 +13,10 @@ from .auroc import _auroc_np, auroc_ood
 from .classification import top_k_accuracy
 from .cropped import cropped_has_bigger_uncertainty
 from .nearest_neighbor import Metric, nearest_neighbor_correct
-from .r_auroc import r_auroc_mixed
+from .r_auroc import r_auroc_mixed, union_labels
 from .retrieval import retrieval_scores
 from .rank_correlation import rcorr_crop_unc, rcorr_entropy
+from .soft_label_entropy import as_counts
 from .summary import uncertainty_summary
 
 
@@ -41,16 +42,18 @@ class Evaluator:
     uncertainties and crop fractions float64; labels/indices int64). ``compute()``
     gathers all ranks when ``torch.distributed`` is initialised (uneven shards allowed), orders
     samples by ``indices`` if they were given (duplicated indices, e.g. DistributedSampler
-    padding, are kept once), and returns plain floats. Nothing N x N is ever stored.
+    padding, are kept once; a repeated index with a different label is a ``ValueError``), and
+    returns plain floats. Nothing N x N is ever stored.
 
     Args:
         metric: 1-NN similarity, see :func:`nearest_neighbor_correct`.
         chunk_size: side of one 1-NN search tile, see :func:`nearest_neighbor_correct`.
         backend: ``"torch"`` or ``"faiss"``, see :func:`nearest_neighbor_correct`.
         device: where the 1-NN matrix products run at ``compute()`` (default: CPU), e.g. "cuda".
-        exclude_singleton_queries: leave out of ``r1``/``auroc_correct``, as queries, the samples
-            whose class has no other member (see :func:`retrieval_metrics`); off by default, as
-            in the original. Their number is reported either way, as the attribute
+        exclude_singleton_queries: leave out of ``r1``/``auroc_correct`` (and of
+            ``auroc_correct_mixed`` in :meth:`compute_mixed`), as queries, the samples whose
+            class has no other member (see :func:`retrieval_metrics`); off by default, as in the
+            original. Their number is reported either way, as the attribute
             ``n_singleton_queries`` (set by ``compute()``; not a results key, so that tables
             of metrics do not average a count).
     """
@@ -99,7 +102,8 @@ class Evaluator:
             crop_fractions: ``[B]`` kept side fraction of those crops -> ``rcorr_crop_unc``
                 (needs ``uncertainties_cropped``).
             logits: ``[B, C]`` classifier outputs -> ``top1``, ``top5``, ``auroc_classification``.
-            indices: ``[B]`` global sample ids; makes results independent of batching/sharding.
+            indices: ``[B]`` global sample ids; makes results independent of batching/sharding
+                (not positions within the batch: a repeated id is kept once).
 
         Every optional argument must be given in every batch or in none.
         """
@@ -109,7 +113,7 @@ class Evaluator:
             "labels": _cpu(as_labels(labels, "labels"), torch.int64),
         }
         optional = {
-            "soft_labels": None if soft_labels is None else as_float_2d(soft_labels, "soft_labels"),
+            "soft_labels": None if soft_labels is None else as_counts(soft_labels, "soft_labels"),
             "uncertainties_cropped": None
             if uncertainties_cropped is None
             else as_float_1d(uncertainties_cropped, "uncertainties_cropped"),
@@ -158,7 +162,18 @@ class Evaluator:
         if not data:
             raise ValueError("Evaluator.compute() called before any update()")
         if "indices" in data:
-            _, first = np.unique(data["indices"].numpy(), return_index=True)  # sorted ids, first copy
+            ids = data["indices"].numpy()
+            _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)  # sorted ids, first copy
+            labels = data["labels"].numpy()
+            kept = labels[first][inverse.reshape(-1)]  # the label of each sample's first copy
+            clash = np.flatnonzero(labels != kept)
+            if clash.size:
+                i = clash[0]
+                raise ValueError(
+                    f"indices: sample id {ids[i]} appears more than once with different labels ({kept[i]} and "
+                    f"{labels[i]}); indices must be global sample ids (e.g. the dataset index), not positions "
+                    "within a batch or shard"
+                )
             order = torch.from_numpy(first)
             data = {name: value[order] for name, value in data.items()}
         return data
@@ -212,22 +227,23 @@ class Evaluator:
         """``auroc_ood`` and ``auroc_correct_mixed`` with this evaluator as ID and ``ood`` as OOD.
 
         Uses all stored samples of both (after gathering); see :func:`r_auroc_mixed` for the
-        label shift that makes the two class sets disjoint. ``correct``: the 1-NN correctness
-        ``[N_id + N_ood]`` of that union (ID first), from an earlier search; skips the search.
+        label shift that makes the two class sets disjoint. This evaluator's
+        ``exclude_singleton_queries`` applies to the union's labels (``ood``'s is not read).
+        ``correct``: the 1-NN correctness ``[N_id + N_ood]`` of that union (ID first), from an
+        earlier search; skips the search.
         """
         ind, ood_d = self._gathered(), ood._gathered()
-        if correct is not None:
-            unc = torch.cat([ind["uncertainties"], ood_d["uncertainties"]])
-            right = self._correct(ind["embeddings"], torch.cat([ind["labels"], ood_d["labels"]]), correct)
-            return {
-                "auroc_ood": auroc_ood(ind["uncertainties"], ood_d["uncertainties"]),
-                "auroc_correct_mixed": _auroc_np(unc.double().numpy(), ~right.numpy()),
-            }
-        return {
-            "auroc_ood": auroc_ood(ind["uncertainties"], ood_d["uncertainties"]),
-            "auroc_correct_mixed": r_auroc_mixed(
+        out = {"auroc_ood": auroc_ood(ind["uncertainties"], ood_d["uncertainties"])}
+        if correct is None:
+            out["auroc_correct_mixed"] = r_auroc_mixed(
                 ind["uncertainties"], ind["embeddings"].to(self.device), ind["labels"],
                 ood_d["uncertainties"], ood_d["embeddings"].to(self.device), ood_d["labels"],
                 metric=self.metric, chunk_size=self.chunk_size, backend=self.backend,
-            ),
-        }
+                exclude_singleton_queries=self.exclude_singleton_queries,
+            )
+            return out
+        labels = union_labels(ind["labels"].numpy(), ood_d["labels"].numpy())
+        right = self._correct(ind["embeddings"], torch.from_numpy(labels), correct)
+        unc = torch.cat([ind["uncertainties"], ood_d["uncertainties"]]).double().numpy()
+        out["auroc_correct_mixed"] = retrieval_scores(unc, right, labels, self.exclude_singleton_queries)["auroc_correct"]
+        return out

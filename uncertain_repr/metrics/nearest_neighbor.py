@@ -17,6 +17,7 @@ import math
 import sys
 import time
 from contextlib import contextmanager
+from numbers import Integral
 from typing import Callable, Iterator, Literal, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -373,9 +374,9 @@ def nearest_neighbor_index(
         raise ValueError(f"backend must be 'torch' or 'faiss', got {backend!r}")
     if chunk_size is None:
         chunk_size = _TILE
-    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, Integral) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    return _nn_torch(x, metric, -(-min(chunk_size, n) // _BLOCK) * _BLOCK)
+    return _nn_torch(x, metric, -(-min(int(chunk_size), n) // _BLOCK) * _BLOCK)
 
 
 def nearest_neighbor_correct(
@@ -389,8 +390,9 @@ def nearest_neighbor_correct(
     """Whether each sample's nearest other sample has the same label (leave-one-out 1-NN).
 
     Args:
-        embeddings: ``[N, D]`` finite floats (N >= 2), float32 or float64 (float16/bfloat16 and
-            integers are promoted); CUDA tensors stay on the GPU.
+        embeddings: ``[N, D]`` finite floats (N >= 2), float32 or float64 (float16/bfloat16 are
+            promoted to float32, integers of magnitude < 2**53 to float64, both exactly); CUDA
+            tensors stay on the GPU.
         labels: ``[N]`` integer class ids.
         metric: ``"cosine"`` (L2-normalise each row in float64, zero vectors stay zero, then
             inner product) or ``"euclidean"``.

@@ -42,6 +42,11 @@ def r_auroc(
     )["auroc_correct"]
 
 
+def union_labels(labels_id: np.ndarray, labels_ood: np.ndarray) -> np.ndarray:
+    """``[N_id + N_ood]`` labels of ID then OOD, the OOD ids shifted past the ID ones (disjoint classes)."""
+    return np.concatenate([labels_id, labels_ood - labels_ood.min() + labels_id.max() + 1])
+
+
 def r_auroc_mixed(
     unc_id: ArrayLike,
     emb_id: ArrayLike,
@@ -75,7 +80,7 @@ def r_auroc_mixed(
         )
     dtype = torch.promote_types(e_id.dtype, e_ood.dtype)
     emb = torch.cat([e_id.to(dtype), e_ood.to(device=e_id.device, dtype=dtype)])
-    labels = np.concatenate([y_id, y_ood - y_ood.min() + y_id.max() + 1])
+    labels = union_labels(y_id, y_ood)
     correct = nearest_neighbor_correct(
         emb, labels, metric=metric, chunk_size=chunk_size, backend=backend
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from ._checks import ArrayLike, as_float_1d, check_same_length, undefined
-from .soft_label_entropy import soft_label_entropy
+from .soft_label_entropy import _entropy, as_counts
 
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
@@ -59,7 +59,7 @@ def rcorr_entropy(unc: ArrayLike, soft_labels: ArrayLike) -> float:
         Positive = the model is more uncertain where annotators disagree more.
     """
     u = as_float_1d(unc, "unc")
-    h = soft_label_entropy(soft_labels).numpy()
+    h = _entropy(as_counts(soft_labels, "soft_labels")).numpy()
     check_same_length(unc=u, soft_labels=h)
     return _spearman_np(u, h)
 
