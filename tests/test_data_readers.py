@@ -380,3 +380,18 @@ def test_torchvision_images_that_cannot_be_converted_are_named():
     assert type(err.value) is TypeError
     assert str(err.value).startswith("image _TorchvisionItems(/data/fake)[4] is a Tensor; the dataset must give "
                                      "PIL images or numpy arrays (build it with transform=None)")
+
+
+def test_subset_refuses_masks_and_fractional_indices(cub_root):
+    # A boolean mask used to become positions 0/1 (np.asarray(mask, int64)): N items, all copies of 0 and 1.
+    test = urd.create_dataset("repr/cub", cub_root, "test")
+    mask = test.labels == 3
+    with pytest.raises(TypeError, match=r"indices must be integer positions, got a bool array \(a mask: .*nonzero"):
+        test.subset(mask)
+    with pytest.raises(TypeError, match=r"indices must be integer positions, got a bool array"):
+        test.subset(mask.numpy().tolist())
+    with pytest.raises(TypeError, match=r"indices must be integer positions, got a float64 array"):
+        test.subset([0.9, 1.7])
+    by_mask = test.subset(torch.nonzero(mask).flatten())
+    assert by_mask.labels.tolist() == [3] * int(mask.sum()) and len(by_mask) == int(mask.sum())
+    assert len(test.subset([])) == 0
