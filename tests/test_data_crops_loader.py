@@ -156,6 +156,24 @@ def test_transforms_legacy_model_and_train():
         urd.eval_transform(legacy=True, img_size=0)
 
 
+def test_data_config_dict_keys_are_read_or_refused():
+    import timm
+
+    # A key timm does not read used to be dropped: {"img_size": 96} gave the default 224-px transform.
+    with pytest.raises(ValueError, match=r"keys timm does not read: \['crop_percent', 'img_size'\]"):
+        urd.eval_transform({"img_size": 96, "crop_percent": 1.0, "mean": (0.5, 0.5, 0.5)})
+    with pytest.raises(ValueError, match=r"model_or_data_config.*'size'"):
+        urd.train_transform({"size": 96})
+    config = {"input_size": (3, 96, 96), "mean": (0.1, 0.2, 0.3), "std": (0.5, 0.5, 0.5), "crop_pct": 0.5,
+              "interpolation": "bilinear"}
+    resize, crop, _, norm = urd.eval_transform(config).transforms
+    assert resize.size == 192 and crop.size == (96, 96) and resize.interpolation.value == "bilinear"
+    assert norm.mean.tolist() == pytest.approx([0.1, 0.2, 0.3]) and norm.std.tolist() == pytest.approx([0.5] * 3)
+    model = timm.create_model("test_vit")  # a model's whole pretrained_cfg (url, license, ...) is a valid dict
+    image = _Synthetic(1, (50, 70)).load(0)
+    assert torch.equal(urd.eval_transform(dict(model.pretrained_cfg))(image), urd.eval_transform(model)(image))
+
+
 @pytest.mark.parametrize("n, world", [(0, 2), (1, 3), (10, 3), (11, 4), (7, 1)])
 def test_exact_shard_sampler_covers_once(n, world):
     shards = [list(urd.ExactShardSampler(n, rank=r, world_size=world)) for r in range(world)]

@@ -2,11 +2,13 @@
 
 ``model_or_data_config`` is a model (timm, :class:`~uncertain_repr.Uncertainizer` or any module
 with a ``pretrained_cfg``) or a data-config dict (``input_size``, ``interpolation``, ``mean``,
-``std``, ``crop_pct``, ...; missing keys take timm's defaults).
+``std``, ``crop_pct``, ``crop_mode`` or any other key of a timm ``pretrained_cfg``; missing keys
+take timm's defaults, an unknown key is a ``ValueError``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from torch import nn
@@ -33,6 +35,14 @@ def resolve_data_config(
     elif isinstance(model_or_data_config, nn.Module):
         config = timm.data.resolve_model_data_config(model_or_data_config)
     elif isinstance(model_or_data_config, Mapping):
+        # every key of a timm pretrained_cfg (the data-config keys among them) is read or harmless;
+        # timm would drop any other key (a typo such as img_size) and use its default instead
+        unread = sorted(set(model_or_data_config) - {f.name for f in dataclasses.fields(timm.models.PretrainedCfg)})
+        if unread:
+            raise ValueError(
+                f"model_or_data_config has keys timm does not read: {unread}; a data config takes "
+                "input_size, interpolation, mean, std, crop_pct, crop_mode (or pass a model's pretrained_cfg)"
+            )
         config = timm.data.resolve_data_config(pretrained_cfg=dict(model_or_data_config))
     else:
         raise TypeError(
