@@ -174,6 +174,15 @@ def test_data_config_dict_keys_are_read_or_refused():
     assert torch.equal(urd.eval_transform(dict(model.pretrained_cfg))(image), urd.eval_transform(model)(image))
 
 
+def test_legacy_refuses_what_it_would_ignore():
+    # legacy=True used to drop a data-config dict (or any non-model) and return the 224-px preset.
+    with pytest.raises(ValueError, match=r"legacy=True ignores a data-config dict"):
+        urd.eval_transform({"input_size": (3, 96, 96)}, legacy=True)
+    with pytest.raises(TypeError, match="model_or_data_config must be an nn.Module or a data-config dict"):
+        urd.ssl_transform("resnet50", legacy=True)
+    assert urd.resolve_data_config(legacy=True)["input_size"] == (3, 224, 224)
+
+
 @pytest.mark.parametrize("n, world", [(0, 2), (1, 3), (10, 3), (11, 4), (7, 1)])
 def test_exact_shard_sampler_covers_once(n, world):
     shards = [list(urd.ExactShardSampler(n, rank=r, world_size=world)) for r in range(world)]
