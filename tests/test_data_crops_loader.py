@@ -125,6 +125,18 @@ def test_two_views_interleaved():
         urd.TwoViews(_dataset(2), None)
 
 
+
+def test_collate_views_repeats_every_key_per_view():
+    # A str key (collated as a list of B) used to stay B long next to 2B images: row 2k+1 had no path.
+    batch = [{"image": torch.full((2, 1), float(i)), "label": i, "path": f"img{i}.png", "meta": {"w": float(i)}}
+             for i in (3, 5)]
+    out = urd.collate_views(batch)
+    assert out["image"].flatten().tolist() == [3, 3, 5, 5] and out["label"].tolist() == [3, 3, 5, 5]
+    assert out["path"] == ["img3.png", "img3.png", "img5.png", "img5.png"]
+    assert out["meta"]["w"].tolist() == [3, 3, 5, 5]
+    cached = urd.collate_views([{"embedding": torch.tensor([[1.0], [2.0]]), "index": 7}])
+    assert cached["embedding"].flatten().tolist() == [1, 2] and cached["index"].tolist() == [7, 7]
+
 def test_transforms_legacy_model_and_train():
     import timm
     import timm.data
