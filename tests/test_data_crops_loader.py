@@ -233,6 +233,21 @@ def test_create_loader_defaults_and_seed():
         urd.create_loader(ds, 2, shuffle=False, num_workers=-1)
 
 
+
+def test_evaluation_loader_refuses_drop_last_under_distributed(monkeypatch):
+    # 1 process, N=10, B=3, drop_last: items 0..8. Two ranks (blocks 0..4, 5..9) each dropped their own
+    # partial batch: items 0,1,2,5,6,7 -- other numbers than the 1-process run, without an error.
+    import torch.distributed as dist
+
+    ds = _dataset(10)
+    assert len(list(urd.create_loader(ds, 3, shuffle=False, num_workers=0, drop_last=True).sampler)) == 10
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    with pytest.raises(ValueError, match=r"drop_last=True with shuffle=False under torch.distributed \(2 processes\)"):
+        urd.create_loader(ds, 3, shuffle=False, num_workers=0, drop_last=True)
+    assert list(urd.create_loader(ds, 3, shuffle=False, num_workers=0).sampler) == [5, 6, 7, 8, 9]
+
 def test_loader_with_workers_reads_tar_per_process(shared_data):
     ds = urd.create_dataset("soft/cifar10h", shared_data("cifar10_test_jpg").parent, "test")
     ds = ds.subset(range(24))
