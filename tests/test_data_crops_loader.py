@@ -125,6 +125,18 @@ def test_two_views_interleaved():
         urd.TwoViews(_dataset(2), None)
 
 
+
+def test_collate_views_repeats_every_key_per_view():
+    # A str key (collated as a list of B) used to stay B long next to 2B images: row 2k+1 had no path.
+    batch = [{"image": torch.full((2, 1), float(i)), "label": i, "path": f"img{i}.png", "meta": {"w": float(i)}}
+             for i in (3, 5)]
+    out = urd.collate_views(batch)
+    assert out["image"].flatten().tolist() == [3, 3, 5, 5] and out["label"].tolist() == [3, 3, 5, 5]
+    assert out["path"] == ["img3.png", "img3.png", "img5.png", "img5.png"]
+    assert out["meta"]["w"].tolist() == [3, 3, 5, 5]
+    cached = urd.collate_views([{"embedding": torch.tensor([[1.0], [2.0]]), "index": 7}])
+    assert cached["embedding"].flatten().tolist() == [1, 2] and cached["index"].tolist() == [7, 7]
+
 def test_transforms_legacy_model_and_train():
     import timm
     import timm.data
@@ -154,6 +166,33 @@ def test_transforms_legacy_model_and_train():
         urd.eval_transform("resnet50")
     with pytest.raises(ValueError, match="img_size must be a positive int, got 0"):
         urd.eval_transform(legacy=True, img_size=0)
+
+
+def test_data_config_dict_keys_are_read_or_refused():
+    import timm
+
+    # A key timm does not read used to be dropped: {"img_size": 96} gave the default 224-px transform.
+    with pytest.raises(ValueError, match=r"keys timm does not read: \['crop_percent', 'img_size'\]"):
+        urd.eval_transform({"img_size": 96, "crop_percent": 1.0, "mean": (0.5, 0.5, 0.5)})
+    with pytest.raises(ValueError, match=r"model_or_data_config.*'size'"):
+        urd.train_transform({"size": 96})
+    config = {"input_size": (3, 96, 96), "mean": (0.1, 0.2, 0.3), "std": (0.5, 0.5, 0.5), "crop_pct": 0.5,
+              "interpolation": "bilinear"}
+    resize, crop, _, norm = urd.eval_transform(config).transforms
+    assert resize.size == 192 and crop.size == (96, 96) and resize.interpolation.value == "bilinear"
+    assert norm.mean.tolist() == pytest.approx([0.1, 0.2, 0.3]) and norm.std.tolist() == pytest.approx([0.5] * 3)
+    model = timm.create_model("test_vit")  # a model's whole pretrained_cfg (url, license, ...) is a valid dict
+    image = _Synthetic(1, (50, 70)).load(0)
+    assert torch.equal(urd.eval_transform(dict(model.pretrained_cfg))(image), urd.eval_transform(model)(image))
+
+
+def test_legacy_refuses_what_it_would_ignore():
+    # legacy=True used to drop a data-config dict (or any non-model) and return the 224-px preset.
+    with pytest.raises(ValueError, match=r"legacy=True ignores a data-config dict"):
+        urd.eval_transform({"input_size": (3, 96, 96)}, legacy=True)
+    with pytest.raises(TypeError, match="model_or_data_config must be an nn.Module or a data-config dict"):
+        urd.ssl_transform("resnet50", legacy=True)
+    assert urd.resolve_data_config(legacy=True)["input_size"] == (3, 224, 224)
 
 
 @pytest.mark.parametrize("n, world", [(0, 2), (1, 3), (10, 3), (11, 4), (7, 1)])
@@ -193,6 +232,21 @@ def test_create_loader_defaults_and_seed():
     with pytest.raises(ValueError, match="num_workers must be an int >= 0, got -1"):
         urd.create_loader(ds, 2, shuffle=False, num_workers=-1)
 
+
+
+def test_evaluation_loader_refuses_drop_last_under_distributed(monkeypatch):
+    # 1 process, N=10, B=3, drop_last: items 0..8. Two ranks (blocks 0..4, 5..9) each dropped their own
+    # partial batch: items 0,1,2,5,6,7 -- other numbers than the 1-process run, without an error.
+    import torch.distributed as dist
+
+    ds = _dataset(10)
+    assert len(list(urd.create_loader(ds, 3, shuffle=False, num_workers=0, drop_last=True).sampler)) == 10
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    with pytest.raises(ValueError, match=r"drop_last=True with shuffle=False under torch.distributed \(2 processes\)"):
+        urd.create_loader(ds, 3, shuffle=False, num_workers=0, drop_last=True)
+    assert list(urd.create_loader(ds, 3, shuffle=False, num_workers=0).sampler) == [5, 6, 7, 8, 9]
 
 def test_loader_with_workers_reads_tar_per_process(shared_data):
     ds = urd.create_dataset("soft/cifar10h", shared_data("cifar10_test_jpg").parent, "test")

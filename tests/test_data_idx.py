@@ -41,6 +41,23 @@ def test_fixture_round_trip_and_errors(tmp_path):
         read_idx(tmp_path / "bad.gz")
 
 
+
+def test_corrupt_files_are_value_errors_naming_the_file(tmp_path):
+    # These used to escape as EOFError / BadGzipFile / numpy's "offset must be non-negative ..." without the path.
+    full = gzip.compress(struct.pack(">BBBBI", 0, 0, 8, 1, 10) + bytes(range(10)))
+    (tmp_path / "cut.gz").write_bytes(full[:-6])  # the gzip stream ends early
+    with pytest.raises(ValueError, match=r"cut\.gz: truncated or corrupt gzip file"):
+        read_idx(tmp_path / "cut.gz")
+    (tmp_path / "plain.gz").write_bytes(struct.pack(">BBBBI", 0, 0, 8, 1, 1) + b"\x07")  # not gzipped at all
+    with pytest.raises(ValueError, match=r"plain\.gz: truncated or corrupt gzip file"):
+        read_idx(tmp_path / "plain.gz")
+    with gzip.open(tmp_path / "short.gz", "wb") as f:  # 3 dimensions announced, 1.5 sizes present
+        f.write(struct.pack(">BBBB", 0, 0, 8, 3) + b"\x00\x00\x00\x05\x00\x00")
+    with pytest.raises(ValueError, match=r"short\.gz: header announces 3 dimensions .* holds 10 bytes"):
+        read_idx(tmp_path / "short.gz")
+    (tmp_path / "ok").write_bytes(struct.pack(">BBBBI", 0, 0, 8, 1, 2) + b"\x07\x09")  # uncompressed is fine
+    assert read_idx(tmp_path / "ok").tolist() == [7, 9]
+
 def test_real_fashion_mnist():
     if not (FASHION / "t10k-images-idx3-ubyte.gz").is_file():
         message = f"Fashion-MNIST not found in {FASHION} (apt-get install dataset-fashion-mnist)"

@@ -380,3 +380,62 @@ def test_torchvision_images_that_cannot_be_converted_are_named():
     assert type(err.value) is TypeError
     assert str(err.value).startswith("image _TorchvisionItems(/data/fake)[4] is a Tensor; the dataset must give "
                                      "PIL images or numpy arrays (build it with transform=None)")
+
+
+def test_subset_refuses_masks_and_fractional_indices(cub_root):
+    # A boolean mask used to become positions 0/1 (np.asarray(mask, int64)): N items, all copies of 0 and 1.
+    test = urd.create_dataset("repr/cub", cub_root, "test")
+    mask = test.labels == 3
+    with pytest.raises(TypeError, match=r"indices must be integer positions, got a bool array \(a mask: .*nonzero"):
+        test.subset(mask)
+    with pytest.raises(TypeError, match=r"indices must be integer positions, got a bool array"):
+        test.subset(mask.numpy().tolist())
+    with pytest.raises(TypeError, match=r"indices must be integer positions, got a float64 array"):
+        test.subset([0.9, 1.7])
+    by_mask = test.subset(torch.nonzero(mask).flatten())
+    assert by_mask.labels.tolist() == [3] * int(mask.sum()) and len(by_mask) == int(mask.sum())
+    assert len(test.subset([])) == 0
+
+
+def _index_root(tmp_path: Path, folder_name: str, header: str, rows: list) -> Path:
+    """``tmp_path/<folder_name>/index.csv`` with ``rows`` and one 6x4 PNG per row's first column."""
+    folder = tmp_path / folder_name
+    folder.mkdir(parents=True)
+    for k, row in enumerate(rows):
+        _png(folder / row.split(",")[0], k)
+    (folder / "index.csv").write_text("\n".join([header, *rows]) + "\n")
+    return tmp_path
+
+
+def test_index_readers_refuse_an_empty_split(tmp_path):
+    # Tiny ImageNet's split column holds "val"/"train"; an index without val rows used to give 0 items silently.
+    root = _index_root(tmp_path, "tiny_imagenet200", "path,split,class_index,wnid",
+                       ["a.png,train,3,n0", "b.png,train,5,n1"])
+    assert urd.create_dataset("tar/tiny_imagenet200", root, "train").labels.tolist() == [3, 5]
+    with pytest.raises(ValueError, match=r"index\.csv: no rows of split 'validation' \(split column = 'val'\)"):
+        urd.create_dataset("tar/tiny_imagenet200", root, "validation")
+    root = _index_root(tmp_path / "s", "imagenet_sample1000", "path,class_index,wnid", ["a.png,3,n0", "b.png,7,n1"])
+    assert urd.create_dataset("tar/imagenet_sample1000", root, "train").labels.tolist() == [3, 7]
+    with pytest.raises(ValueError, match=r"index\.csv: no rows of split 'validation'"):
+        urd.create_dataset("tar/imagenet_sample1000", root, "validation")
+
+
+@pytest.mark.parametrize("real", ["-1", "1000", "n01440764"])
+def test_imagenet_val1300_refuses_bad_real_labels(tmp_path, real):
+    # "-1" used to set the vote of class 999 (numpy's negative index) without an error.
+    header = "path,class_index,real_labels,real_soft_entropy"
+    root = _index_root(tmp_path, "imagenet_val1300", header, ["a.png,3,3 4,0.5", f"b.png,7,{real},"])
+    with pytest.raises(ValueError, match=rf"index\.csv row 3: real_labels must be class indices in \[0, 1000\), got '{real}'"):
+        urd.create_dataset("soft/imagenet_val1300", root, "validation")
+
+
+def test_imagenet_val1300_votes_and_class_index_checked(tmp_path):
+    header = "path,class_index,real_labels,real_soft_entropy"
+    root = _index_root(tmp_path, "imagenet_val1300", header, ["a.png,3,3 4,0.5", "b.png,7,,"])
+    ds = urd.create_dataset("soft/imagenet_val1300", root, "test")
+    assert ds.labels.tolist() == [3, 7] and ds.soft_labels.shape == (2, 1000)
+    assert torch.nonzero(ds.soft_labels).tolist() == [[0, 3], [0, 4]] and float(ds.soft_labels.sum()) == 2
+    assert ds.metadata["real_soft_entropy"][0] == 0.5 and torch.isnan(ds.metadata["real_soft_entropy"][1])
+    (tmp_path / "imagenet_val1300" / "index.csv").write_text(f"{header}\na.png,x3,3,0.5\n")
+    with pytest.raises(ValueError, match=r"index\.csv row 2: class_index must be an integer, got 'x3'"):
+        urd.create_dataset("soft/imagenet_val1300", root, "test")

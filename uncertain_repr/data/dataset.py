@@ -117,8 +117,13 @@ class ImageDataset(Dataset):
         return item
 
     def subset(self, indices: Sequence[int]) -> "ImageDataset":
-        """The items ``indices`` as a new dataset (re-indexed from 0; same name, split, classes)."""
-        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        """The items ``indices`` (integer positions ``[M]``; not a boolean mask) as a new dataset
+        (re-indexed from 0; same name, split, classes)."""
+        raw = np.asarray(indices)
+        if raw.size and not np.issubdtype(raw.dtype, np.integer):
+            hint = " (a mask: pass np.flatnonzero(mask) or torch.nonzero(mask).flatten())" if raw.dtype == bool else ""
+            raise TypeError(f"indices must be integer positions, got a {raw.dtype} array{hint}")
+        idx = torch.as_tensor(raw.astype(np.int64))
         if idx.ndim != 1 or (len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= len(self))):
             raise ValueError(f"indices must be a 1-D sequence of ints in [0, {len(self)})")
         return ImageDataset(

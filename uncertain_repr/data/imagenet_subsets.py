@@ -44,14 +44,35 @@ def _read_index(root: Path, folder_name: str, columns: tuple) -> tuple:
     return folder, rows
 
 
+def _class_indices(index: Path, rows: List[Dict[str, str]], column: str) -> List[int]:
+    """``int(row[column])`` of each row; ``ValueError`` naming the file and row (line) if one is not an integer."""
+    out = []
+    for line, r in enumerate(rows, start=2):
+        try:
+            out.append(int(r[column]))
+        except (TypeError, ValueError):
+            raise ValueError(f"{index} row {line}: {column} must be an integer, got {r[column]!r}") from None
+    return out
+
+
+def _split_rows(folder: Path, rows: List[Dict[str, str]], split: str, keep: List[bool], rule: str) -> List[Dict[str, str]]:
+    """The rows where ``keep`` holds; ``ValueError`` naming the index if none does (an empty split)."""
+    chosen = [r for r, k in zip(rows, keep) if k]
+    if not chosen:
+        raise ValueError(f"{folder / 'index.csv'}: no rows of split {split!r} ({rule})")
+    return chosen
+
+
 @register_dataset("tar/tiny_imagenet200", ("train", "validation"))
 def tiny_imagenet200(root: Path, split: str) -> ImageDataset:
     folder, rows = _read_index(root, "tiny_imagenet200", ("path", "split", "class_index", "wnid"))
     wanted = "val" if split == "validation" else "train"
-    rows = [r for r in rows if r["split"] == wanted]
+    classes = _class_indices(folder / "index.csv", rows, "class_index")
+    keep = [r["split"] == wanted for r in rows]
+    rows = _split_rows(folder, rows, split, keep, f"split column = {wanted!r}")
     return ImageDataset(
         indexed_images(folder, "tiny_imagenet200.tar", [r["path"] for r in rows]),
-        [int(r["class_index"]) for r in rows],
+        [c for c, k in zip(classes, keep) if k],
         name="tar/tiny_imagenet200",
         split=split,
         num_classes=NUM_IMAGENET_CLASSES,
@@ -61,14 +82,20 @@ def tiny_imagenet200(root: Path, split: str) -> ImageDataset:
 @register_dataset("soft/imagenet_val1300", ("validation", "test"))
 def imagenet_val1300(root: Path, split: str) -> ImageDataset:
     folder, rows = _read_index(root, "imagenet_val1300", ("path", "class_index", "real_labels", "real_soft_entropy"))
+    index = folder / "index.csv"
     votes = np.zeros((len(rows), NUM_IMAGENET_CLASSES), dtype=np.float32)
     for i, r in enumerate(rows):
-        for label in r["real_labels"].split():
-            votes[i, int(label)] = 1.0
+        labels = r["real_labels"].split()
+        if not all(label.isdecimal() and int(label) < NUM_IMAGENET_CLASSES for label in labels):
+            raise ValueError(
+                f"{index} row {i + 2}: real_labels must be class indices in [0, {NUM_IMAGENET_CLASSES}), "
+                f"got {r['real_labels']!r}"
+            )
+        votes[i, [int(label) for label in labels]] = 1.0
     entropy = [float(r["real_soft_entropy"]) if r["real_soft_entropy"].strip() else float("nan") for r in rows]
     return ImageDataset(
         indexed_images(folder, "imagenet_val1300.tar", [r["path"] for r in rows]),
-        [int(r["class_index"]) for r in rows],
+        _class_indices(index, rows, "class_index"),
         name="soft/imagenet_val1300",
         split=split,
         num_classes=NUM_IMAGENET_CLASSES,
@@ -83,10 +110,12 @@ _SAMPLE1000_SPLITS = {"train": lambda c: c % 10 != 0, "validation": lambda c: c 
 @register_dataset("tar/imagenet_sample1000", tuple(_SAMPLE1000_SPLITS))
 def imagenet_sample1000(root: Path, split: str) -> ImageDataset:
     folder, rows = _read_index(root, "imagenet_sample1000", ("path", "class_index", "wnid"))
-    rows = [r for r in rows if _SAMPLE1000_SPLITS[split](int(r["class_index"]))]
+    classes = _class_indices(folder / "index.csv", rows, "class_index")
+    keep = [_SAMPLE1000_SPLITS[split](c) for c in classes]
+    rows = _split_rows(folder, rows, split, keep, "train: class_index % 10 != 0, validation: class_index % 10 == 0")
     return ImageDataset(
         indexed_images(folder, "imagenet_sample1000.tar", [r["path"] for r in rows]),
-        [int(r["class_index"]) for r in rows],
+        [c for c, k in zip(classes, keep) if k],
         name="tar/imagenet_sample1000",
         split=split,
         num_classes=NUM_IMAGENET_CLASSES,

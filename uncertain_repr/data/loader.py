@@ -75,7 +75,8 @@ def create_loader(
     when CUDA is available, a generator seeded with ``seed`` (shuffling order and worker seeds
     are reproducible). Under an initialised ``torch.distributed`` process group the sampler is
     a ``DistributedSampler(shuffle=True, seed=seed, drop_last=drop_last)`` for training and an
-    :class:`ExactShardSampler` for evaluation (``shuffle=False``), see the module docstring.
+    :class:`ExactShardSampler` for evaluation (``shuffle=False``; ``drop_last=True`` is then a
+    ``ValueError``, as each rank would drop its own partial batch), see the module docstring.
     ``collate_fn`` defaults to ``default_collate`` (use :func:`collate_views` with ``TwoViews``).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -89,6 +90,11 @@ def create_loader(
     generator = torch.Generator().manual_seed(seed)
     _, world_size = _dist_rank_world(None, None)
     sampler: Sampler
+    if world_size > 1 and drop_last and not shuffle:
+        raise ValueError(
+            f"drop_last=True with shuffle=False under torch.distributed ({world_size} processes) would drop each "
+            "rank's own last partial batch: other items than one process drops; evaluate with drop_last=False"
+        )
     if world_size > 1:
         sampler = DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=drop_last) if shuffle else ExactShardSampler(dataset)
     else:

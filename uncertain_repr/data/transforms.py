@@ -2,11 +2,13 @@
 
 ``model_or_data_config`` is a model (timm, :class:`~uncertain_repr.Uncertainizer` or any module
 with a ``pretrained_cfg``) or a data-config dict (``input_size``, ``interpolation``, ``mean``,
-``std``, ``crop_pct``, ...; missing keys take timm's defaults).
+``std``, ``crop_pct``, ``crop_mode`` or any other key of a timm ``pretrained_cfg``; missing keys
+take timm's defaults, an unknown key is a ``ValueError``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from torch import nn
@@ -27,18 +29,31 @@ def resolve_data_config(
     """
     import timm.data
 
-    if legacy:
-        is_model = isinstance(model_or_data_config, nn.Module)
-        config = legacy_data_config(model_or_data_config) if is_model else dict(LEGACY_DATA_CONFIG)
-    elif isinstance(model_or_data_config, nn.Module):
-        config = timm.data.resolve_model_data_config(model_or_data_config)
-    elif isinstance(model_or_data_config, Mapping):
-        config = timm.data.resolve_data_config(pretrained_cfg=dict(model_or_data_config))
-    else:
+    is_model = isinstance(model_or_data_config, nn.Module)
+    if not (is_model or isinstance(model_or_data_config, Mapping) or (legacy and model_or_data_config is None)):
         raise TypeError(
             "model_or_data_config must be an nn.Module or a data-config dict (or pass legacy=True), "
             f"got {type(model_or_data_config).__name__}"
         )
+    if legacy:
+        if not is_model and model_or_data_config is not None:
+            raise ValueError(
+                "legacy=True ignores a data-config dict (it is the original's fixed preset); pass the dict "
+                "without legacy=True, or legacy=True with a model (a fixed-size model keeps its size) or alone"
+            )
+        config = legacy_data_config(model_or_data_config) if is_model else dict(LEGACY_DATA_CONFIG)
+    elif is_model:
+        config = timm.data.resolve_model_data_config(model_or_data_config)
+    else:
+        # every key of a timm pretrained_cfg (the data-config keys among them) is read or harmless;
+        # timm would drop any other key (a typo such as img_size) and use its default instead
+        unread = sorted(set(model_or_data_config) - {f.name for f in dataclasses.fields(timm.models.PretrainedCfg)})
+        if unread:
+            raise ValueError(
+                f"model_or_data_config has keys timm does not read: {unread}; a data config takes "
+                "input_size, interpolation, mean, std, crop_pct, crop_mode (or pass a model's pretrained_cfg)"
+            )
+        config = timm.data.resolve_data_config(pretrained_cfg=dict(model_or_data_config))
     if img_size is not None:
         if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
             raise ValueError(f"img_size must be a positive int, got {img_size!r}")

@@ -29,15 +29,12 @@ class TwoViews(DatasetWrapper):
 
 def collate_views(batch: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Batch ``TwoViews`` items as ``2B`` rows ``[img0_v1, img0_v2, img1_v1, ...]``; every other key
-    (``label``, ``index``, ...) is repeated per view, so rows ``2k`` and ``2k + 1`` are a positive pair.
+    (``label``, ``index``, a str ``path``, ...) is repeated per view, so rows ``2k`` and ``2k + 1`` are a positive pair.
     Items with ``"embedding"`` ``[2, D]`` (two cached views) instead of ``"image"`` work the same way."""
-    out = default_collate(batch)
-    b = len(batch)
-    views = "image" if "image" in out else "embedding"
-    out[views] = out[views].flatten(0, 1)
-    for key, value in out.items():
-        if key != views and torch.is_tensor(value) and value.ndim >= 1 and len(value) == b:
-            out[key] = value.repeat_interleave(2, dim=0)
+    views = "image" if "image" in batch[0] else "embedding"
+    # every other key (tensor, str, nested dict, ...) collated from each item listed twice
+    out = default_collate([{k: v for k, v in item.items() if k != views} for item in batch for _ in range(2)])
+    out[views] = default_collate([item[views] for item in batch]).flatten(0, 1)
     return out
 
 
