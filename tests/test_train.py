@@ -89,6 +89,18 @@ def test_training_on_cache_learns_to_rank_the_classifier_loss_without_the_backbo
     assert math.isclose(float(rows[2]["train_loss"]), losses[2], rel_tol=1e-12)
 
 
+def test_resume_without_a_resume_file_says_it_starts_anew(cached, tmp_path):
+    base, data = cached
+    config = TrainConfig(epochs=1, **FAST)
+    fresh = copy.deepcopy(base)
+    fit(fresh, data, config, output_dir=tmp_path / "a")
+    resumed = copy.deepcopy(base)
+    with pytest.warns(UserWarning, match=f"resume=True, but there is no resume.pt in {tmp_path / 'b'}: starting a new run"):
+        fit(resumed, data, config.replace(resume=True), output_dir=tmp_path / "b")
+    for key, value in fresh.method.state_dict().items():  # what it did is a new run, as it says
+        assert torch.equal(resumed.method.state_dict()[key], value), key
+
+
 def test_killed_run_resumes_to_bitwise_identical_weights(cached, tmp_path):
     base, data = cached
     config = TrainConfig(epochs=3, **{**FAST, "accumulation_steps": 3})
@@ -301,7 +313,8 @@ def test_settings_that_would_silently_not_train_are_refused(setting, value, matc
         TrainConfig(**{setting: value})
 
 
-@pytest.mark.parametrize("loss, setting, value", [("losspred-order", "smoothing", 0.1), ("elk", "mc_samples", 64)])
+@pytest.mark.parametrize("loss, setting, value", [("losspred-order", "smoothing", 0.1), ("elk", "mc_samples", 64),
+                                                 ("losspred", "loss_learnable", True)])
 def test_a_loss_flag_the_loss_does_not_read_is_reported(loss, setting, value):
     from uncertain_repr.train.original_flags import loss_notes
 

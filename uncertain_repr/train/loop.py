@@ -18,6 +18,7 @@ import math
 import os
 import random
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
@@ -408,6 +409,10 @@ def _fit(
         if dist_utils.is_main():  # finish what a run killed right after writing resume.pt left undone
             _record_epoch(output, result, start_epoch - 1)
     else:
+        if config.resume and dist_utils.is_main():  # a mistyped --output must not look like a resumed run
+            warnings.warn(f"resume=True, but there is no {RESUME_FILE} in {output}: starting a new run"
+                          if output is not None else "resume=True without an output folder: starting a new run",
+                          UserWarning, stacklevel=2)
         seed = config.seed + rank
         torch.manual_seed(seed)
         np.random.seed(seed)

@@ -275,7 +275,8 @@ def loss_notes(config: Any) -> List[str]:
                      "as in the original; add --ssl true for two views of each image")
     defaults = type(config)()
     read = set(LOSS_SETTINGS.get(config.loss, {}).values()) | set(config.loss_args)
-    for name in ("inv_temp", "lambda_value", "hib_add_const", "orderloss_leeway", "smoothing", "mc_samples"):
+    for name in ("inv_temp", "lambda_value", "hib_add_const", "orderloss_leeway", "smoothing", "mc_samples",
+                 "loss_learnable"):
         if name not in read and getattr(config, name) != getattr(defaults, name) and config.loss in LOSS_SETTINGS:
             notes.append(f"--{name} has no effect on --loss {config.loss} (as in the original); ignored")
     return notes
