@@ -294,3 +294,26 @@ def test_create_loader_two_process_gloo(tmp_path):
     assert seen[0]["eval"] + seen[1]["eval"] == list(range(11))  # exactly once, in order
     train = seen[0]["train"] + seen[1]["train"]
     assert len(train) == 12 and set(train) == set(range(11))  # DistributedSampler pads 11 -> 12
+
+
+def test_a_model_without_pretrained_cfg_is_warned_about_timm_defaults():
+    import warnings
+
+    import timm
+
+    import uncertain_repr as ur
+
+    body = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    plain = ur.Uncertainizer(body, "embed-norm", embed_dim=8)
+    for make in (urd.eval_transform, urd.train_transform, urd.ssl_transform):
+        with pytest.warns(UserWarning, match="Uncertainizer has no pretrained_cfg: .*timm's defaults"):
+            make(plain)
+    # what it warns about is true: the transform is timm's 224-px default
+    with pytest.warns(UserWarning):
+        assert urd.eval_transform(plain)(Image.new("RGB", (300, 400))).shape == (3, 224, 224)
+    told = ur.Uncertainizer(body, "embed-norm", embed_dim=8, pretrained_cfg={"input_size": (3, 64, 64)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert urd.eval_transform(told)(Image.new("RGB", (300, 400))).shape == (3, 64, 64)
+        urd.eval_transform(timm.create_model("test_resnet", pretrained=False))
+        urd.eval_transform(plain, legacy=True)  # the original's fixed preset: nothing is guessed

@@ -9,6 +9,7 @@ take timm's defaults, an unknown key is a ``ValueError``).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from torch import nn
@@ -61,6 +62,18 @@ def resolve_data_config(
     return config
 
 
+def _warn_if_timm_defaults(model_or_data_config: ModelOrConfig, legacy: bool) -> None:
+    """A model without a ``pretrained_cfg`` gets timm's ImageNet defaults: say so, they may be wrong for it."""
+    if isinstance(model_or_data_config, nn.Module) and not legacy and not getattr(model_or_data_config, "pretrained_cfg", None):
+        warnings.warn(
+            f"{type(model_or_data_config).__name__} has no pretrained_cfg: its images are preprocessed with timm's "
+            "defaults (224 px, crop_pct 0.875, ImageNet mean/std); if the backbone expects other inputs, pass "
+            "Uncertainizer(..., pretrained_cfg={'input_size': (3, H, W), 'mean': ..., 'std': ...})",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def _size_and_norm(config: Mapping[str, Any]) -> Dict[str, Any]:
     return {"input_size": config["input_size"], "mean": config["mean"], "std": config["std"]}
 
@@ -71,6 +84,7 @@ def eval_transform(
     """PIL image -> normalised ``[C, H, W]``: resize to ``size / crop_pct``, center crop, normalise."""
     import timm.data
 
+    _warn_if_timm_defaults(model_or_data_config, legacy)
     config = resolve_data_config(model_or_data_config, legacy=legacy, img_size=img_size)
     return timm.data.create_transform(
         **_size_and_norm(config),
@@ -95,6 +109,7 @@ def train_transform(
     bilinear or bicubic at random), horizontal flip, ColorJitter(0.4, 0.4, 0.4), optional blur."""
     import timm.data
 
+    _warn_if_timm_defaults(model_or_data_config, legacy)
     return timm.data.create_transform(
         **_size_and_norm(resolve_data_config(model_or_data_config, legacy=legacy, img_size=img_size)),
         is_training=True,
@@ -117,6 +132,7 @@ def ssl_transform(
     """
     import timm.data
 
+    _warn_if_timm_defaults(model_or_data_config, legacy)
     return timm.data.create_transform(
         **_size_and_norm(resolve_data_config(model_or_data_config, legacy=legacy, img_size=img_size)),
         is_training=True,
