@@ -180,7 +180,8 @@ def test_r_auroc_mixed_shifts_ood_labels_after_actual_id_labels():
     assert got == pytest.approx(expected, abs=1e-12)
 
 
-def test_r_auroc_mixed_can_exclude_singleton_queries_of_the_union():
+def _mixed_sets_with_singletons():
+    """ID and OOD sets with 5 one-member classes in their union; brute-force 1-NN correctness and the kept queries."""
     rng = np.random.default_rng(4)
     emb_id, emb_ood = rng.standard_normal((50, 4)), rng.standard_normal((30, 4))
     labels_id, labels_ood = rng.integers(0, 3, 50), rng.integers(0, 4, 30)
@@ -191,6 +192,11 @@ def test_r_auroc_mixed_can_exclude_singleton_queries_of_the_union():
     correct = labels[brute_force_nn(emb)] == labels
     counts = {v: int((labels == v).sum()) for v in labels}
     keep = np.array([counts[v] > 1 for v in labels])
+    return (emb_id, unc_id, labels_id), (emb_ood, unc_ood, labels_ood), unc, correct, keep
+
+
+def test_r_auroc_mixed_can_exclude_singleton_queries_of_the_union():
+    (emb_id, unc_id, labels_id), (emb_ood, unc_ood, labels_ood), unc, correct, keep = _mixed_sets_with_singletons()
     assert (~keep).sum() == 5
     got = M.r_auroc_mixed(unc_id, emb_id, labels_id, unc_ood, emb_ood, labels_ood, exclude_singleton_queries=True)
     assert got == pytest.approx(roc_auc_score(~correct[keep], unc[keep]), abs=1e-12)
@@ -533,16 +539,7 @@ def test_evaluator_refuses_repeated_indices_with_different_labels():
 
 @pytest.mark.parametrize("with_correct", [False, True])
 def test_evaluator_compute_mixed_honours_exclude_singleton_queries(with_correct):
-    rng = np.random.default_rng(4)
-    emb_id, emb_ood = rng.standard_normal((50, 4)), rng.standard_normal((30, 4))
-    labels_id, labels_ood = rng.integers(0, 3, 50), rng.integers(0, 4, 30)
-    labels_id[:3], labels_ood[:2] = [10, 11, 12], [20, 21]  # 3 + 2 classes with one member
-    unc_id, unc_ood = rng.random(50), rng.random(30)
-    emb, unc = np.concatenate([emb_id, emb_ood]), np.r_[unc_id, unc_ood]
-    labels = np.concatenate([labels_id, labels_ood + 100])
-    correct = labels[brute_force_nn(emb)] == labels
-    counts = {v: int((labels == v).sum()) for v in labels}
-    keep = np.array([counts[v] > 1 for v in labels])
+    (emb_id, unc_id, labels_id), (emb_ood, unc_ood, labels_ood), unc, correct, keep = _mixed_sets_with_singletons()
     ev_id, ev_ood = M.Evaluator(exclude_singleton_queries=True), M.Evaluator()
     ev_id.update(emb_id, unc_id, labels_id)
     ev_ood.update(emb_ood, unc_ood, labels_ood)
