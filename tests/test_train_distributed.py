@@ -31,19 +31,24 @@ def summary(folder):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path):
+@pytest.mark.parametrize("per_rank, loss_args", [
+    (4, []),
+    (4, ["--loss-args", '{"pairing": "all"}']),  # every pair of the global batch: pairs across the ranks
+    (3, []),  # an odd per-rank batch: consecutive pair (2, 3) of the global batch spans the two ranks
+])
+def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path, per_rank, loss_args):
     torch.set_num_threads(1)
     model = tiny_model()
     model.save_pretrained(tmp_path / "init")
     cache = build(model.eval(), SyntheticImages(48), tmp_path / "train.h5", epochs=2, batch_size=48)
     common = ["--initial-checkpoint", str(tmp_path / "init"), "--dataset", f"hdf5/{cache}",
               "--dataset_eval", f"hdf5/{cache}", "--epochs", "2", "--accumulation_steps", "2", "--lr", "3e-3",
-              "--warmup-epochs", "0", "-j", "0", "--device", "cpu", "--unc_start_value", "0"]
-    assert main(["train", *common, "-b", "8", "--output", str(tmp_path / "one")]) == 0
+              "--warmup-epochs", "0", "-j", "0", "--device", "cpu", "--unc_start_value", "0", *loss_args]
+    assert main(["train", *common, "-b", str(2 * per_rank), "--output", str(tmp_path / "one")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-         "-m", "uncertain_repr.train", *common, "-b", "4", "--output", str(tmp_path / "two")],
+         "-m", "uncertain_repr.train", *common, "-b", str(per_rank), "--output", str(tmp_path / "two")],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

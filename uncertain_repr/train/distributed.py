@@ -75,3 +75,21 @@ def any_over_ranks(flag: torch.Tensor) -> bool:
     if is_distributed():
         dist.all_reduce(flag)
     return bool(flag)
+
+
+def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """``[W * B, ...]``: every rank's ``[B, ...]`` rows in rank order, on every rank (``tensor`` itself in one process).
+
+    Gradients flow back to each rank's own rows (summed over the ranks that used them), so a loss that
+    every rank computes identically on the gathered rows, with DDP averaging the gradients, steps
+    exactly as one process on the whole batch. Every rank must pass the same shape.
+    """
+    if not is_distributed():
+        return tensor
+    if tensor.requires_grad:
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(tensor), dim=0)
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)

@@ -80,7 +80,12 @@ class FitResult:
 
 
 class _TrainStep(nn.Module):
-    """Model + loss in one module, so DDP averages the gradients of both (loss scalars such as kappa)."""
+    """Model + loss in one module, so DDP averages the gradients of both (loss scalars such as kappa).
+
+    Under DDP the loss sees the global batch (every rank's rows, gathered in rank order: the batch one
+    process would have under :class:`GlobalOrderSampler`), so losses that compare samples (all pairs of
+    losspred-order, InfoNCE's negatives, HIB's pairs) compute what one process computes.
+    """
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module) -> None:
         super().__init__()
@@ -88,7 +93,10 @@ class _TrainStep(nn.Module):
 
     def forward(self, inputs: torch.Tensor, target: torch.Tensor, cached: bool) -> torch.Tensor:
         out = self.model(embedding=inputs) if cached else self.model(inputs)
-        return self.loss_fn(LossBatch(out.embedding, out.uncertainty, out.logits, self.model.classifier), target)
+        gather = dist_utils.gather_rows
+        logits = None if out.logits is None else gather(out.logits)
+        batch = LossBatch(gather(out.embedding), gather(out.uncertainty), logits, self.model.classifier)
+        return self.loss_fn(batch, gather(target))
 
 
 def loss_hparams(config: TrainConfig, model: nn.Module) -> Dict[str, Any]:

@@ -16,8 +16,8 @@ class GlobalOrderSampler(Sampler[int]):
     ``n`` samples when ``samples_per_epoch > n``). It is cut into global batches of
     ``batch_size * world`` samples (a trailing partial batch is dropped), and rank ``r`` gets the
     contiguous block ``[r * batch_size, (r + 1) * batch_size)`` of every global batch. One process
-    with batch ``2b`` and two with batch ``b`` thus see the same global batches, and pairs of
-    consecutive samples (as ``losspred-order`` compares them) stay together for even ``b``.
+    with batch ``2b`` and two with batch ``b`` thus see the same global batches (the training loop
+    gathers them for the loss, so pairs across ranks are formed as in one process).
 
     Args:
         n: dataset length. batch_size: per-process batch. world, rank: process layout.
