@@ -210,6 +210,8 @@ def test_distributed_sampler_pads_unlike_exact_sampler():
     assert sum(map(len, padded)) == 12 and sorted(sum(padded, [])).count(0) == 2  # why eval needs the exact sampler
     with pytest.raises(ValueError, match="need 0 <= rank < world_size, got rank=2, world_size=2"):
         urd.ExactShardSampler(10, rank=2, world_size=2)
+    with pytest.raises(TypeError, match="dataset_or_length must be a dataset or an int length, got a bool"):
+        urd.ExactShardSampler(True, rank=0, world_size=1)  # was taken as a length of 1
 
 
 def test_create_loader_defaults_and_seed():

@@ -294,6 +294,10 @@ def test_sop_missing_info_files(tmp_path):
     (tmp_path / "online_products" / "Info_Files" / "Ebay_test.txt").write_text("id path\n")
     with pytest.raises(ValueError, match="expected the header 'image_id class_id super_class_id path'"):
         urd.create_dataset("repr/sop", tmp_path, "test")
+    (tmp_path / "online_products" / "Info_Files" / "Ebay_test.txt").write_text(
+        "image_id class_id super_class_id path\n1 11 1 a/1.JPG\n2 x12 1 a/2.JPG\n")
+    with pytest.raises(ValueError, match=r"Ebay_test\.txt:3: expected 4 columns .* with integer ids, got '2 x12 1 a/2.JPG'"):
+        urd.create_dataset("repr/sop", tmp_path, "test")
 
 
 def test_soft_missing_or_bad_annotations(tmp_path):
@@ -426,6 +430,14 @@ def test_imagenet_val1300_refuses_bad_real_labels(tmp_path, real):
     header = "path,class_index,real_labels,real_soft_entropy"
     root = _index_root(tmp_path, "imagenet_val1300", header, ["a.png,3,3 4,0.5", f"b.png,7,{real},"])
     with pytest.raises(ValueError, match=rf"index\.csv row 3: real_labels must be class indices in \[0, 1000\), got '{real}'"):
+        urd.create_dataset("soft/imagenet_val1300", root, "validation")
+
+
+@pytest.mark.parametrize("entropy", ["x", "-0.1", "nan", "inf"])
+def test_imagenet_val1300_refuses_a_bad_soft_entropy(tmp_path, entropy):
+    header = "path,class_index,real_labels,real_soft_entropy"
+    root = _index_root(tmp_path, "imagenet_val1300", header, ["a.png,3,3 4,0.5", f"b.png,7,7,{entropy}"])
+    with pytest.raises(ValueError, match=rf"index\.csv row 3: real_soft_entropy must be a finite number >= 0 or blank, got '{entropy}'"):
         urd.create_dataset("soft/imagenet_val1300", root, "validation")
 
 

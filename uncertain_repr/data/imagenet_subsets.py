@@ -79,6 +79,19 @@ def tiny_imagenet200(root: Path, split: str) -> ImageDataset:
     )
 
 
+def _real_soft_entropy(index: Path, i: int, text: str) -> float:
+    """``real_soft_entropy`` of data row ``i`` (nan where blank); ``ValueError`` naming the row otherwise."""
+    if not text.strip():
+        return float("nan")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):  # nan, inf, negative or unparsable: not an entropy
+        raise ValueError(f"{index} row {i + 2}: real_soft_entropy must be a finite number >= 0 or blank, got {text!r}")
+    return value
+
+
 @register_dataset("soft/imagenet_val1300", ("validation", "test"))
 def imagenet_val1300(root: Path, split: str) -> ImageDataset:
     folder, rows = _read_index(root, "imagenet_val1300", ("path", "class_index", "real_labels", "real_soft_entropy"))
@@ -92,7 +105,7 @@ def imagenet_val1300(root: Path, split: str) -> ImageDataset:
                 f"got {r['real_labels']!r}"
             )
         votes[i, [int(label) for label in labels]] = 1.0
-    entropy = [float(r["real_soft_entropy"]) if r["real_soft_entropy"].strip() else float("nan") for r in rows]
+    entropy = [_real_soft_entropy(index, i, r["real_soft_entropy"]) for i, r in enumerate(rows)]
     return ImageDataset(
         indexed_images(folder, "imagenet_val1300.tar", [r["path"] for r in rows]),
         _class_indices(index, rows, "class_index"),

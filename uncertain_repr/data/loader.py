@@ -39,6 +39,8 @@ class ExactShardSampler(Sampler[int]):
     """
 
     def __init__(self, dataset_or_length, rank: Optional[int] = None, world_size: Optional[int] = None):
+        if isinstance(dataset_or_length, bool):
+            raise TypeError("dataset_or_length must be a dataset or an int length, got a bool")
         n = dataset_or_length if isinstance(dataset_or_length, int) else len(dataset_or_length)
         if n < 0:
             raise ValueError(f"length must be >= 0, got {n}")

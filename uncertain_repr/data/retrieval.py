@@ -122,8 +122,9 @@ def _read_ebay(path: Path) -> List[Tuple[int, int, str]]:
             parts = line.split()
             if not parts:
                 continue
-            if len(parts) != 4:
-                raise ValueError(f"{path}:{line_no}: expected 4 columns, got {line.strip()!r}")
+            if len(parts) != 4 or not (parts[1].isdecimal() and parts[2].isdecimal()):
+                raise ValueError(f"{path}:{line_no}: expected 4 columns 'image_id class_id super_class_id path' "
+                                 f"with integer ids, got {line.strip()!r}")
             rows.append((int(parts[1]), int(parts[2]), parts[3]))
     if not rows:
         raise ValueError(f"{path} lists no images")
