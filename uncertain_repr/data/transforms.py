@@ -62,8 +62,9 @@ def resolve_data_config(
     return config
 
 
-def _warn_if_timm_defaults(model_or_data_config: ModelOrConfig, legacy: bool) -> None:
-    """A model without a ``pretrained_cfg`` gets timm's ImageNet defaults: say so, they may be wrong for it."""
+def _transform_config(model_or_data_config: ModelOrConfig, legacy: bool, img_size: Optional[int]) -> Dict[str, Any]:
+    """:func:`resolve_data_config` for a transform, warning where a model without ``pretrained_cfg`` gets
+    timm's ImageNet defaults (they may be wrong for it)."""
     if isinstance(model_or_data_config, nn.Module) and not legacy and not getattr(model_or_data_config, "pretrained_cfg", None):
         warnings.warn(
             f"{type(model_or_data_config).__name__} has no pretrained_cfg: its images are preprocessed with timm's "
@@ -72,6 +73,7 @@ def _warn_if_timm_defaults(model_or_data_config: ModelOrConfig, legacy: bool) ->
             UserWarning,
             stacklevel=3,
         )
+    return resolve_data_config(model_or_data_config, legacy=legacy, img_size=img_size)
 
 
 def _size_and_norm(config: Mapping[str, Any]) -> Dict[str, Any]:
@@ -84,8 +86,7 @@ def eval_transform(
     """PIL image -> normalised ``[C, H, W]``: resize to ``size / crop_pct``, center crop, normalise."""
     import timm.data
 
-    _warn_if_timm_defaults(model_or_data_config, legacy)
-    config = resolve_data_config(model_or_data_config, legacy=legacy, img_size=img_size)
+    config = _transform_config(model_or_data_config, legacy, img_size)
     return timm.data.create_transform(
         **_size_and_norm(config),
         interpolation=config["interpolation"],
@@ -109,9 +110,8 @@ def train_transform(
     bilinear or bicubic at random), horizontal flip, ColorJitter(0.4, 0.4, 0.4), optional blur."""
     import timm.data
 
-    _warn_if_timm_defaults(model_or_data_config, legacy)
     return timm.data.create_transform(
-        **_size_and_norm(resolve_data_config(model_or_data_config, legacy=legacy, img_size=img_size)),
+        **_size_and_norm(_transform_config(model_or_data_config, legacy, img_size)),
         is_training=True,
         scale=scale,
         hflip=hflip,
@@ -132,9 +132,8 @@ def ssl_transform(
     """
     import timm.data
 
-    _warn_if_timm_defaults(model_or_data_config, legacy)
     return timm.data.create_transform(
-        **_size_and_norm(resolve_data_config(model_or_data_config, legacy=legacy, img_size=img_size)),
+        **_size_and_norm(_transform_config(model_or_data_config, legacy, img_size)),
         is_training=True,
         scale=(0.08, 1.0),
         hflip=0.5,
