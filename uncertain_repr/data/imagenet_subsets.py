@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -55,24 +55,26 @@ def _class_indices(index: Path, rows: List[Dict[str, str]], column: str) -> List
     return out
 
 
-def _split_rows(folder: Path, rows: List[Dict[str, str]], split: str, keep: List[bool], rule: str) -> List[Dict[str, str]]:
-    """The rows where ``keep`` holds; ``ValueError`` naming the index if none does (an empty split)."""
-    chosen = [r for r, k in zip(rows, keep) if k]
+def _split_rows(index: Path, rows: List[Dict[str, str]], classes: List[int], keep: List[bool], split: str,
+                rule: str) -> Tuple[List[Dict[str, str]], List[int]]:
+    """The rows where ``keep`` holds and their classes; ``ValueError`` naming the index if none does (an empty split)."""
+    chosen = [(r, c) for r, c, k in zip(rows, classes, keep) if k]
     if not chosen:
-        raise ValueError(f"{folder / 'index.csv'}: no rows of split {split!r} ({rule})")
-    return chosen
+        raise ValueError(f"{index}: no rows of split {split!r} ({rule})")
+    return [r for r, _ in chosen], [c for _, c in chosen]
 
 
 @register_dataset("tar/tiny_imagenet200", ("train", "validation"))
 def tiny_imagenet200(root: Path, split: str) -> ImageDataset:
     folder, rows = _read_index(root, "tiny_imagenet200", ("path", "split", "class_index", "wnid"))
     wanted = "val" if split == "validation" else "train"
-    classes = _class_indices(folder / "index.csv", rows, "class_index")
+    index = folder / "index.csv"
     keep = [r["split"] == wanted for r in rows]
-    rows = _split_rows(folder, rows, split, keep, f"split column = {wanted!r}")
+    rows, classes = _split_rows(index, rows, _class_indices(index, rows, "class_index"), keep, split,
+                                f"split column = {wanted!r}")
     return ImageDataset(
         indexed_images(folder, "tiny_imagenet200.tar", [r["path"] for r in rows]),
-        [c for c, k in zip(classes, keep) if k],
+        classes,
         name="tar/tiny_imagenet200",
         split=split,
         num_classes=NUM_IMAGENET_CLASSES,
@@ -123,12 +125,14 @@ _SAMPLE1000_SPLITS = {"train": lambda c: c % 10 != 0, "validation": lambda c: c 
 @register_dataset("tar/imagenet_sample1000", tuple(_SAMPLE1000_SPLITS))
 def imagenet_sample1000(root: Path, split: str) -> ImageDataset:
     folder, rows = _read_index(root, "imagenet_sample1000", ("path", "class_index", "wnid"))
-    classes = _class_indices(folder / "index.csv", rows, "class_index")
+    index = folder / "index.csv"
+    classes = _class_indices(index, rows, "class_index")
     keep = [_SAMPLE1000_SPLITS[split](c) for c in classes]
-    rows = _split_rows(folder, rows, split, keep, "train: class_index % 10 != 0, validation: class_index % 10 == 0")
+    rows, classes = _split_rows(index, rows, classes, keep, split,
+                                "train: class_index % 10 != 0, validation: class_index % 10 == 0")
     return ImageDataset(
         indexed_images(folder, "imagenet_sample1000.tar", [r["path"] for r in rows]),
-        [c for c, k in zip(classes, keep) if k],
+        classes,
         name="tar/imagenet_sample1000",
         split=split,
         num_classes=NUM_IMAGENET_CLASSES,
