@@ -181,6 +181,27 @@ def test_mc_dropout_sites_are_inactive_outside_sampling(backbones):
         torch.testing.assert_close(model.forward_embedding(x), plain.forward_head(plain.forward_features(x), pre_logits=True))
 
 
+def test_mc_dropout_sampling_passes_in_training_leave_batchnorm_statistics_to_the_embedding_pass(backbones):
+    # in training mode the S re-runs must not count as S more training batches of BatchNorm (the
+    # running statistics would average dropped-out activations and forget S + 1 times faster)
+    model = ur.Uncertainizer(
+        copy.deepcopy(backbones["test_resnet"]), "mc-dropout", backbone_dropout=0.3, num_samples=3, stopgrad=False
+    ).train()
+    plain = copy.deepcopy(backbones["test_resnet"]).train()
+    x = images(4)
+    out = model(x)
+    (out.uncertainty.sum() + out.logits.sum()).backward()  # the graphs of all S + 1 passes still backpropagate
+    with torch.no_grad():
+        reference = plain.forward_head(plain.forward_features(x), pre_logits=True)
+    torch.testing.assert_close(out.embedding, reference)
+    bns = [(a, b) for a, b in zip(model.backbone.modules(), plain.modules()) if isinstance(a, nn.BatchNorm2d)]
+    assert bns
+    for a, b in bns:
+        assert int(a.num_batches_tracked) == int(b.num_batches_tracked) == 1
+        torch.testing.assert_close(a.running_mean, b.running_mean)
+        torch.testing.assert_close(a.running_var, b.running_var)
+
+
 # ---------------------------------------------------------------- ensemble
 def test_ensemble_layout_init_and_parameters(backbones):
     model = build(backbones, "test_vit", "ensemble", num_heads=3, init_noise=0.0)
