@@ -376,6 +376,11 @@ def test_sngp_spectral_norm_caps_backbone_layers_deterministically(backbones):
     # re-attaching does not normalise twice
     model.method.attach(model.backbone, model.classifier)
     assert len(convs[0].parametrizations.weight) == 1
+    # ... and re-wrapping with another cap is refused, not silently left at the old one
+    for changed in ({"spec_norm_bound": 3.0}, {"spec_norm_iterations": 2}):
+        with pytest.raises(ValueError, match=rf"{next(iter(changed))}=.*already carry a spectral norm"):
+            ur.Uncertainizer(model.backbone, "sngp", **{**spec, **changed})
+    assert {p.bound for m in convs if m is not classifier for p in m.parametrizations.weight} == {0.5}
     clone = copy.deepcopy(model)
     with torch.no_grad():
         torch.testing.assert_close(clone(x).logits, model(x).logits)
