@@ -393,6 +393,24 @@ def test_sngp_argument_errors():
         ur.Uncertainizer(nn.Identity(), "sngp", embed_dim=2)
 
 
+@pytest.mark.parametrize(
+    "method, args, message",
+    [
+        # each of these made every uncertainty exactly log C (uniform softmax), silently
+        ("hetxl", {"temperature": math.inf}, r"hetxl: temperature must be a finite number > 0, got inf"),
+        ("sngp", {"gp_mean_field_factor": math.inf}, r"sngp: gp_mean_field_factor must be a finite number >= 0, got inf"),
+        ("sngp", {"gp_kernel_scale": math.inf}, r"sngp: gp_kernel_scale must be a finite number > 0, got inf"),
+        ("sngp", {"gp_cov_ridge_penalty": math.inf}, r"sngp: gp_cov_ridge_penalty must be a finite number > 0, got inf"),
+        # seeds 1.5 and 1 drew the same masks / noise
+        ("mc-dropout", {"seed": 1.5}, r"mc-dropout: seed must be an integer or None, got 1.5"),
+        ("hetxl", {"seed": "1"}, r"hetxl: seed must be an integer or None, got '1'"),
+    ],
+)
+def test_infinite_or_non_integer_hyperparameters_are_refused(method, args, message):
+    with pytest.raises(ValueError, match=message):
+        ur.methods.create_method(method, embed_dim=4, num_classes=3, **args)
+
+
 # ---------------------------------------------------------------- deep pred-net
 def test_deep_pred_net_default_layers_and_manual_forward(backbones):
     assert default_layer_indices(49) == [4, 19, 33, 48] and default_layer_indices(25) == [2, 9, 16, 24]

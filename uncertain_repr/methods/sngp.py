@@ -105,11 +105,12 @@ class SNGP(UncertaintyMethod):
         super().__init__(embed_dim, num_classes)
         if num_classes < 1:
             raise ValueError("sngp needs num_classes >= 1: give the backbone a classifier (or num_classes)")
+        # infinite scale / factor: constant features or zero logits, every softmax uniform
         checks = (
-            ("gp_kernel_scale", gp_kernel_scale, gp_kernel_scale > 0, "> 0"),
+            ("gp_kernel_scale", gp_kernel_scale, 0 < gp_kernel_scale < math.inf, "a finite number > 0"),
             ("gp_cov_momentum", gp_cov_momentum, gp_cov_momentum < 1, "< 1 (negative: exact accumulation)"),
-            ("gp_cov_ridge_penalty", gp_cov_ridge_penalty, gp_cov_ridge_penalty > 0, "> 0"),
-            ("gp_mean_field_factor", gp_mean_field_factor, gp_mean_field_factor >= 0, ">= 0"),
+            ("gp_cov_ridge_penalty", gp_cov_ridge_penalty, 0 < gp_cov_ridge_penalty < math.inf, "a finite number > 0"),
+            ("gp_mean_field_factor", gp_mean_field_factor, 0 <= gp_mean_field_factor < math.inf, "a finite number >= 0"),
             ("spec_norm_bound", spec_norm_bound, spec_norm_bound > 0, "> 0"),
         )
         for name, value, ok, expected in checks:
