@@ -236,6 +236,16 @@ def test_bad_input_errors():
         fixed(torch.randn(1, 3, 128, 128))
 
 
+@pytest.mark.parametrize("name", [3, None, ""])
+def test_register_method_refuses_a_name_that_is_not_a_non_empty_string(name):
+    # a non-string name entered the registry and broke list_methods() (and every unknown-name error) for good
+    with pytest.raises(TypeError, match=r"register_method\(name\): name must be a non-empty string"):
+        ur.register_method(name)(type("Bad", (ur.UncertaintyMethod,), {}))
+    assert "pred-net" in ur.list_methods()
+    with pytest.raises(ValueError, match="unknown uncertainty method 'nope'; known methods: class-entropy"):
+        ur.methods.get_method_class("nope")
+
+
 def test_register_custom_method():
     @ur.register_method("test-variance")
     class Variance(ur.UncertaintyMethod):
