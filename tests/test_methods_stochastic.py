@@ -292,6 +292,43 @@ def test_sngp_variance_small_near_data_large_far_away_and_reset():
         torch.testing.assert_close(model(embedding=probe).uncertainty, prior)
 
 
+@pytest.mark.parametrize("frozen", ["set_trainable(method=False)", "update_covariance=False"])
+def test_sngp_begin_epoch_keeps_a_precision_that_this_epoch_will_not_refill(frozen):
+    # fit calls begin_epoch() on every method; a frozen SNGP (or one that does not update) lost its
+    # whole precision there and stayed at the prior (variance ~1 everywhere) for good
+    data, probe = 0.3 * torch.randn(200, 2), torch.tensor([[0.0, 0.0]])
+    model = toy_sngp(mode="variance")
+    with torch.no_grad():
+        model.train()(embedding=data)
+    trained = model.method.precision.clone()
+    if frozen.startswith("set_trainable"):
+        model.set_trainable(method=False)
+    else:
+        model.method.update_covariance = False
+    with torch.no_grad():
+        model.eval()
+        before = model(embedding=probe).uncertainty
+        model.train()
+        model.method.begin_epoch()  # what fit does at an epoch start, after model.train()
+        model(embedding=torch.randn(50, 2))  # a training step of this epoch
+        model.eval()
+        after = model(embedding=probe).uncertainty
+    torch.testing.assert_close(model.method.precision, trained, rtol=0, atol=0)
+    torch.testing.assert_close(after, before)
+    assert after.item() < 0.1
+
+
+def test_sngp_begin_epoch_starts_the_exact_precision_afresh_at_the_next_update():
+    model = toy_sngp()
+    first, second = torch.randn(30, 2), torch.randn(20, 2)
+    with torch.no_grad():
+        model.train()(embedding=first)
+        model.method.begin_epoch()
+        model(embedding=second)
+    phi = model.method.random_features(second)
+    torch.testing.assert_close(model.method.precision, phi.t() @ phi, atol=1e-4, rtol=1e-4)
+
+
 def test_sngp_covariance_cache_follows_updates_and_mean_field_formula():
     model = toy_sngp(gp_cov_momentum=0.9, gp_mean_field_factor=math.pi / 8)
     method = model.method.eval()
