@@ -181,6 +181,27 @@ def test_mc_dropout_sites_are_inactive_outside_sampling(backbones):
         torch.testing.assert_close(model.forward_embedding(x), plain.forward_head(plain.forward_features(x), pre_logits=True))
 
 
+def test_mc_dropout_sampling_passes_in_training_leave_batchnorm_statistics_to_the_embedding_pass(backbones):
+    # in training mode the S re-runs must not count as S more training batches of BatchNorm (the
+    # running statistics would average dropped-out activations and forget S + 1 times faster)
+    model = ur.Uncertainizer(
+        copy.deepcopy(backbones["test_resnet"]), "mc-dropout", backbone_dropout=0.3, num_samples=3, stopgrad=False
+    ).train()
+    plain = copy.deepcopy(backbones["test_resnet"]).train()
+    x = images(4)
+    out = model(x)
+    (out.uncertainty.sum() + out.logits.sum()).backward()  # the graphs of all S + 1 passes still backpropagate
+    with torch.no_grad():
+        reference = plain.forward_head(plain.forward_features(x), pre_logits=True)
+    torch.testing.assert_close(out.embedding, reference)
+    bns = [(a, b) for a, b in zip(model.backbone.modules(), plain.modules()) if isinstance(a, nn.BatchNorm2d)]
+    assert bns
+    for a, b in bns:
+        assert int(a.num_batches_tracked) == int(b.num_batches_tracked) == 1
+        torch.testing.assert_close(a.running_mean, b.running_mean)
+        torch.testing.assert_close(a.running_var, b.running_var)
+
+
 # ---------------------------------------------------------------- ensemble
 def test_ensemble_layout_init_and_parameters(backbones):
     model = build(backbones, "test_vit", "ensemble", num_heads=3, init_noise=0.0)
@@ -271,6 +292,43 @@ def test_sngp_variance_small_near_data_large_far_away_and_reset():
         torch.testing.assert_close(model(embedding=probe).uncertainty, prior)
 
 
+@pytest.mark.parametrize("frozen", ["set_trainable(method=False)", "update_covariance=False"])
+def test_sngp_begin_epoch_keeps_a_precision_that_this_epoch_will_not_refill(frozen):
+    # fit calls begin_epoch() on every method; a frozen SNGP (or one that does not update) lost its
+    # whole precision there and stayed at the prior (variance ~1 everywhere) for good
+    data, probe = 0.3 * torch.randn(200, 2), torch.tensor([[0.0, 0.0]])
+    model = toy_sngp(mode="variance")
+    with torch.no_grad():
+        model.train()(embedding=data)
+    trained = model.method.precision.clone()
+    if frozen.startswith("set_trainable"):
+        model.set_trainable(method=False)
+    else:
+        model.method.update_covariance = False
+    with torch.no_grad():
+        model.eval()
+        before = model(embedding=probe).uncertainty
+        model.train()
+        model.method.begin_epoch()  # what fit does at an epoch start, after model.train()
+        model(embedding=torch.randn(50, 2))  # a training step of this epoch
+        model.eval()
+        after = model(embedding=probe).uncertainty
+    torch.testing.assert_close(model.method.precision, trained, rtol=0, atol=0)
+    torch.testing.assert_close(after, before)
+    assert after.item() < 0.1
+
+
+def test_sngp_begin_epoch_starts_the_exact_precision_afresh_at_the_next_update():
+    model = toy_sngp()
+    first, second = torch.randn(30, 2), torch.randn(20, 2)
+    with torch.no_grad():
+        model.train()(embedding=first)
+        model.method.begin_epoch()
+        model(embedding=second)
+    phi = model.method.random_features(second)
+    torch.testing.assert_close(model.method.precision, phi.t() @ phi, atol=1e-4, rtol=1e-4)
+
+
 def test_sngp_covariance_cache_follows_updates_and_mean_field_formula():
     model = toy_sngp(gp_cov_momentum=0.9, gp_mean_field_factor=math.pi / 8)
     method = model.method.eval()
@@ -355,6 +413,11 @@ def test_sngp_spectral_norm_caps_backbone_layers_deterministically(backbones):
     # re-attaching does not normalise twice
     model.method.attach(model.backbone, model.classifier)
     assert len(convs[0].parametrizations.weight) == 1
+    # ... and re-wrapping with another cap is refused, not silently left at the old one
+    for changed in ({"spec_norm_bound": 3.0}, {"spec_norm_iterations": 2}):
+        with pytest.raises(ValueError, match=rf"{next(iter(changed))}=.*already carry a spectral norm"):
+            ur.Uncertainizer(model.backbone, "sngp", **{**spec, **changed})
+    assert {p.bound for m in convs if m is not classifier for p in m.parametrizations.weight} == {0.5}
     clone = copy.deepcopy(model)
     with torch.no_grad():
         torch.testing.assert_close(clone(x).logits, model(x).logits)
@@ -365,6 +428,24 @@ def test_sngp_argument_errors():
         toy_sngp(gp_cov_momentum=1.0)
     with pytest.raises(ValueError, match="sngp needs num_classes >= 1"):
         ur.Uncertainizer(nn.Identity(), "sngp", embed_dim=2)
+
+
+@pytest.mark.parametrize(
+    "method, args, message",
+    [
+        # each of these made every uncertainty exactly log C (uniform softmax), silently
+        ("hetxl", {"temperature": math.inf}, r"hetxl: temperature must be a finite number > 0, got inf"),
+        ("sngp", {"gp_mean_field_factor": math.inf}, r"sngp: gp_mean_field_factor must be a finite number >= 0, got inf"),
+        ("sngp", {"gp_kernel_scale": math.inf}, r"sngp: gp_kernel_scale must be a finite number > 0, got inf"),
+        ("sngp", {"gp_cov_ridge_penalty": math.inf}, r"sngp: gp_cov_ridge_penalty must be a finite number > 0, got inf"),
+        # seeds 1.5 and 1 drew the same masks / noise
+        ("mc-dropout", {"seed": 1.5}, r"mc-dropout: seed must be an integer or None, got 1.5"),
+        ("hetxl", {"seed": "1"}, r"hetxl: seed must be an integer or None, got '1'"),
+    ],
+)
+def test_infinite_or_non_integer_hyperparameters_are_refused(method, args, message):
+    with pytest.raises(ValueError, match=message):
+        ur.methods.create_method(method, embed_dim=4, num_classes=3, **args)
 
 
 # ---------------------------------------------------------------- deep pred-net

@@ -94,6 +94,18 @@ def test_pred_net_scale_is_saved_buffer_setting_mean():
         method.set_mean_uncertainty(e, 0.0)
 
 
+def test_pred_net_set_mean_uncertainty_refuses_nan_embeddings_and_takes_half_ones():
+    method = ur.methods.create_method("pred-net", embed_dim=8, num_classes=0)
+    e = torch.randn(20, 8)
+    bad = e.clone()
+    bad[3, 1] = math.nan
+    with pytest.raises(ValueError, match=r"set_mean_uncertainty: embeddings hold NaN or inf"):
+        method.set_mean_uncertainty([e[:10], bad], target=0.5)
+    assert float(method.scale) == 1.0  # was overwritten with NaN: every later forward failed
+    half = method.set_mean_uncertainty(e.half(), target=0.5)  # a float16 cache: was a dtype error
+    assert half == pytest.approx(method.set_mean_uncertainty(e.half().float(), target=0.5), rel=1e-6)
+
+
 def test_timm_data_config_stays_visible():
     model = ur.Uncertainizer("test_vit", pretrained=False)
     assert timm.data.resolve_model_data_config(model) == timm.data.resolve_model_data_config(model.backbone)
@@ -234,6 +246,16 @@ def test_bad_input_errors():
     fixed.backbone.pretrained_cfg = {**fixed.backbone.pretrained_cfg, "fixed_input_size": True}
     with pytest.raises(ValueError, match=r"x must be \(160, 160\) pixels"):
         fixed(torch.randn(1, 3, 128, 128))
+
+
+@pytest.mark.parametrize("name", [3, None, ""])
+def test_register_method_refuses_a_name_that_is_not_a_non_empty_string(name):
+    # a non-string name entered the registry and broke list_methods() (and every unknown-name error) for good
+    with pytest.raises(TypeError, match=r"register_method\(name\): name must be a non-empty string"):
+        ur.register_method(name)(type("Bad", (ur.UncertaintyMethod,), {}))
+    assert "pred-net" in ur.list_methods()
+    with pytest.raises(ValueError, match="unknown uncertainty method 'nope'; known methods: class-entropy"):
+        ur.methods.get_method_class("nope")
 
 
 def test_register_custom_method():

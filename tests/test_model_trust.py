@@ -166,6 +166,31 @@ def test_nan_embedding_raises_instead_of_a_nan_uncertainty():
 
 
 @pytest.mark.parametrize(
+    "method, args",
+    [("class-entropy", {}), ("pred-net-logits", {}), ("mc-dropout", {"seed": 0}), ("hetxl", {"seed": 0}),
+     ("mc-dropout", {"mode": "jsd", "seed": 0})],
+)
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_nan_or_inf_logits_raise_instead_of_a_certain_entropy(method, args, bad):
+    # a classifier that overflows or goes NaN must not read as "entropy 0, completely certain"
+    classifier = nn.Linear(8, 3)
+    with torch.no_grad():
+        classifier.bias[0] = bad
+    model = ur.Uncertainizer(Body(), method, classifier=classifier, embed_dim=8, **args)
+    with pytest.raises(ValueError, match=rf"the uncertainty of method '{method}' \(its embedding is finite\) contains NaN or inf"):
+        model(X)
+
+
+def test_softmax_entropy_is_nan_for_nan_logits_and_skips_zero_probabilities():
+    from uncertain_repr.methods.baselines import softmax_entropy
+
+    logits = torch.tensor([[math.nan, 0.0, 1.0], [math.inf, 0.0, 1.0], [0.0, 0.0, -math.inf], [2.0, 1.0, 0.0]])
+    h = softmax_entropy(logits)
+    assert torch.isnan(h[:2]).all()
+    torch.testing.assert_close(h[2:], torch.cat([entropy(torch.zeros(1, 2)), entropy(logits[3:])]))
+
+
+@pytest.mark.parametrize(
     "name, fn, error, message",
     [
         ("test-nan", lambda e: e.sum(1) * math.nan, ValueError, r"uncertainty of method 'test-nan'.*NaN or inf.*rows \[0, 1\]"),

@@ -109,3 +109,18 @@ def test_stats_inputs_see_only_the_logit_statistics_and_the_embedding_norm():
         torch.testing.assert_close(head.uncertainty(emb @ rotation, logits), expected)
     with pytest.raises(ValueError, match="inputs must be one of"):
         create_method("pred-net-logits", embed_dim=4, num_classes=3, inputs="logits")
+
+
+@pytest.mark.parametrize("inputs", ["embedding", "stats"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_float64_or_bfloat16_head_gives_the_float32_heads_answer(inputs, dtype):
+    # model.double() / model.to(bfloat16) worked for every method but this one (dtype mismatch in the MLP)
+    emb, logits = _data()
+    head = create_method("pred-net-logits", embed_dim=16, num_classes=10, width=8, depth=2, inputs=inputs)
+    with torch.no_grad():
+        for p in head.net.parameters():
+            p.normal_()  # a trained-looking correction, so the MLP's dtype matters
+        reference = head.uncertainty(emb, logits)
+        cast = head.to(dtype).uncertainty(emb.to(dtype), logits.to(dtype))
+    tol = 1e-5 if dtype == torch.float64 else 0.1
+    torch.testing.assert_close(cast.float(), reference, rtol=tol, atol=tol)

@@ -160,5 +160,11 @@ def test_fit_resets_an_exact_precision_every_epoch_and_keeps_a_moving_average(ca
         with torch.no_grad():
             features = model.method.random_features(embeddings).double()
         torch.testing.assert_close(precision.double(), features.t() @ features, rtol=1e-5, atol=1e-5)
-    model.method.begin_epoch()
-    assert torch.equal(model.method.precision, torch.zeros_like(precision) if momentum < 0 else precision)
+    model.method.begin_epoch()  # the exact precision starts afresh at the next update, the moving average goes on
+    batch = torch.stack([data[i]["embedding"] for i in range(4)])
+    with torch.no_grad():
+        model.train()(embedding=batch)
+        phi = model.method.random_features(batch).double()
+    gram = phi.t() @ phi
+    expected = gram if momentum < 0 else momentum * precision.double() + (1 - momentum) * gram / 4
+    torch.testing.assert_close(model.method.precision.double(), expected, rtol=1e-5, atol=1e-5)

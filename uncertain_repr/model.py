@@ -591,6 +591,17 @@ class Uncertainizer(nn.Module):
             )
         return embedding
 
+    def _reembed(self, x: torch.Tensor) -> torch.Tensor:
+        """Another embedding of the checked images ``x`` for a method's re-runs (``reembed``), leaving the
+        buffers of the backbone's training-mode modules (BatchNorm running statistics, ...) as the
+        embedding pass left them: S re-runs are not S more training batches."""
+        saved = [(b, b.clone()) for m in self.backbone.modules() if m.training for _, b in m.named_buffers(recurse=False)]
+        try:
+            return self._embed(x)
+        finally:
+            for buffer, value in saved:
+                buffer.data.copy_(value)  # through .data: no version bump, the passes' graphs stay valid
+
     def forward(self, x: Optional[torch.Tensor] = None, *, embedding: Optional[torch.Tensor] = None) -> UncertainOutput:
         """``UncertainOutput(embedding [B, D], uncertainty [B] float32, logits [B, C] | None)``.
 
@@ -616,7 +627,7 @@ class Uncertainizer(nn.Module):
             source = "embedding"
         if self.method.needs_images:
             uncertainty, logits = self.method(
-                embedding, self.classifier, stopgrad=self.stopgrad, reembed=lambda: self._embed(x)
+                embedding, self.classifier, stopgrad=self.stopgrad, reembed=lambda: self._reembed(x)
             )
         else:
             uncertainty, logits = self.method(embedding, self.classifier, stopgrad=self.stopgrad)

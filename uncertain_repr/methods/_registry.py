@@ -22,6 +22,9 @@ def register_method(name: str) -> Callable[[M], M]:
                 return embedding.var(dim=1)
     """
 
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"register_method(name): name must be a non-empty string, got {name!r}")
+
     def decorator(cls: M) -> M:
         if not (isinstance(cls, type) and issubclass(cls, UncertaintyMethod)):
             raise TypeError(f"@register_method({name!r}) expects an UncertaintyMethod subclass, got {cls!r}")

@@ -29,7 +29,8 @@ class UncertaintyMethod(nn.Module):
     needs_embed_dim: ClassVar[bool] = True
     #: True when the method reads the backbone itself (hooked layers, stochastic re-runs): the model
     #: then refuses cached embeddings and calls ``forward(..., reembed=fn)``, where ``fn()`` runs the
-    #: backbone on the same images again and returns a fresh embedding ``[B, D]``.
+    #: backbone on the same images again and returns a fresh embedding ``[B, D]`` (the buffers of its
+    #: training-mode modules, BatchNorm statistics, are left as the embedding pass left them).
     needs_images: bool = False
 
     def __init__(self, embed_dim: Optional[int], num_classes: Optional[int] = 0) -> None:

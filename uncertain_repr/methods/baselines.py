@@ -15,9 +15,10 @@ MIN_NORM = 1e-12
 
 
 def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy ``-sum_c p_c log p_c`` (nats) of ``softmax(logits [B, C])`` -> ``[B]``; ``0 log 0 = 0``."""
+    """Entropy ``-sum_c p_c log p_c`` (nats) of ``softmax(logits [B, C])`` -> ``[B]``; ``0 log 0 = 0``
+    (``log p`` clamped at the dtype's minimum, as the original), and NaN for a row with NaN or ``+inf`` logits."""
     log_p = torch.log_softmax(logits.float(), dim=-1)
-    return -(log_p.exp() * log_p).nan_to_num(nan=0.0).sum(dim=-1)
+    return -(log_p.exp() * log_p.clamp_min(torch.finfo(log_p.dtype).min)).sum(dim=-1)
 
 
 @register_method("class-entropy")

@@ -25,7 +25,7 @@ from torch import nn
 from ._registry import register_method
 from .base import UncertaintyMethod
 from .baselines import softmax_entropy
-from .predictive import apply_classifier, check_mode, check_positive_int, log_mean_softmax, seeded_generator
+from .predictive import apply_classifier, check_mode, check_positive_int, check_seed, log_mean_softmax, seeded_generator
 
 HETXL_MODES: Tuple[str, ...] = ("entropy", "log_det", "log_var_sum")
 
@@ -67,14 +67,14 @@ class HETXL(UncertaintyMethod):
         seed: Optional[int] = None,
     ) -> None:
         super().__init__(embed_dim, num_classes)
-        if not temperature > 0:
-            raise ValueError(f"hetxl: temperature must be > 0, got {temperature!r}")
-        if not c_mult >= 0:
-            raise ValueError(f"hetxl: c_mult must be >= 0, got {c_mult!r}")
+        if not (temperature > 0 and math.isfinite(temperature)):  # tau = inf: every softmax uniform
+            raise ValueError(f"hetxl: temperature must be a finite number > 0, got {temperature!r}")
+        if not (c_mult >= 0 and math.isfinite(c_mult)):
+            raise ValueError(f"hetxl: c_mult must be a finite number >= 0, got {c_mult!r}")
         self.rank_V = check_positive_int(rank_V, "rank_V", "hetxl")
         self.num_mc = check_positive_int(num_mc, "num_mc", "hetxl")
         self.mode = check_mode(mode, HETXL_MODES, "hetxl")
-        self.seed = seed
+        self.seed = check_seed(seed, "hetxl")
         d = self.embed_dim
         self.cov_proj = nn.Parameter(c_mult * torch.randn(d, d * self.rank_V + d))
         self.diag_bias = nn.Parameter(torch.zeros(d))

@@ -34,6 +34,7 @@ from .predictive import (
     apply_classifier,
     check_mode,
     check_positive_int,
+    check_seed,
     log_mean_softmax,
     predictive_uncertainty,
     seeded_generator,
@@ -125,7 +126,7 @@ class MCDropout(UncertaintyMethod):
         self.mode = check_mode(mode, PREDICTIVE_MODES, "mc-dropout")
         self.backbone_dropout = float(backbone_dropout)
         self.backbone_dropout_at = backbone_dropout_at
-        self.seed = seed
+        self.seed = check_seed(seed, "mc-dropout")
         self.sampling = False
         self.sampling_generator: Optional[torch.Generator] = None
 

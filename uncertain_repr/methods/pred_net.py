@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Iterable, List, Optional, Tuple, Union
 
 import torch
@@ -56,17 +57,20 @@ class PredNet(UncertaintyMethod):
     def set_mean_uncertainty(self, embeddings: Union[torch.Tensor, Iterable[torch.Tensor]], target: float) -> float:
         """Rescale so that the mean uncertainty over ``embeddings`` ([N, D] or batches of them) is ``target``.
 
-        Returns the new scale. ``ValueError`` if ``target <= 0`` or there are no embeddings.
+        Returns the new scale. ``ValueError`` if ``target <= 0``, there are no embeddings, or they hold
+        NaN/inf (the scale is then left as it was).
         """
         if not target > 0:
             raise ValueError(f"target mean uncertainty must be > 0, got {target}")
         batches = [embeddings] if isinstance(embeddings, torch.Tensor) else embeddings
         total, count = 0.0, 0
         for e in batches:
-            raw = self.net(e.to(self.scale.device)).squeeze(-1) + EPS
+            raw = self.net(e.to(self.scale.device, self.scale.dtype)).squeeze(-1) + EPS
             total += float(raw.double().sum())
             count += raw.numel()
         if count == 0:
             raise ValueError("set_mean_uncertainty needs at least one embedding")
+        if not math.isfinite(total):
+            raise ValueError("set_mean_uncertainty: embeddings hold NaN or inf values (the mean uncertainty is not finite)")
         self.scale.fill_(target * count / total)
         return float(self.scale)

@@ -109,7 +109,7 @@ class PredNetLogits(UncertaintyMethod):
         if logits is None:
             raise ValueError("pred-net-logits needs the classifier's logits")
         stats = logit_stats(logits)
-        features = INPUTS[self.inputs](embedding, stats)
+        features = INPUTS[self.inputs](embedding, stats).to(self.gain.dtype)  # stats are float32; the MLP may not be
         raw = self.gain * BASES[self.base](stats) + self.correction * self.net(features).squeeze(-1)
         return (nn.functional.softplus(raw) + EPS) * self.scale
 

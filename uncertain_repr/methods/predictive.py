@@ -39,6 +39,17 @@ def check_positive_int(value: int, name: str, method: str, *, minimum: int = 1) 
     return int(value)
 
 
+def check_seed(seed: Optional[int], method: str) -> Optional[int]:
+    """``seed`` as an int, or ``None``; else a ``ValueError`` (a float seed would be truncated silently)."""
+    try:
+        ok = seed is None or (not isinstance(seed, (bool, float, str)) and int(seed) == seed)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{method}: seed must be an integer or None, got {seed!r}")
+    return None if seed is None else int(seed)
+
+
 def log_mean_softmax(logits: torch.Tensor) -> torch.Tensor:
     """``log(mean_s softmax(logits_s))`` of ``logits [S, B, C]`` -> ``[B, C]``, computed stably in log space."""
     return torch.logsumexp(torch.log_softmax(logits, dim=-1), dim=0) - math.log(logits.shape[0])

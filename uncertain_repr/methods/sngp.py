@@ -16,8 +16,10 @@ as many of them, and every rank then holds the ``P`` of one process with the glo
 buffer broadcast from rank 0 copies equal values). Eval-mode forwards and single processes
 communicate nothing. With exact accumulation, :func:`~uncertain_repr.train.fit` resets ``P`` at the
 start of every epoch (:meth:`SNGP.begin_epoch`), so that after training ``P`` holds the last epoch
-(the SNGP paper's recipe; the moving average forgets old epochs by itself and is never reset). A
-custom training loop calls ``begin_epoch()`` itself; a frozen (eval-mode) method never updates ``P``.
+(the SNGP paper's recipe; the moving average forgets old epochs by itself and is never reset). The
+reset happens at the epoch's first update of ``P``: a frozen (eval-mode) method, or one with
+``update_covariance=False``, never updates ``P`` and so keeps it. A custom training loop calls
+``begin_epoch()`` itself.
 The inverse is computed lazily at the first eval forward after a change and cached; it is not saved
 (``P`` is).
 """
@@ -105,11 +107,12 @@ class SNGP(UncertaintyMethod):
         super().__init__(embed_dim, num_classes)
         if num_classes < 1:
             raise ValueError("sngp needs num_classes >= 1: give the backbone a classifier (or num_classes)")
+        # infinite scale / factor: constant features or zero logits, every softmax uniform
         checks = (
-            ("gp_kernel_scale", gp_kernel_scale, gp_kernel_scale > 0, "> 0"),
+            ("gp_kernel_scale", gp_kernel_scale, 0 < gp_kernel_scale < math.inf, "a finite number > 0"),
             ("gp_cov_momentum", gp_cov_momentum, gp_cov_momentum < 1, "< 1 (negative: exact accumulation)"),
-            ("gp_cov_ridge_penalty", gp_cov_ridge_penalty, gp_cov_ridge_penalty > 0, "> 0"),
-            ("gp_mean_field_factor", gp_mean_field_factor, gp_mean_field_factor >= 0, ">= 0"),
+            ("gp_cov_ridge_penalty", gp_cov_ridge_penalty, 0 < gp_cov_ridge_penalty < math.inf, "a finite number > 0"),
+            ("gp_mean_field_factor", gp_mean_field_factor, 0 <= gp_mean_field_factor < math.inf, "a finite number >= 0"),
             ("spec_norm_bound", spec_norm_bound, spec_norm_bound > 0, "> 0"),
         )
         for name, value, ok, expected in checks:
@@ -134,6 +137,7 @@ class SNGP(UncertaintyMethod):
         nn.init.normal_(self.output.weight, std=OUTPUT_INIT_STD)
         self.register_buffer("precision", torch.zeros(m, m))
         self._covariance_cache: Optional[Tuple[tuple, torch.Tensor]] = None
+        self._reset_pending = False  # set by begin_epoch, applied by the next update_precision
 
     def attach(self, backbone: nn.Module, classifier: Optional[nn.Module] = None) -> None:
         """With ``use_spec_norm``: cap the spectral norms of the backbone's layers (idempotent)."""
@@ -155,6 +159,8 @@ class SNGP(UncertaintyMethod):
         under torch.distributed the batch is the global one, all ranks' (see :func:`global_gram`)."""
         with torch.autocast(features.device.type, enabled=False):  # under AMP the gram would be half precision
             gram, count = global_gram(features.to(self.precision.dtype))
+        if self._reset_pending:
+            self.reset_covariance()
         if self.gp_cov_momentum < 0:
             self.precision.add_(gram)
         else:
@@ -162,15 +168,17 @@ class SNGP(UncertaintyMethod):
             self.precision.mul_(m).add_(gram / count, alpha=1.0 - m)
 
     def begin_epoch(self) -> None:
-        """Exact accumulation (``gp_cov_momentum < 0``): forget the previous epochs (see the module docstring)."""
+        """Exact accumulation (``gp_cov_momentum < 0``): forget the previous epochs at this epoch's first
+        update of the precision (none for a frozen method: it keeps ``P``; see the module docstring)."""
         if self.gp_cov_momentum < 0:
-            self.reset_covariance()
+            self._reset_pending = True
 
     @torch.no_grad()
     def reset_covariance(self) -> None:
         """Forget the accumulated data: the posterior becomes the prior (under exact accumulation
-        :meth:`begin_epoch` calls it)."""
+        :meth:`begin_epoch` has it called at the epoch's first update)."""
         self.precision.zero_()
+        self._reset_pending = False
 
     @property
     def covariance(self) -> torch.Tensor:

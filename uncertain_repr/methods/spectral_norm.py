@@ -63,12 +63,24 @@ def apply_spectral_norm(
     of ``exclude``) at ``bound``; idempotent. Returns the number of normalised layers.
 
     Each normalised layer's weight moves to ``<layer>.parametrizations.weight.original`` and gains
-    ``<layer>.parametrizations.weight.0.{u,v}`` in the state dict.
+    ``<layer>.parametrizations.weight.0.{u,v}`` in the state dict. A layer normalised before with
+    another ``bound`` or ``n_power_iterations`` is a ``ValueError`` (its cap cannot silently stay).
     """
     if not bound > 0:
         raise ValueError(f"spec_norm_bound must be > 0, got {bound!r}")
     excluded = set() if exclude is None else {id(m) for m in exclude.modules()}
     layers = [m for m in backbone.modules() if isinstance(m, NORMALISED_LAYERS) and id(m) not in excluded]
+    for layer in filter(has_spectral_norm, layers):
+        existing = next(p for p in layer.parametrizations.weight if isinstance(p, SpectralNormBound))
+        for name, old, new in (
+            ("spec_norm_bound", existing.bound, float(bound)),
+            ("spec_norm_iterations", existing.n_power_iterations, int(n_power_iterations)),
+        ):
+            if old != new:
+                raise ValueError(
+                    f"{name}={new}, but the backbone's layers already carry a spectral norm with {name}={old} "
+                    "(from an earlier wrapper): wrap a fresh copy of the backbone, or pass the same value"
+                )
     for layer in layers:
         if not has_spectral_norm(layer):
             parametrize.register_parametrization(
