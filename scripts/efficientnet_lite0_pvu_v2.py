@@ -161,10 +161,16 @@ EVAL_SETS = {  # name: (root under --data, split, max samples, classify)
 }
 
 
+def _eval_dir(args) -> Path:
+    """Where ``embed`` writes and ``score`` reads the evaluation arrays: ``eval/`` (the capped sets of the card's
+    tables) or ``eval_full/`` (``--full``: every image of each evaluation split)."""
+    return Path(args.out) / ("eval_full" if args.full else "eval")
+
+
 @torch.no_grad()
 def cmd_embed(args) -> None:
     model = ur.load_model(MODEL).eval().to(memory_format=torch.channels_last)
-    out = Path(args.out) / "eval"
+    out = _eval_dir(args)
     out.mkdir(parents=True, exist_ok=True)
     for name, (root, split, cap, _) in EVAL_SETS.items():
         if args.only and name not in args.only.split(","):
@@ -174,7 +180,7 @@ def cmd_embed(args) -> None:
             continue
         ds = data.WithCrops(data.create_dataset(name, root or args.data, split, transform=data.eval_transform(model)), seed=0)
         chosen = np.arange(len(ds))
-        cap = cap or len(chosen)
+        cap = len(chosen) if args.full or cap is None else cap
         cap = max(4, int(cap * args.scale)) if args.scale < 1 else cap
         if cap < len(chosen):
             chosen = seeded_subset(chosen, cap, seed=0, dataset=name, purpose="max-samples")
@@ -616,7 +622,9 @@ def cmd_score(args) -> None:
     from uncertain_repr.metrics import auroc, nearest_neighbor_correct, paired_bootstrap_difference
 
     out = Path(args.out)
-    selection = json.loads((out / args.heads / "selection.json").read_text())
+    chosen = out / args.heads / "selection.json"
+    # no trained heads (`--heads shipped`): the shipped models alone
+    selection = json.loads(chosen.read_text()) if chosen.is_file() else {"heads": {}, "default_rule": True}
     heads = {"pvu v1 (shipped before)": ur.load_model(MODEL).method.eval()}
     if selection.get("default_rule"):  # an attempt at replacing the default: against the shipped default too
         heads["pvu_v3 (shipped default)"] = ur.load_model(SHIPPED_DEFAULT).method.eval()
@@ -626,7 +634,7 @@ def cmd_score(args) -> None:
     heads.update({k: _head(k, out, args.heads) for k in shown})
     lines, record = [], {}
     for name, (_, _, _, classify) in EVAL_SETS.items():
-        path = out / "eval" / f"{name.replace('/', '_')}.npz"
+        path = _eval_dir(args) / f"{name.replace('/', '_')}.npz"
         if not path.exists():
             continue
         z = dict(np.load(path))
@@ -661,8 +669,9 @@ def cmd_score(args) -> None:
         lines.append("")
         record[name] = {k: {c: list(v) for c, v in r.items()} for k, r in rows.items()}
         record[name]["_diff_vs_best_free"] = {k: list(d) for k, d in diffs.items()}
-    (out / "score.md").write_text("\n".join(lines))
-    (out / "score.json").write_text(json.dumps(record, indent=1))
+    stem = "score_full" if args.full else "score"
+    (out / f"{stem}.md").write_text("\n".join(lines))
+    (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
     print("\n".join(lines))
 
 
@@ -674,6 +683,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of every image count (smoke runs)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--recipe", default="v2", choices=sorted(RECIPES), help="views/train/blend/ship: photo split, views, shipped name")
+    parser.add_argument("--full", action="store_true", help="embed/score: every image of each evaluation split (eval_full/)")
     parser.add_argument("--only", default="", help="embed: comma-separated evaluation sets")
     parser.add_argument("--candidates", default="", help="train: comma-separated names of CANDIDATES (default all)")
     parser.add_argument("--seeds", type=int, default=1, help="train: seeds per candidate")

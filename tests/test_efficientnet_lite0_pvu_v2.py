@@ -117,6 +117,24 @@ def test_recipe_runs_end_to_end_on_a_slice(tmp_path, shared_data):
     assert "| max-prob |" in (out / "score.md").read_text()
 
 
+@pytest.mark.slow
+def test_full_evaluation_scores_whole_splits_with_the_shipped_models_alone(tmp_path, shared_data):
+    """``--full``: every image of the split (the card's 2,000-image cap of CIFAR-10H not applied), scored with no
+    trained heads folder: the shipped v1 and v3 beside the free baselines."""
+    data = shared_data("cifar10h").parent
+    shared_data("cifar10_test_jpg")
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    for stage in (["embed", "--scale", "0.0005", "--only", "soft/cifar10h"], ["score", "--heads", "shipped", "--resamples", "20"]):
+        result = subprocess.run([sys.executable, str(RECIPE), *stage, "--full", "--data", str(data),
+                                 "--out", str(out), "--workers", "0"], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+        assert result.returncode == 0, stage[0] + result.stdout[-2000:] + result.stderr[-2000:]
+    table = (out / "score_full.md").read_text()
+    assert "**soft/cifar10h** (5 images" in table  # 10,000 x 0.0005; the capped set would be 2,000 x 0.0005 -> 4
+    assert "| pvu_v3 (shipped default) |" in table and "| class-entropy |" in table
+    assert not (out / "eval").exists() and (out / "eval_full" / "soft_cifar10h.npz").is_file()
+
+
 @pytest.mark.parametrize("inputs", ["embedding", "stats"])
 def test_average_heads_is_the_mean_of_the_raw_scores(recipe, inputs):
     from uncertain_repr.methods import create_method
