@@ -161,16 +161,16 @@ EVAL_SETS = {  # name: (root under --data, split, max samples, classify)
 }
 
 
-def _eval_dir(args) -> Path:
-    """Where ``embed`` writes and ``score`` reads the evaluation arrays: ``eval/`` (the capped sets of the card's
-    tables) or ``eval_full/`` (``--full``: every image of each evaluation split)."""
-    return Path(args.out) / ("eval_full" if args.full else "eval")
+def _eval_name(args, stem: str) -> Path:
+    """``OUT/<stem>`` for the capped sets of the card's tables, ``OUT/<stem>_full`` under ``--full`` (every image
+    of each evaluation split): the folder ``embed`` writes and ``score`` reads (``eval``), and ``score``'s tables."""
+    return Path(args.out) / (f"{stem}_full" if args.full else stem)
 
 
 @torch.no_grad()
 def cmd_embed(args) -> None:
     model = ur.load_model(MODEL).eval().to(memory_format=torch.channels_last)
-    out = _eval_dir(args)
+    out = _eval_name(args, "eval")
     out.mkdir(parents=True, exist_ok=True)
     for name, (root, split, cap, _) in EVAL_SETS.items():
         if args.only and name not in args.only.split(","):
@@ -634,7 +634,7 @@ def cmd_score(args) -> None:
     heads.update({k: _head(k, out, args.heads) for k in shown})
     lines, record = [], {}
     for name, (_, _, _, classify) in EVAL_SETS.items():
-        path = _eval_dir(args) / f"{name.replace('/', '_')}.npz"
+        path = _eval_name(args, "eval") / f"{name.replace('/', '_')}.npz"
         if not path.exists():
             continue
         z = dict(np.load(path))
@@ -669,9 +669,9 @@ def cmd_score(args) -> None:
         lines.append("")
         record[name] = {k: {c: list(v) for c, v in r.items()} for k, r in rows.items()}
         record[name]["_diff_vs_best_free"] = {k: list(d) for k, d in diffs.items()}
-    stem = "score_full" if args.full else "score"
-    (out / f"{stem}.md").write_text("\n".join(lines))
-    (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
+    table = _eval_name(args, "score")
+    table.with_suffix(".md").write_text("\n".join(lines))
+    table.with_suffix(".json").write_text(json.dumps(record, indent=1))
     print("\n".join(lines))
 
 
