@@ -92,12 +92,19 @@ def test_same_backbone_and_classifier_as_v1(model):
         assert torch.equal(value, model.backbone.state_dict()[key]), key
 
 
+def _run_recipe(stage: list, data, out) -> None:
+    """``scripts/efficientnet_lite0_pvu_v2.py STAGE [OPTIONS] --data DATA --out OUT`` in a subprocess, 1 thread, no workers."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run([sys.executable, str(RECIPE), *stage, "--data", str(data), "--out", str(out), "--workers", "0"],
+                            capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    assert result.returncode == 0, stage[0] + result.stdout[-2000:] + result.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_recipe_runs_end_to_end_on_a_slice(tmp_path, shared_data):
     data = shared_data("imagenet_sample1000").parent
     shared_data("tiny_imagenet200")
     out, dest = tmp_path / "run", tmp_path / "shipped"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     stages = [
         ["views", "--scale", "0.005"],
         ["embed", "--scale", "0.005", "--only", "soft/imagenet_val1300"],
@@ -106,9 +113,7 @@ def test_recipe_runs_end_to_end_on_a_slice(tmp_path, shared_data):
         ["score", "--resamples", "20"],
     ]
     for stage in stages:
-        result = subprocess.run([sys.executable, str(RECIPE), stage[0], "--data", str(data), "--out", str(out), *stage[1:],
-                                 "--workers", "0"], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
-        assert result.returncode == 0, stage[0] + result.stdout[-2000:] + result.stderr[-2000:]
+        _run_recipe(stage, data, out)
     selection = json.loads((out / "heads" / "selection.json").read_text())
     assert selection["selected"] == "pnl-maxprob.seed0"
     assert selection["train_rows"]["s1000_train_a"] > 0 and selection["select_rows"]["tiny_val"] > 0
@@ -124,11 +129,8 @@ def test_full_evaluation_scores_whole_splits_with_the_shipped_models_alone(tmp_p
     data = shared_data("cifar10h").parent
     shared_data("cifar10_test_jpg")
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     for stage in (["embed", "--scale", "0.0005", "--only", "soft/cifar10h"], ["score", "--heads", "shipped", "--resamples", "20"]):
-        result = subprocess.run([sys.executable, str(RECIPE), *stage, "--full", "--data", str(data),
-                                 "--out", str(out), "--workers", "0"], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
-        assert result.returncode == 0, stage[0] + result.stdout[-2000:] + result.stderr[-2000:]
+        _run_recipe([*stage, "--full"], data, out)
     table = (out / "score_full.md").read_text()
     assert "**soft/cifar10h** (5 images" in table  # 10,000 x 0.0005; the capped set would be 2,000 x 0.0005 -> 4
     assert "| pvu_v3 (shipped default) |" in table and "| class-entropy |" in table
@@ -227,14 +229,11 @@ def test_cross_fitting_recipe_runs_train_blend_refit_on_a_slice(tmp_path, shared
     data = shared_data("imagenet_sample1000").parent
     shared_data("tiny_imagenet200")
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     common = ["--recipe", "v5", "--heads", "h", "--rule", "photos", "--candidates", "pnl-maxprob-losspred", "--seeds", "2"]
     stages = [["views", "--recipe", "v5", "--scale", "0.1"], ["train", *common, "--epochs", "2"], ["blend", *common],
               ["refit", *common, "--epochs", "2"]]
     for stage in stages:
-        result = subprocess.run([sys.executable, str(RECIPE), stage[0], "--data", str(data), "--out", str(out), *stage[1:],
-                                 "--workers", "0"], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
-        assert result.returncode == 0, stage[0] + result.stdout[-2000:] + result.stderr[-2000:]
+        _run_recipe(stage, data, out)
     selection = json.loads((out / "h" / "selection.json").read_text())
     folds = [k for k in selection["heads"] if ".fold" in k]
     assert len(folds) == 10 and all(selection["heads"][k]["epoch"] in (1, 2) for k in folds)  # 5 folds x 2 seeds
