@@ -1,10 +1,11 @@
-"""The recipes of `efficientnet_lite0.pvu_v2`, `_v3` (`--recipe v3`) and the unshipped v4-v6: frozen Lite0 passes once, heads trained on the arrays.
+"""The recipes of `efficientnet_lite0.pvu_v2`, `_v3`, `_v8` and the unshipped v4-v7: frozen Lite0 passes once, heads trained on the arrays.
 
     python scripts/efficientnet_lite0_pvu_v2.py views  --data DATA --out OUT   # training/selection views (cache.build)
     python scripts/efficientnet_lite0_pvu_v2.py embed  --data DATA --out OUT   # evaluation sets, once (+ crops, sharpness)
     python scripts/efficientnet_lite0_pvu_v2.py train  --out OUT               # heads, selection on the holdout views
     python scripts/efficientnet_lite0_pvu_v2.py blend  --out OUT               # correction grid, seed averages
     python scripts/efficientnet_lite0_pvu_v2.py refit  --out OUT               # cross-fitting recipes (v5, v6) only
+    python scripts/efficientnet_lite0_pvu_v2.py halves --out OUT               # v8: v3's correction, selected on halves S
     python scripts/efficientnet_lite0_pvu_v2.py ship   --out OUT [--dest DIR]  # write the selected head into the package
     python scripts/efficientnet_lite0_pvu_v2.py score  --out OUT               # tables with 95% bootstrap CIs
 
@@ -12,7 +13,8 @@ Training data (never an evaluation set): photos of ``tar/imagenet_sample1000`` (
 ``class_index % 10 != 0``; v3 and v4: the 700 with ``class_index % 10 >= 3``; v5 and v6: all 1000, 5-fold
 cross-fitting; see :data:`RECIPES`) in several "use-like" views, and Tiny ImageNet ``train``. Selection data: the
 other photos of ``tar/imagenet_sample1000`` (or the held-out fold, several views each) and Tiny ImageNet
-``validation``. Evaluation only: ``soft/imagenet_val1300``, ``soft/cifar10h``, ``idx/fashion_mnist``. Everything is
+``validation``. Evaluation only: ``soft/imagenet_val1300``, ``soft/cifar10h``, ``idx/fashion_mnist``; v8 alone
+(``halves``) selects one number on a seeded half ``S`` of each and reports on the other half ``R``. Everything is
 seeded; ``--scale`` shrinks every count for a smoke run.
 """
 
@@ -23,7 +25,7 @@ import json
 import math
 import random
 from pathlib import Path
-from typing import Callable, Dict, NamedTuple
+from typing import Callable, Dict, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -108,6 +110,8 @@ RECIPES = {
     "v6": Recipe("efficientnet_lite0.pvu_v6", "views-v6", lambda c: False, 8, 0, folds=5, squash=0.5),
     # seventh attempt: v3's data and views (the same cache), a correction that sees no class identity
     "v7": Recipe("efficientnet_lite0.pvu_v7", "views-v3", lambda c: c % 10 < 3, 8, 4),
+    # eighth attempt: v3's trained head unchanged, its correction selected on the selection halves (`halves`)
+    "v8": Recipe("efficientnet_lite0.pvu_v8", "views-v3", lambda c: c % 10 < 3, 8, 4),
 }
 
 
@@ -443,7 +447,7 @@ def cmd_blend(args) -> None:
     report = {"rule": args.rule, "heads": {m: selection_score(free_uncertainty(m, val["embeddings"], val["logits"]), val,
                                                               tiny_correct, args.rule) for m in FREE}}
     with torch.no_grad():  # the shipped heads on the same selection data: is the new head worth the default?
-        for label, head in (("v1", model.method), (SHIPPED_DEFAULT, ur.load_model(SHIPPED_DEFAULT).method.eval())):
+        for label, head in (("v1", model.method), (V3, ur.load_model(V3).method.eval())):
             report[label] = selection_score(head.uncertainty(val["embeddings"], val["logits"]), val, tiny_correct, args.rule)
     for name in args.candidates.split(","):
         singles = [_head(f"{name}.seed{s}", Path(args.out), args.heads) for s in range(args.seeds)]
@@ -493,7 +497,8 @@ def _blend_folds(args, train, val, tiny_correct) -> None:
     _write_selection(Path(args.out) / args.heads, report)
 
 
-SHIPPED_DEFAULT = "efficientnet_lite0.pvu_v3"  # the default of `predict`, which a later attempt has to beat
+V3 = "efficientnet_lite0.pvu_v3"  # the default of `predict` from v3 to v8: what attempts 4-8 had to beat
+SHIPPED_DEFAULT = "efficientnet_lite0.pvu_v8"  # the default of `predict` (v3's head, correction selected by `halves`)
 V3_HELD_OUT = RECIPES["v3"].held_out  # the photos the shipped v3 head never trained on
 
 
@@ -525,9 +530,9 @@ def cmd_refit(args) -> None:
                                "cv": cv_key, "method_args": {"width": merged.net[0].out_features, "correction": c}}
     selection["selected"] = key
 
-    v3 = ur.load_model(SHIPPED_DEFAULT).method.eval()
+    v3 = ur.load_model(V3).method.eval()
     folds = _fold_averages(args, name)
-    rule = {"this recipe (out of fold)": [], SHIPPED_DEFAULT: []}
+    rule = {"this recipe (out of fold)": [], V3: []}
     for head, (_, _, fold_val) in zip(folds, _splits(args.recipe, train, val)):
         photo = fold_val["source"] != SELECT.index("tiny_val")
         keep = ~photo | torch.tensor([V3_HELD_OUT(int(y)) for y in fold_val["labels"]])
@@ -536,7 +541,7 @@ def cmd_refit(args) -> None:
         rows = {k: v[keep] for k, v in fold_val.items()}
         head.correction = c
         with torch.no_grad():
-            for label, h in (("this recipe (out of fold)", head), (SHIPPED_DEFAULT, v3)):
+            for label, h in (("this recipe (out of fold)", head), (V3, v3)):
                 rule[label].append(selection_score(h.uncertainty(rows["embeddings"], rows["logits"]), rows, tiny_correct,
                                                    args.rule)["score"])
     selection["default_rule"] = {k: float(np.mean(v)) for k, v in rule.items()} | {"folds": rule}
@@ -604,6 +609,121 @@ def cmd_ship(args) -> None:
     print(f"wrote {dest} ({name})", flush=True)
 
 
+# ------------------------------------------------------------------------------------------ eighth attempt: halves
+HALVES = ("S", "R")  # each evaluation split cut in two: S selects (`halves`), R reports (`score --half R`)
+GOAL = (("soft/imagenet_val1300", "R-AUROC"), ("soft/imagenet_val1300", "auroc_classification"),
+        ("soft/cifar10h", "R-AUROC"), ("idx/fashion_mnist", "R-AUROC"))  # (set, metric) the issue's goal names
+
+
+def _eval_arrays(path: Path, name: str, half: str = "") -> Dict[str, np.ndarray]:
+    """The per-image arrays ``embed`` wrote for set ``name`` ``[N, ...]``; with ``half`` ("S" or "R") only the rows
+    of its seeded selection half ``S`` (``N // 2`` images) or of the rest, ``R``."""
+    z = dict(np.load(path))
+    if not half:
+        return z
+    n = len(z["labels"])
+    chosen = seeded_subset(np.arange(n), n // 2, seed=0, dataset=name, purpose="selection-half")
+    rows = chosen if half == "S" else np.setdiff1d(np.arange(n), chosen)
+    return {k: v[rows] for k, v in z.items()}
+
+
+def _targets(z: Dict[str, np.ndarray], classify: bool) -> Dict[str, np.ndarray]:
+    """What the metrics score against: 1-NN correctness ``[N]`` within these rows (their own gallery), classifier
+    errors ``[N]`` where the labels are ImageNet classes, and the raters' soft labels ``[N, C]`` where there are."""
+    from uncertain_repr.metrics import nearest_neighbor_correct
+
+    out = {"correct": nearest_neighbor_correct(torch.from_numpy(z["embeddings"]), torch.from_numpy(z["labels"])).numpy()}
+    if classify:
+        out["wrong"] = z["logits"].argmax(1) != z["labels"]
+    if "soft_labels" in z:
+        out["soft_labels"] = z["soft_labels"]
+    return out
+
+
+def _point_metrics(u: np.ndarray, uc: np.ndarray, targets: Dict[str, np.ndarray]) -> Dict[str, float]:
+    """The point estimates of the card's columns for uncertainties ``u`` and ``uc`` (of the crops), both ``[N]``."""
+    from uncertain_repr.metrics import auroc, rcorr_entropy
+    from uncertain_repr.metrics.cropped import cropped_has_bigger_uncertainty
+
+    out = {"R-AUROC": auroc(u, ~targets["correct"]), "croppedHasBiggerUnc": cropped_has_bigger_uncertainty(u, uc)}
+    if "wrong" in targets:
+        out["auroc_classification"] = auroc(u, targets["wrong"])
+    if "soft_labels" in targets:
+        out["rcorr_entropy"] = rcorr_entropy(u, targets["soft_labels"])
+    return {k: float(v) for k, v in out.items()}
+
+
+def halves_score(metrics: Dict[str, Dict[str, Dict[str, float]]], key: str) -> tuple:
+    """(score, passes the guards) of candidate ``key`` from ``metrics[set][method][column]``: the score is the worst
+    difference to the best free baseline over :data:`GOAL`; the guards keep what v3 is good at (crops get a higher
+    uncertainty at least as often as under the best free baseline, CIFAR-10H rcorr_entropy >= class-entropy's)."""
+    best = lambda s, col: max(metrics[s][f][col] for f in FREE)  # noqa: E731
+    score = min(metrics[s][key][col] - best(s, col) for s, col in GOAL)
+    cifar = metrics["soft/cifar10h"]
+    guards = all(metrics[s][key]["croppedHasBiggerUnc"] >= best(s, "croppedHasBiggerUnc") for s in metrics)
+    return score, guards and cifar[key]["rcorr_entropy"] >= cifar["class-entropy"]["rcorr_entropy"]
+
+
+def choose_correction(grid: Dict[str, dict]) -> Optional[float]:
+    """The correction of ``grid`` (``"c<correction>": {"score", "guards"}``) with the best score among those that pass
+    the guards (None if none does); a score within 1e-4 of the best is a tie, won by the larger correction (nearer v3)."""
+    passing = {float(k[1:]): g["score"] for k, g in grid.items() if g["guards"]}
+    if not passing:
+        return None
+    best = max(passing.values())
+    return max(c for c, score in passing.items() if score >= best - 1e-4)
+
+
+def _at_correction(head, c: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(embeddings [N, D], logits [N, C]) -> [N]``: the pred-net-logits ``head`` at correction ``c``."""
+    def uncertainty(embeddings: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        head.correction = c
+        return head.uncertainty(embeddings, logits)
+
+    return uncertainty
+
+
+@torch.no_grad()
+def cmd_halves(args) -> None:
+    """Eighth attempt (planned before any of its numbers): the shipped v3 head, weights unchanged, at every correction
+    of :data:`CORRECTIONS`, selected on the halves ``S`` of the whole evaluation splits (``embed --full``) by
+    :func:`halves_score` (ties within 1e-4: the larger correction). It ships as ``--recipe v8`` only if its correction
+    is below 1 and it scores above v3 on ``S``; ``score --full --half R`` reports on the other halves."""
+    out = Path(args.out) / args.heads
+    out.mkdir(parents=True, exist_ok=True)
+    v3 = ur.load_model(V3).method.eval()
+    metrics, sizes = {}, {}
+    for name, (_, _, _, classify) in EVAL_SETS.items():
+        z = _eval_arrays(Path(args.out) / "eval_full" / f"{name.replace('/', '_')}.npz", name, "S")
+        t = {k: torch.from_numpy(v) for k, v in z.items()}
+        heads = {m: lambda e, z, m=m: free_uncertainty(m, e, z) for m in FREE}
+        heads.update({f"c{c:.1f}": _at_correction(v3, c) for c in CORRECTIONS})
+        targets = _targets(z, classify)
+        metrics[name] = {k: _point_metrics(f(t["embeddings"], t["logits"]).numpy().astype(np.float64),
+                                           f(t["cropped_embeddings"], t["cropped_logits"]).numpy().astype(np.float64),
+                                           targets) for k, f in heads.items()}
+        undefined = [f"{k} {col}" for k, row in metrics[name].items() for col, v in row.items() if not math.isfinite(v)]
+        if undefined:  # e.g. every image of S retrieved correctly: an AUROC of one class; the selection would be noise
+            raise ValueError(f"{name}: undefined on the selection half S: {', '.join(undefined)}")
+        sizes[name] = len(z["labels"])
+        print(name, sizes[name], "images in S", flush=True)
+    grid = {f"c{c:.1f}": dict(zip(("score", "guards"), halves_score(metrics, f"c{c:.1f}"))) for c in CORRECTIONS}
+    chosen = choose_correction(grid)
+    ships = chosen is not None and chosen < 1 and grid[f"c{chosen:.1f}"]["score"] > grid["c1.0"]["score"]
+    report = {"rule": "halves", "default_rule": True, "images_S": sizes, "grid": grid, "metrics_S": metrics,
+              "selected": None, "heads": {}}
+    if ships:
+        key = report["selected"] = f"pnl-maxprob-losspred.avg3.c{chosen:.1f}"
+        torch.save(v3.state_dict(), out / "v3.pt")
+        report["heads"][key] = {"score": grid[f"c{chosen:.1f}"]["score"], "weights": "v3",
+                                "method_args": {**ur.load_model(V3).config["method_args"], "correction": chosen}}
+    (out / "selection.json").write_text(json.dumps(report, indent=1))
+    for k, g in grid.items():
+        print(k, round(g["score"], 4), "guards" if g["guards"] else "fails a guard", flush=True)
+    print("selected", report["selected"] if ships else f"correction {chosen}, which does not beat v3 on S: nothing ships",
+          flush=True)
+
+
 # ------------------------------------------------------------------------------------------ score
 def _ci_metrics(u: np.ndarray, uc: np.ndarray, arrays: Dict[str, np.ndarray], n: int) -> Dict[str, tuple]:
     from uncertain_repr.metrics import auroc, bootstrap_ci, rcorr_entropy
@@ -619,7 +739,7 @@ def _ci_metrics(u: np.ndarray, uc: np.ndarray, arrays: Dict[str, np.ndarray], n:
 
 
 def cmd_score(args) -> None:
-    from uncertain_repr.metrics import auroc, nearest_neighbor_correct, paired_bootstrap_difference
+    from uncertain_repr.metrics import auroc, paired_bootstrap_difference
 
     out = Path(args.out)
     chosen = out / args.heads / "selection.json"
@@ -627,7 +747,8 @@ def cmd_score(args) -> None:
     selection = json.loads(chosen.read_text()) if chosen.is_file() else {"heads": {}, "default_rule": True}
     heads = {"pvu v1 (shipped before)": ur.load_model(MODEL).method.eval()}
     if selection.get("default_rule"):  # an attempt at replacing the default: against the shipped default too
-        heads["pvu_v3 (shipped default)"] = ur.load_model(SHIPPED_DEFAULT).method.eval()
+        heads["pvu_v3"] = ur.load_model(V3).method.eval()
+        heads["pvu_v8 (shipped default)"] = ur.load_model(SHIPPED_DEFAULT).method.eval()
     shown = [k for k in selection["heads"] if k not in FREE and ".fold" not in k
              and (k.endswith(".seed0") or k == selection["selected"])]
     shown += [k for k in args.show.split(",") if k and k not in shown]
@@ -637,13 +758,9 @@ def cmd_score(args) -> None:
         path = _eval_name(args, "eval") / f"{name.replace('/', '_')}.npz"
         if not path.exists():
             continue
-        z = dict(np.load(path))
+        z = _eval_arrays(path, name, args.half)
         t = {k: torch.from_numpy(v) for k, v in z.items()}
-        arrays = {"correct": nearest_neighbor_correct(t["embeddings"], t["labels"]).numpy()}
-        if classify:
-            arrays["wrong"] = z["logits"].argmax(1) != z["labels"]
-        if "soft_labels" in z:
-            arrays["soft_labels"] = z["soft_labels"]
+        arrays = _targets(z, classify)
         unc = {"random (control)": (random_uncertainty(z["indices"], dataset=name),
                                     random_uncertainty(z["indices"], dataset=name + ":cropped")),
                "sharpness (control)": (z["sharpness_unc"], z["cropped_sharpness_unc"])}
@@ -659,7 +776,8 @@ def cmd_score(args) -> None:
         diffs = {k: paired_bootstrap_difference(metric, np.asarray(unc[k][0], np.float64), np.asarray(unc[best_free][0], np.float64),
                                                 arrays["correct"], n_resamples=args.resamples) for k in heads}
         cols = list(rows[FREE[0]])
-        lines += [f"**{name}** ({len(z['labels'])} images; R@1 = {arrays['correct'].mean():.4f}"
+        half = f", report half {args.half}" if args.half else ""
+        lines += [f"**{name}** ({len(z['labels'])} images{half}; R@1 = {arrays['correct'].mean():.4f}"
                   + (f", top-1 = {1 - arrays['wrong'].mean():.4f}" if classify else "") + f"; best free baseline by R-AUROC: {best_free})", "",
                   "| method | " + " | ".join(cols) + " | R-AUROC minus best free |", "|---" * (len(cols) + 2) + "|"]
         for k, r in rows.items():
@@ -669,7 +787,7 @@ def cmd_score(args) -> None:
         lines.append("")
         record[name] = {k: {c: list(v) for c, v in r.items()} for k, r in rows.items()}
         record[name]["_diff_vs_best_free"] = {k: list(d) for k, d in diffs.items()}
-    table = _eval_name(args, "score")
+    table = _eval_name(args, "score" + (f"_{args.half}" if args.half else ""))
     table.with_suffix(".md").write_text("\n".join(lines))
     table.with_suffix(".json").write_text(json.dumps(record, indent=1))
     print("\n".join(lines))
@@ -677,7 +795,7 @@ def cmd_score(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=("views", "embed", "train", "blend", "refit", "ship", "score"))
+    parser.add_argument("stage", choices=("views", "embed", "train", "blend", "refit", "halves", "ship", "score"))
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--out", required=True)
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of every image count (smoke runs)")
@@ -691,12 +809,13 @@ def main() -> None:
     parser.add_argument("--rule", default="mean", choices=sorted(SCORE_RULES), help="train/blend: selection score")
     parser.add_argument("--heads", default="heads", help="train/blend/ship/score: folder of the heads under --out")
     parser.add_argument("--show", default="", help="score: extra heads to score (comma-separated)")
+    parser.add_argument("--half", default="", choices=("",) + HALVES, help="score: only the selection (S) or report (R) half of each set")
     parser.add_argument("--resamples", type=int, default=1000, help="score: bootstrap resamples")
     parser.add_argument("--dest", default="", help="ship: folder (default: the recipe's model in the package)")
     args = parser.parse_args()
     torch.manual_seed(0)
     {"views": cmd_views, "embed": cmd_embed, "train": cmd_train, "blend": cmd_blend, "refit": cmd_refit,
-     "ship": cmd_ship, "score": cmd_score}[args.stage](args)
+     "halves": cmd_halves, "ship": cmd_ship, "score": cmd_score}[args.stage](args)
 
 
 if __name__ == "__main__":
