@@ -1,4 +1,4 @@
-"""The shipped efficientnet_lite0.pvu_v2 model: offline loading, recorded outputs, v1 still loadable, its recipe."""
+"""The shipped efficientnet_lite0.pvu_v2, _v3 and _v8 models: offline loading, recorded outputs, v1 still loadable, their recipe."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,7 +37,7 @@ def recipe():
     return module
 
 
-@pytest.mark.parametrize("name", [NAME, "efficientnet_lite0.pvu_v3"])
+@pytest.mark.parametrize("name", [NAME, "efficientnet_lite0.pvu_v3", "efficientnet_lite0.pvu_v8"])
 def test_loads_offline_and_gives_the_recorded_uncertainties(name):
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     assert name in ur.list_pretrained() and "efficientnet_lite0.pvu" in ur.list_pretrained()
@@ -49,22 +50,37 @@ def test_loads_offline_and_gives_the_recorded_uncertainties(name):
     torch.testing.assert_close(unc, torch.tensor(list(recorded.values())), rtol=0, atol=1e-5)
 
 
-def test_v3_is_the_default_of_predict_and_keeps_v1s_backbone():
+def test_v8_is_the_default_of_predict_and_keeps_v1s_backbone():
     from uncertain_repr.commands.predict import DEFAULT_MODEL
 
-    assert DEFAULT_MODEL == "efficientnet_lite0.pvu_v3"
-    v1, v3 = ur.load_model("efficientnet_lite0.pvu"), ur.load_model(DEFAULT_MODEL)
+    assert DEFAULT_MODEL == "efficientnet_lite0.pvu_v8"
+    v1, v8 = ur.load_model("efficientnet_lite0.pvu"), ur.load_model(DEFAULT_MODEL)
     for key, value in v1.backbone.state_dict().items():
-        assert torch.equal(value, v3.backbone.state_dict()[key]), key
-    assert v3.method.correction == 1.0  # the blend the v3 selection chose (selection.json of the recipe)
+        assert torch.equal(value, v8.backbone.state_dict()[key]), key
+    assert ur.load_model("efficientnet_lite0.pvu_v3").method.correction == 1.0  # the blend the v3 selection chose
 
 
-def test_predict_without_model_prints_v3s_recorded_uncertainty(capsys):
+def test_v8_is_v3s_head_with_half_its_correction():
+    """The formula by hand from v3's parts: ``scale * (softplus(gain * (1 - p_top1) + 0.5 * MLP([e, stats])) + 1e-6)``."""
+    from uncertain_repr.methods.pred_net_logits import logit_stats
+
+    v3, v8 = ur.load_model("efficientnet_lite0.pvu_v3").method, ur.load_model("efficientnet_lite0.pvu_v8").method
+    assert v8.correction == 0.5 and v8.state_dict().keys() == v3.state_dict().keys()
+    for key, value in v3.state_dict().items():
+        assert torch.equal(value, v8.state_dict()[key]), key
+    g = torch.Generator().manual_seed(0)
+    emb, logits = torch.randn(16, 1280, generator=g), 4 * torch.randn(16, 1000, generator=g)
+    with torch.no_grad():
+        raw = v3.gain * (1 - logits.softmax(1).amax(1)) + 0.5 * v3.net(torch.cat([emb, logit_stats(logits)], 1)).squeeze(1)
+        torch.testing.assert_close(v8.uncertainty(emb, logits), v3.scale * (torch.nn.functional.softplus(raw) + 1e-6))
+
+
+def test_predict_without_model_prints_v8s_recorded_uncertainty(capsys):
     from uncertain_repr.cli import main
 
     assert main(["predict", "--json", str(REPO_ROOT / "examples" / "images" / "chelsea.png")]) == 0
     row = json.loads(capsys.readouterr().out)
-    recorded = json.loads((REPO_ROOT / "tests" / "data" / "efficientnet_lite0_pvu_v3_sample_uncertainties.json").read_text())
+    recorded = json.loads((REPO_ROOT / "tests" / "data" / "efficientnet_lite0_pvu_v8_sample_uncertainties.json").read_text())
     assert row["uncertainty"] == pytest.approx(recorded["chelsea.png"], abs=1e-4)
 
 
@@ -72,7 +88,7 @@ SHIPPED = [name for name in ur.list_pretrained() if get_pretrained(name).package
 
 
 def test_every_lite0_version_ships_in_the_package():
-    assert SHIPPED == ["efficientnet_lite0.pvu", NAME, "efficientnet_lite0.pvu_v3"]
+    assert SHIPPED == ["efficientnet_lite0.pvu", NAME, "efficientnet_lite0.pvu_v3", "efficientnet_lite0.pvu_v8"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -125,7 +141,7 @@ def test_recipe_runs_end_to_end_on_a_slice(tmp_path, shared_data):
 @pytest.mark.slow
 def test_full_evaluation_scores_whole_splits_with_the_shipped_models_alone(tmp_path, shared_data):
     """``--full``: every image of the split (the card's 2,000-image cap of CIFAR-10H not applied), scored with no
-    trained heads folder: the shipped v1 and v3 beside the free baselines."""
+    trained heads folder: the shipped v1, v3 and v8 beside the free baselines."""
     data = shared_data("cifar10h").parent
     shared_data("cifar10_test_jpg")
     out = tmp_path / "run"
@@ -133,7 +149,7 @@ def test_full_evaluation_scores_whole_splits_with_the_shipped_models_alone(tmp_p
         _run_recipe([*stage, "--full"], data, out)
     table = (out / "score_full.md").read_text()
     assert "**soft/cifar10h** (5 images" in table  # 10,000 x 0.0005; the capped set would be 2,000 x 0.0005 -> 4
-    assert "| pvu_v3 (shipped default) |" in table and "| class-entropy |" in table
+    assert "| pvu_v8 (shipped default) |" in table and "| pvu_v3 |" in table and "| class-entropy |" in table
     assert not (out / "eval").exists() and (out / "eval_full" / "soft_cifar10h.npz").is_file()
 
 
@@ -242,3 +258,112 @@ def test_cross_fitting_recipe_runs_train_blend_refit_on_a_slice(tmp_path, shared
     selected = selection["heads"][selection["selected"]]
     assert selection["selected"].startswith("pnl-maxprob-losspred.refit.avg2.c") and (out / "h" / f"{selected['weights']}.pt").exists()
     assert set(selection["default_rule"]) == {"this recipe (out of fold)", "efficientnet_lite0.pvu_v3", "folds"}
+
+
+def _synthetic_eval_split(path, n: int, seed: int, soft: bool) -> None:
+    """An ``embed --full`` file of ``n`` made-up images: 10 classes, embeddings near their class centre (some far off,
+    so 1-NN retrieval is sometimes wrong), 1000 logits peaked at the label w.p. 0.8, flatter logits for the crops."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    centres = rng.normal(size=(10, 1280))
+    emb = centres[labels] + rng.normal(size=(n, 1280)) * rng.uniform(0.5, 15.0, (n, 1))  # 1-NN right ~60 %
+    logits = rng.normal(size=(n, 1000))
+    hit = rng.random(n) < 0.8
+    logits[np.arange(n), np.where(hit, labels, rng.integers(0, 1000, n))] += rng.uniform(2, 12, n)
+    arrays = {"indices": np.arange(n), "labels": labels, "embeddings": emb.astype(np.float32), "logits": logits.astype(np.float32),
+              "cropped_embeddings": (0.7 * emb).astype(np.float32), "cropped_logits": (0.3 * logits).astype(np.float32),
+              "sharpness_unc": rng.random(n).astype(np.float32), "cropped_sharpness_unc": rng.random(n).astype(np.float32),
+              "crop_fractions": np.full(n, 0.5, np.float32)}
+    if soft:
+        arrays["soft_labels"] = rng.dirichlet(np.ones(10), n).astype(np.float32)
+    np.savez(path, **arrays)
+
+
+def test_halves_never_share_an_image_and_cover_the_split(recipe, tmp_path):
+    _synthetic_eval_split(tmp_path / "x.npz", 101, seed=0, soft=False)
+    s, r = (recipe._eval_arrays(tmp_path / "x.npz", "soft/cifar10h", half) for half in ("S", "R"))
+    assert len(s["labels"]) == 50 and len(r["labels"]) == 51
+    assert not set(s["indices"]) & set(r["indices"]) and set(s["indices"]) | set(r["indices"]) == set(range(101))
+    whole = recipe._eval_arrays(tmp_path / "x.npz", "soft/cifar10h")
+    np.testing.assert_array_equal(s["embeddings"], whole["embeddings"][s["indices"]])  # rows stay aligned
+    other = recipe._eval_arrays(tmp_path / "x.npz", "idx/fashion_mnist", "S")["indices"]
+    assert not np.array_equal(other, s["indices"])  # seeded per set
+
+
+def test_choose_correction_takes_the_best_passing_score_and_breaks_ties_towards_v3(recipe):
+    grid = {"c0.0": {"score": 0.5, "guards": False}, "c0.3": {"score": -0.0003, "guards": True},
+            "c0.5": {"score": -0.0002, "guards": True}, "c0.6": {"score": -0.00025, "guards": True},
+            "c1.0": {"score": -0.0018, "guards": True}}
+    assert recipe.choose_correction(grid) == 0.6  # within 1e-4 of the best (0.5's), larger; c0.0 fails a guard
+    grid["c0.6"]["score"] = -0.0004
+    assert recipe.choose_correction(grid) == 0.5
+    assert recipe.choose_correction({"c0.5": {"score": 1.0, "guards": False}}) is None
+
+
+def test_halves_score_is_the_worst_difference_to_the_best_free_baseline(recipe):
+    free = {"class-entropy": 0.60, "max-prob": 0.62, "embed-norm": 0.40}
+    row = lambda r, crop, **kw: {"R-AUROC": r, "croppedHasBiggerUnc": crop, **kw}  # noqa: E731
+    metrics = {
+        "soft/imagenet_val1300": {**{k: row(v, 0.7, auroc_classification=v + 0.2) for k, v in free.items()},
+                                  "c": row(0.63, 0.8, auroc_classification=0.81)},
+        "soft/cifar10h": {**{k: row(v, 0.8, rcorr_entropy=0.1) for k, v in free.items()}, "c": row(0.64, 0.9, rcorr_entropy=0.12)},
+        "idx/fashion_mnist": {**{k: row(v, 0.8) for k, v in free.items()}, "c": row(0.61, 0.9)},
+    }
+    score, guards = recipe.halves_score(metrics, "c")
+    assert score == pytest.approx(min(0.63 - 0.62, 0.81 - 0.82, 0.64 - 0.62, 0.61 - 0.62)) and guards
+    metrics["soft/cifar10h"]["c"]["rcorr_entropy"] = 0.09  # below class-entropy's
+    assert recipe.halves_score(metrics, "c")[1] is False
+    metrics["soft/cifar10h"]["c"]["rcorr_entropy"] = 0.12
+    metrics["idx/fashion_mnist"]["c"]["croppedHasBiggerUnc"] = 0.79  # crops ranked worse than by the best free one
+    assert recipe.halves_score(metrics, "c")[1] is False
+
+
+@pytest.mark.slow
+def test_halves_selects_on_S_and_score_reports_on_R(recipe, tmp_path):
+    """``halves`` on made-up whole splits: its S metrics match sklearn on S rows found independently (1-NN by
+    sklearn, cosine), and ``score --half R`` scores the other rows."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.neighbors import NearestNeighbors
+
+    from uncertain_repr.benchmark.scoring import seeded_subset
+
+    out = tmp_path / "run"
+    (out / "eval_full").mkdir(parents=True)
+    sizes = {"soft/imagenet_val1300": 120, "soft/cifar10h": 160, "idx/fashion_mnist": 140}
+    for k, (name, n) in enumerate(sizes.items()):
+        _synthetic_eval_split(out / "eval_full" / f"{name.replace('/', '_')}.npz", n, seed=k, soft=name == "soft/cifar10h")
+    _run_recipe(["halves", "--heads", "h8"], tmp_path, out)
+    selection = json.loads((out / "h8" / "selection.json").read_text())
+    assert selection["images_S"] == {name: n // 2 for name, n in sizes.items()} and len(selection["grid"]) == 11
+    z = dict(np.load(out / "eval_full" / "soft_imagenet_val1300.npz"))
+    rows = seeded_subset(np.arange(120), 60, seed=0, dataset="soft/imagenet_val1300", purpose="selection-half")
+    emb, labels, logits = z["embeddings"][rows], z["labels"][rows], z["logits"][rows]
+    _, nn = NearestNeighbors(n_neighbors=2, metric="cosine").fit(emb).kneighbors(emb)
+    wrong_nn = labels[nn[:, 1]] != labels
+    softmax = np.exp(logits - logits.max(1, keepdims=True))
+    max_prob_unc = 1 - (softmax / softmax.sum(1, keepdims=True)).max(1)
+    got = selection["metrics_S"]["soft/imagenet_val1300"]["max-prob"]
+    assert got["R-AUROC"] == pytest.approx(roc_auc_score(wrong_nn, max_prob_unc), abs=1e-6)
+    assert got["auroc_classification"] == pytest.approx(roc_auc_score(logits.argmax(1) != labels, max_prob_unc), abs=1e-6)
+    chosen = recipe.choose_correction(selection["grid"])
+    if selection["selected"]:  # shipped only when it beats correction 1 on S
+        assert selection["selected"].endswith(f".c{chosen:.1f}") and chosen < 1
+    _run_recipe(["score", "--full", "--half", "R", "--heads", "h8", "--resamples", "20"], tmp_path, out)
+    table = (out / "score_R_full.md").read_text()
+    assert "**soft/imagenet_val1300** (60 images, report half R" in table and "| pvu_v8 (shipped default) |" in table
+
+
+@pytest.mark.slow
+def test_halves_refuses_a_selection_half_where_a_metric_is_undefined(tmp_path):
+    out = tmp_path / "run"
+    (out / "eval_full").mkdir(parents=True)
+    for k, name in enumerate(("soft/imagenet_val1300", "soft/cifar10h", "idx/fashion_mnist")):
+        _synthetic_eval_split(out / "eval_full" / f"{name.replace('/', '_')}.npz", 40, seed=k, soft=name == "soft/cifar10h")
+    z = dict(np.load(out / "eval_full" / "soft_cifar10h.npz"))
+    z["embeddings"] = np.ones_like(z["embeddings"])  # one norm for all: embed-norm ties everywhere, its Spearman is undefined
+    np.savez(out / "eval_full" / "soft_cifar10h.npz", **z)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run([sys.executable, str(RECIPE), "halves", "--out", str(out)], capture_output=True, text=True,
+                            env=env, cwd=REPO_ROOT)
+    assert result.returncode != 0 and "soft/cifar10h: undefined on the selection half S: embed-norm rcorr_entropy" in result.stderr
+    assert not (out / "heads" / "selection.json").exists()
