@@ -255,7 +255,8 @@ _HELP = {
     "decay_milestones": "epochs of the decays (multistep schedule)",
     "decay_rate": "decay factor (step schedules)",
     "clip_grad": "clip the gradient norm to this value",
-    "amp": "mixed precision: fp16 + GradScaler on CUDA; on CPU only with --amp-dtype bfloat16",
+    "amp": "mixed precision: fp16 + GradScaler on CUDA; on CPU only with --amp-dtype (bfloat16, or float16 "
+           "with a GradScaler)",
     "amp_dtype": "float16 or bfloat16",
     "seed": "random seed",
     "eval_metric": "validation key that selects the best epoch (default: avg_downstream_auroc_correct "
