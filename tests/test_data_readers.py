@@ -424,6 +424,23 @@ def test_index_readers_refuse_an_empty_split(tmp_path):
         urd.create_dataset("tar/imagenet_sample1000", root, "validation")
 
 
+@pytest.mark.parametrize("name, header, row", [
+    ("tiny_imagenet200", "path,split,class_index,wnid", "b.png,train,{},n1"),
+    ("imagenet_sample1000", "path,class_index,wnid", "b.png,{},n1"),
+    ("imagenet_val1300", "path,class_index,real_labels,real_soft_entropy", "b.png,{},7,"),
+])
+@pytest.mark.parametrize("class_index", ["-1", "1000"])
+def test_a_class_index_outside_imagenet_is_refused_naming_the_file_and_row(tmp_path, name, header, row, class_index):
+    # was: "labels must lie in [0, 1000), got [-1, 3]", naming neither the file nor the row
+    first = row.replace("b.png", "a.png").format(3)
+    root = _index_root(tmp_path, name, header, [first, row.format(class_index)])
+    dataset = {"tiny_imagenet200": "tar/tiny_imagenet200", "imagenet_sample1000": "tar/imagenet_sample1000",
+               "imagenet_val1300": "soft/imagenet_val1300"}[name]
+    with pytest.raises(ValueError, match=rf"{name}/index\.csv row 3: class_index must be a class index in \[0, 1000\), "
+                                         rf"got {class_index}$"):
+        urd.create_dataset(dataset, root, "train" if name != "imagenet_val1300" else "test")
+
+
 @pytest.mark.parametrize("real", ["-1", "1000", "n01440764"])
 def test_imagenet_val1300_refuses_bad_real_labels(tmp_path, real):
     # "-1" used to set the vote of class 999 (numpy's negative index) without an error.
