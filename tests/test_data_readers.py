@@ -441,6 +441,20 @@ def test_a_class_index_outside_imagenet_is_refused_naming_the_file_and_row(tmp_p
         urd.create_dataset(dataset, root, "train" if name != "imagenet_val1300" else "test")
 
 
+@pytest.mark.parametrize("label", ["-1", "10"])
+def test_cifar10h_label_outside_cifar10_is_refused_naming_the_file_and_row(tmp_path, label):
+    # was: "labels must lie in [0, 10), got [3, 10]", naming neither the file nor the row
+    folder = tmp_path / "cifar10_test_jpg"
+    folder.mkdir()
+    _png(folder / "a.png", 0)
+    _png(folder / "b.png", 1)
+    (folder / "index.csv").write_text(f"cifar10_test_idx,label,path_in_tar\n0,3,a.png\n1,{label},b.png\n")
+    np.save(tmp_path / "cifar10h-counts.npy", np.ones((2, 10)))
+    with pytest.raises(ValueError, match=rf"cifar10_test_jpg/index\.csv row 3: label must be a CIFAR-10 class index "
+                                         rf"in \[0, 10\), got {label}$"):
+        urd.create_dataset("soft/cifar10h", tmp_path, "test")
+
+
 @pytest.mark.parametrize("real", ["-1", "1000", "n01440764"])
 def test_imagenet_val1300_refuses_bad_real_labels(tmp_path, real):
     # "-1" used to set the vote of class 999 (numpy's negative index) without an error.
