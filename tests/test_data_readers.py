@@ -298,6 +298,13 @@ def test_sop_missing_info_files(tmp_path):
         "image_id class_id super_class_id path\n1 11 1 a/1.JPG\n2 x12 1 a/2.JPG\n")
     with pytest.raises(ValueError, match=r"Ebay_test\.txt:3: expected 4 columns .* with integer ids, got '2 x12 1 a/2.JPG'"):
         urd.create_dataset("repr/sop", tmp_path, "test")
+    (tmp_path / "online_products" / "images" / "a").mkdir()
+    _png(tmp_path / "online_products" / "images" / "a" / "1.JPG")
+    _png(tmp_path / "online_products" / "images" / "a" / "2.JPG")
+    (tmp_path / "online_products" / "Info_Files" / "Ebay_test.txt").write_text(
+        "image_id class_id super_class_id path\n1 11 1 a/1.JPG\n2 0 1 a/2.JPG\n")  # was: label -1, no file named
+    with pytest.raises(ValueError, match=r"Ebay_test\.txt:3: class_id is 1-based \(as in the SOP download\), got 0$"):
+        urd.create_dataset("repr/sop", tmp_path, "test")
 
 
 def test_soft_missing_or_bad_annotations(tmp_path):
