@@ -147,6 +147,16 @@ def test_cache_and_train_need_no_network_by_default(tmp_path, capsys):
         )
 
 
+def test_cache_refuses_an_existing_output_before_any_work(tmp_path, capsys):
+    out = tmp_path / "c.h5"
+    out.write_bytes(b"a finished cache")
+    argv = ["cache", "--model", "test_vit", "--pretrained", "false", "--dataset", "folder/x",
+            "--data-dir", str(tmp_path / "missing"), "-o", str(out)]  # the data is not even looked at
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"uncertain-repr cache: error: --output {out} already exists; delete it or choose another path\n"
+    assert out.read_bytes() == b"a finished cache"
+
+
 def test_wrong_data_dir_is_a_missing_folder_not_a_hub_error(tmp_path, capsys):
     # with a model whose weights would have to be downloaded: the data folder is checked first
     for command, extra in (("cache", ["-o", str(tmp_path / "c.h5")]), ("train", [])):

@@ -186,6 +186,16 @@ def test_data_config_dict_keys_are_read_or_refused():
     assert torch.equal(urd.eval_transform(dict(model.pretrained_cfg))(image), urd.eval_transform(model)(image))
 
 
+def test_empty_data_config_takes_timm_defaults():
+    # {} (every key missing) used to fail inside timm with a bare AssertionError
+    assert urd.resolve_data_config({}) == {"input_size": (3, 224, 224), "interpolation": "bicubic",
+                                           "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+                                           "crop_pct": 0.875, "crop_mode": "center"}
+    resize, crop, _, _ = urd.eval_transform({}).transforms
+    assert resize.size == 256 and crop.size == (224, 224)  # floor(224 / 0.875)
+    assert urd.train_transform({})(_Synthetic(1, (50, 70)).load(0)).shape == (3, 224, 224)
+
+
 def test_legacy_refuses_what_it_would_ignore():
     # legacy=True used to drop a data-config dict (or any non-model) and return the 224-px preset.
     with pytest.raises(ValueError, match=r"legacy=True ignores a data-config dict"):

@@ -35,6 +35,9 @@ def test_fixture_round_trip_and_errors(tmp_path):
     assert rgb.shape == (28, 28, 3) and (rgb == images[2][..., None]).all()
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.gz"):
         urd.create_dataset("idx/fashion_mnist", tmp_path, "train")
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([3, 1, 10, 1, 5]))  # was: an error naming no file
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte\.gz: labels must be class indices in \[0, 10\), got 10$"):
+        urd.create_dataset("idx/fashion_mnist", tmp_path, "test")
     with gzip.open(tmp_path / "bad.gz", "wb") as f:
         f.write(struct.pack(">BBBBI", 0, 0, 8, 1, 10) + b"\x00" * 3)
     with pytest.raises(ValueError, match="header says \\(10,\\), file holds 3 values"):

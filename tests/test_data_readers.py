@@ -298,6 +298,13 @@ def test_sop_missing_info_files(tmp_path):
         "image_id class_id super_class_id path\n1 11 1 a/1.JPG\n2 x12 1 a/2.JPG\n")
     with pytest.raises(ValueError, match=r"Ebay_test\.txt:3: expected 4 columns .* with integer ids, got '2 x12 1 a/2.JPG'"):
         urd.create_dataset("repr/sop", tmp_path, "test")
+    (tmp_path / "online_products" / "images" / "a").mkdir()
+    _png(tmp_path / "online_products" / "images" / "a" / "1.JPG")
+    _png(tmp_path / "online_products" / "images" / "a" / "2.JPG")
+    (tmp_path / "online_products" / "Info_Files" / "Ebay_test.txt").write_text(
+        "image_id class_id super_class_id path\n1 11 1 a/1.JPG\n2 0 1 a/2.JPG\n")  # was: label -1, no file named
+    with pytest.raises(ValueError, match=r"Ebay_test\.txt:3: class_id is 1-based \(as in the SOP download\), got 0$"):
+        urd.create_dataset("repr/sop", tmp_path, "test")
 
 
 def test_soft_missing_or_bad_annotations(tmp_path):
@@ -422,6 +429,37 @@ def test_index_readers_refuse_an_empty_split(tmp_path):
     assert urd.create_dataset("tar/imagenet_sample1000", root, "train").labels.tolist() == [3, 7]
     with pytest.raises(ValueError, match=r"index\.csv: no rows of split 'validation'"):
         urd.create_dataset("tar/imagenet_sample1000", root, "validation")
+
+
+@pytest.mark.parametrize("name, header, row", [
+    ("tiny_imagenet200", "path,split,class_index,wnid", "b.png,train,{},n1"),
+    ("imagenet_sample1000", "path,class_index,wnid", "b.png,{},n1"),
+    ("imagenet_val1300", "path,class_index,real_labels,real_soft_entropy", "b.png,{},7,"),
+])
+@pytest.mark.parametrize("class_index", ["-1", "1000"])
+def test_a_class_index_outside_imagenet_is_refused_naming_the_file_and_row(tmp_path, name, header, row, class_index):
+    # was: "labels must lie in [0, 1000), got [-1, 3]", naming neither the file nor the row
+    first = row.replace("b.png", "a.png").format(3)
+    root = _index_root(tmp_path, name, header, [first, row.format(class_index)])
+    dataset = {"tiny_imagenet200": "tar/tiny_imagenet200", "imagenet_sample1000": "tar/imagenet_sample1000",
+               "imagenet_val1300": "soft/imagenet_val1300"}[name]
+    with pytest.raises(ValueError, match=rf"{name}/index\.csv row 3: class_index must be a class index in \[0, 1000\), "
+                                         rf"got {class_index}$"):
+        urd.create_dataset(dataset, root, "train" if name != "imagenet_val1300" else "test")
+
+
+@pytest.mark.parametrize("label", ["-1", "10"])
+def test_cifar10h_label_outside_cifar10_is_refused_naming_the_file_and_row(tmp_path, label):
+    # was: "labels must lie in [0, 10), got [3, 10]", naming neither the file nor the row
+    folder = tmp_path / "cifar10_test_jpg"
+    folder.mkdir()
+    _png(folder / "a.png", 0)
+    _png(folder / "b.png", 1)
+    (folder / "index.csv").write_text(f"cifar10_test_idx,label,path_in_tar\n0,3,a.png\n1,{label},b.png\n")
+    np.save(tmp_path / "cifar10h-counts.npy", np.ones((2, 10)))
+    with pytest.raises(ValueError, match=rf"cifar10_test_jpg/index\.csv row 3: label must be a CIFAR-10 class index "
+                                         rf"in \[0, 10\), got {label}$"):
+        urd.create_dataset("soft/cifar10h", tmp_path, "test")
 
 
 @pytest.mark.parametrize("real", ["-1", "1000", "n01440764"])

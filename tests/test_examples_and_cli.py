@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 
@@ -50,6 +51,55 @@ def test_cli_help_lists_commands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     assert "predict" in capsys.readouterr().out
+
+
+def _typed_back(action, text):
+    """The value ``text`` gives when typed after ``action``'s flag, as argparse would convert it."""
+    words = text.split() if action.nargs in ("+", "*") else [text]
+    values = [action.type(w) if action.type else w for w in words]
+    return values if action.nargs in ("+", "*") else values[0]
+
+
+def test_every_help_shows_each_default_once_and_it_is_the_real_default():
+    """Every option of every subcommand that takes a value: its help says "default:" at most once, and
+    a default that is set (not None or empty) is shown, and typed back into the flag it gives that default.
+    ``train``'s parser defaults are SUPPRESS (a -c/--config value stays unless the flag is given): its real
+    defaults are TrainConfig's."""
+    import argparse
+    import dataclasses
+
+    from uncertain_repr.train import TrainConfig
+
+    config_defaults = {f.name: getattr(TrainConfig(), f.name) for f in dataclasses.fields(TrainConfig)}
+    checked = 0
+    for command, parser in build_parser()._subparsers._group_actions[0].choices.items():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if not action.option_strings or action.nargs == 0 or action.help in (None, argparse.SUPPRESS):
+                continue
+            text = formatter._expand_help(action)
+            where = f"{command} {action.option_strings[0]}: {text!r}"
+            assert text.count("default:") <= 1, where
+            default = parser.get_default(action.dest)
+            if default is argparse.SUPPRESS and command == "train":
+                default = config_defaults[action.dest]
+            if default is argparse.SUPPRESS or default is None or default in ("", [], {}):
+                continue  # unset: the help may say in words what is used instead
+            shown = re.findall(r"\(default: ([^)]*)\)", text)
+            assert len(shown) == 1, where
+            assert _typed_back(action, shown[0]) == default, where
+            checked += 1
+    assert checked > 60  # train alone has more than 50 such options
+
+
+def test_train_help_shows_a_default_in_words_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    options = capsys.readouterr().out.split("\noptions:\n", 1)[1]
+    entries = {e.split()[0]: " ".join(e.split()) for e in re.split(r"\n(?=  -)", options)}  # one per option
+    for flag, default in [("--num-classes", "the timm model's"), ("--device", "cuda if available, else cpu"),
+                          ("--data-dir-eval", "--data-dir"), ("--eval-metric", "avg_downstream_auroc_correct")]:
+        assert f"(default: {default}" in entries[flag] and entries[flag].count("default:") == 1, entries[flag]
 
 
 def test_predict_json_and_errors(capsys):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import json
 import sys
-from typing import Callable, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Iterable, List, Optional, Sequence
 
 from .version import __version__
 
@@ -32,9 +33,43 @@ def join_bracket_lists(argv: Sequence[str]) -> List[str]:
     return out
 
 
+def shown_default(value: Any) -> str:
+    """A default as ``--help`` shows it, in the form the flag accepts: ``true``/``false``, a list
+    space-separated (``nargs="+"``), a dict as JSON, anything else as ``str``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def with_default(text: str, default: Any) -> str:
+    """``text`` + `` (default: VALUE)``, unless ``text`` already says its default (in words, e.g.
+    ``(default: --batch-size)``) or there is none to show (``None``, ``SUPPRESS``, empty)."""
+    unset = default is None or default is argparse.SUPPRESS or (isinstance(default, (str, list, tuple, dict)) and not default)
+    if "default:" in text or unset:
+        return text
+    return f"{text} (default: {shown_default(default).replace('%', '%%')})"
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default once: appended by :func:`with_default` to the help of every
+    option that takes a value (a flag such as ``--json`` has none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        return text if action.nargs == 0 else with_default(text, action.default)
+
+
 class SuggestingParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` that re-joins shell-split bracket lists and rejects an unknown flag
-    with the closest accepted one (``unknown flag --lr-bas; did you mean --lr-base?``)."""
+    with the closest accepted one (``unknown flag --lr-bas; did you mean --lr-base?``); its
+    ``--help`` shows each default once (:class:`DefaultsHelpFormatter`)."""
+
+    def __init__(self, *args: Any, formatter_class: type = DefaultsHelpFormatter, **kwargs: Any) -> None:
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
         args = join_bracket_lists(sys.argv[1:] if args is None else list(args))

@@ -121,7 +121,7 @@ class FrozenInference:
     Attributes:
         model: the wrapped model (never modified).
         runtime: what runs the backbone: ``"eager"``, ``"channels_last"`` or
-            ``"channels_last+jit_freeze"`` (recorded in cache manifests).
+            ``"channels_last+jit_freeze+onednn"`` (recorded in cache manifests and benchmark results).
         reason: why it runs eagerly (``""`` when it does not).
     """
 

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datasets", type=_names,
                         help="downstream datasets, each optionally name:split, e.g. repr/cub,folder/mine:validation,soft/cifar10h")
     parser.add_argument("--data-dir", help="folder holding the datasets")
-    parser.add_argument("--split", default="test", help="split of the downstream datasets without their own :split (default: %(default)s)")
+    parser.add_argument("--split", default="test", help="split of the downstream datasets without their own :split")
     parser.add_argument("--class-map", action="append", metavar="[DATASET=]FILE",
                         help="for folder/ datasets whose folder names are not the class ids: a text file of folder names, "
                              "one per line, line i = class i; FILE alone applies to every folder/ dataset, "
@@ -46,13 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classify", type=_names, help="datasets whose labels are the classifier's classes (default: the upstream set)")
     parser.add_argument("--out", help="folder for results.json, results.csv, report.md (nothing is written without it)")
     parser.add_argument("--max-samples", type=positive_int, help="seeded random subset of at most N images per dataset")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     parser.add_argument("--num-workers", type=non_negative_int, help="data loader workers (default: min(4, CPUs))")
     parser.add_argument("--channels-last", action="store_true",
                         help="channels-last memory format (about 2x faster for conv backbones on CPU)")
     parser.add_argument("--eager", action="store_true",
                         help="run the backbone as plain eager PyTorch (default: a faster frozen runtime on CPU, same outputs)")
-    parser.add_argument("--device", type=device, default="cpu", help="torch device; under torchrun cuda means cuda:LOCAL_RANK (default: %(default)s)")
+    parser.add_argument("--device", type=device, default="cpu", help="torch device; under torchrun cuda means cuda:LOCAL_RANK")
     parser.add_argument("--legacy-preprocessing", action="store_true", help="the original benchmark's preprocessing instead of the model's own")
     parser.add_argument("--no-crops", action="store_true", help="skip the crop test (croppedHasBiggerUnc, rcorr_crop_unc): half the cost")
     parser.add_argument("--save-embeddings", action="store_true", help="write embeddings/<dataset>.npz (needs --out)")
@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exclude-singleton-queries", action="store_true",
                         help="leave out of R@1 and R-AUROC, as queries, the samples whose class has no other member "
                              "(their 1-NN is wrong by construction); off by default, as in the original")
-    parser.add_argument("--seed", type=int, default=0, help="seeds crops, random subsets, the random control and the bootstrap (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds crops, random subsets, the random control and the bootstrap")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
 
 

@@ -24,15 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use the backbone of this uncertain_repr checkpoint folder instead")
     parser.add_argument("--dataset", required=True, help="dataset name (see uncertain_repr.data.list_datasets())")
     parser.add_argument("--data-dir", "--data_dir", required=True, help="root folder of the dataset")
-    parser.add_argument("--split", default="train", help="split (default: %(default)s)")
+    parser.add_argument("--split", default="train", help="split")
     parser.add_argument("--is_training", "--is-training", type=parse_bool, nargs="?", const=True, default=None,
                         metavar="BOOL", help="augment with the training transform (default: split == train)")
     parser.add_argument("--max-samples", "--max_samples", type=non_negative_int, default=0,
                         help="cache only the first N samples (0 = all; for smoke runs)")
-    parser.add_argument("--epochs", type=positive_int, default=1, help="augmented views per image (default: %(default)s)")
+    parser.add_argument("--epochs", type=positive_int, default=1, help="augmented views per image")
     parser.add_argument("-b", "--batch-size", "--batch_size", type=positive_int, default=128, help="images per forward pass")
     parser.add_argument("-j", "--workers", type=non_negative_int, default=4, help="DataLoader worker processes")
-    parser.add_argument("--seed", type=int, default=0, help="augmentation seed (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="augmentation seed")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="stored embedding dtype")
     parser.add_argument("--chunk-size", "--chunk_size", type=positive_int, default=4096, help="rows per write and progress record")
     parser.add_argument("--amp", type=parse_bool, nargs="?", const=True, default=False, metavar="BOOL",

@@ -34,11 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--method",
         help="uncertainty method: with --model one without trained weights (class-entropy, max-prob, embed-norm, "
-        "...) from the model's own backbone and classifier (default: the model's own method); with --backbone "
-        "any method (default: pred-net)",
+        "...) from the model's own backbone and classifier; with --backbone any method "
+        "(default: the model's own method; with --backbone pred-net)",
     )
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default: %(default)s)")
-    parser.add_argument("--device", type=device, default="cpu", help="torch device (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
+    parser.add_argument("--device", type=device, default="cpu", help="torch device")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     parser.add_argument("--eager", action="store_true",
                         help="run the backbone as plain eager PyTorch (default: a faster frozen runtime on CPU, same outputs)")

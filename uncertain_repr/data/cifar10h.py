@@ -54,6 +54,10 @@ def _indexed(folder: Path):
         raise ValueError(f"{index}: expected columns cifar10_test_idx, label, path_in_tar ({err})") from None
     if order != list(range(len(rows))):
         raise ValueError(f"{index}: rows must be in CIFAR-10 test order (cifar10_test_idx = 0, 1, 2, ...)")
+    bad = next((line for line, label in enumerate(labels, start=2) if not 0 <= label < len(CLASSES)), None)
+    if bad is not None:
+        raise ValueError(f"{index} row {bad}: label must be a CIFAR-10 class index in [0, {len(CLASSES)}), "
+                         f"got {labels[bad - 2]}")
     return indexed_images(folder, "cifar10_test_jpg.tar", members), labels
 
 

@@ -76,6 +76,9 @@ def fashion_mnist(root: Path, split: str) -> ImageDataset:
     pixels, labels = read_idx(images_path), read_idx(labels_path)
     if pixels.ndim != 3 or labels.shape != (len(pixels),):
         raise ValueError(f"{images_path} {pixels.shape} and {labels_path} {labels.shape} do not match")
+    if labels.size and int(labels.max()) >= len(FASHION_MNIST_CLASSES):
+        raise ValueError(f"{labels_path}: labels must be class indices in [0, {len(FASHION_MNIST_CLASSES)}), "
+                         f"got {int(labels.max())}")
     return ImageDataset(
         ArrayImages(pixels, str(images_path)),
         labels.astype(np.int64),

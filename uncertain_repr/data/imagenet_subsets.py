@@ -45,13 +45,18 @@ def _read_index(root: Path, folder_name: str, columns: tuple) -> tuple:
 
 
 def _class_indices(index: Path, rows: List[Dict[str, str]], column: str) -> List[int]:
-    """``int(row[column])`` of each row; ``ValueError`` naming the file and row (line) if one is not an integer."""
+    """``int(row[column])`` of each row; ``ValueError`` naming the file and row (line) if one is not an
+    ImageNet-1k class index (an integer in ``[0, 1000)``)."""
     out = []
     for line, r in enumerate(rows, start=2):
         try:
-            out.append(int(r[column]))
+            value = int(r[column])
         except (TypeError, ValueError):
             raise ValueError(f"{index} row {line}: {column} must be an integer, got {r[column]!r}") from None
+        if not 0 <= value < NUM_IMAGENET_CLASSES:
+            raise ValueError(f"{index} row {line}: {column} must be a class index in [0, {NUM_IMAGENET_CLASSES}), "
+                             f"got {value}")
+        out.append(value)
     return out
 
 

@@ -125,6 +125,8 @@ def _read_ebay(path: Path) -> List[Tuple[int, int, str]]:
             if len(parts) != 4 or not (parts[1].isdecimal() and parts[2].isdecimal()):
                 raise ValueError(f"{path}:{line_no}: expected 4 columns 'image_id class_id super_class_id path' "
                                  f"with integer ids, got {line.strip()!r}")
+            if int(parts[1]) < 1:  # test labels are class_id - 1
+                raise ValueError(f"{path}:{line_no}: class_id is 1-based (as in the SOP download), got {parts[1]}")
             rows.append((int(parts[1]), int(parts[2]), parts[3]))
     if not rows:
         raise ValueError(f"{path} lists no images")

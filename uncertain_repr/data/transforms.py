@@ -54,7 +54,8 @@ def resolve_data_config(
                 f"model_or_data_config has keys timm does not read: {unread}; a data config takes "
                 "input_size, interpolation, mean, std, crop_pct, crop_mode (or pass a model's pretrained_cfg)"
             )
-        config = timm.data.resolve_data_config(pretrained_cfg=dict(model_or_data_config))
+        # timm asserts a non-empty config; it reads a None value as missing, so {} gets all its defaults
+        config = timm.data.resolve_data_config(pretrained_cfg=dict(model_or_data_config) or {"input_size": None})
     if img_size is not None:
         if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
             raise ValueError(f"img_size must be a positive int, got {img_size!r}")

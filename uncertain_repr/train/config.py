@@ -224,7 +224,7 @@ _HELP = {
     "data_dir": "root folder of the training set",
     "train_split": "split of the training set",
     "allow_eval_cache": "train on an embedding cache built with the evaluation transform (refused otherwise)",
-    "dataset_eval": "validation set ('hdf5/PATH.h5' or a name; default: --dataset unless it is a cache)",
+    "dataset_eval": "validation set, 'hdf5/PATH.h5' or a name (default: --dataset unless it is a cache)",
     "data_dir_eval": "root of the validation set (default: --data-dir)",
     "val_split": "split used for validation",
     "dataset_downstream": "downstream sets validated every epoch (their --val-split)",
@@ -255,7 +255,8 @@ _HELP = {
     "decay_milestones": "epochs of the decays (multistep schedule)",
     "decay_rate": "decay factor (step schedules)",
     "clip_grad": "clip the gradient norm to this value",
-    "amp": "mixed precision: fp16 + GradScaler on CUDA; on CPU only with --amp-dtype bfloat16",
+    "amp": "mixed precision: fp16 + GradScaler on CUDA; on CPU only with --amp-dtype (bfloat16, or float16 "
+           "with a GradScaler)",
     "amp_dtype": "float16 or bfloat16",
     "seed": "random seed",
     "eval_metric": "validation key that selects the best epoch (default: avg_downstream_auroc_correct "
@@ -309,6 +310,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per :class:`TrainConfig` field (``--lr-base`` and ``--lr_base`` both work), the
     original ``train.py``'s other flags (see :mod:`.original_flags`), ``-c/--config`` and the
     original's deprecated positional ``data``."""
+    from ..cli import with_default
     from .original_flags import ORIGINAL_FLAGS
 
     parser.add_argument("-c", "--config",
@@ -322,8 +324,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         spellings = {f"--{name.replace('_', '-')}", f"--{name}"}
         spellings |= {flag for flag, setting in ORIGINAL_FLAGS.items() if setting == name}
         flags = _SHORT.get(name, []) + sorted(spellings)
-        kwargs: Dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS,
-                                  "help": f"{_HELP[name]} (default: {default!r})"}
+        # SUPPRESS: a flag not given leaves the -c/--config value; the help shows the setting's default
+        kwargs: Dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": with_default(_HELP[name], default)}
         kind = _OPTIONAL_TYPES.get(name, type(default))
         if name == "pretrained":
             kwargs.update(type=parse_pretrained, nargs="?", const=True, metavar="BOOL|WEIGHTS")

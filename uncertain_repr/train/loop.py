@@ -107,7 +107,7 @@ def loss_hparams(config: TrainConfig, model: nn.Module) -> Dict[str, Any]:
 
 
 def _autocast(config: TrainConfig, device: torch.device) -> Tuple[Callable[[], Any], bool]:
-    """(context factory, use GradScaler): fp16 on CUDA by default, CPU only with ``amp_dtype='bfloat16'``."""
+    """(context factory, use GradScaler): fp16 on CUDA by default, CPU only with ``amp_dtype`` given."""
     dtype = config.amp_dtype or ("float16" if device.type == "cuda" else None)
     if not config.amp or dtype is None:
         return contextlib.nullcontext, False
