@@ -367,3 +367,47 @@ def test_halves_refuses_a_selection_half_where_a_metric_is_undefined(tmp_path):
                             env=env, cwd=REPO_ROOT)
     assert result.returncode != 0 and "soft/cifar10h: undefined on the selection half S: embed-norm rcorr_entropy" in result.stderr
     assert not (out / "heads" / "selection.json").exists()
+
+
+def test_choose_prototype_takes_the_best_passing_score_and_breaks_ties_towards_no_term(recipe):
+    g = lambda score, c, p, guards=True: {"score": score, "correction": c, "prototype": p, "guards": guards}  # noqa: E731
+    grid = {"a": g(0.9, 0.0, 2.0, guards=False), "b": g(0.010, 0.5, 1.0), "c": g(0.00995, 0.5, 0.5),
+            "d": g(0.00992, 1.0, 0.5), "e": g(-0.0002, 0.5, 0.0)}
+    assert recipe.choose_prototype(grid) == (1.0, 0.5)  # b, c, d tie; the smallest weight, then the larger correction
+    grid["d"]["score"] = 0.0098
+    assert recipe.choose_prototype(grid) == (0.5, 0.5)
+    assert recipe.choose_prototype({"a": g(1.0, 0.0, 1.0, guards=False)}) is None
+
+
+@pytest.mark.slow
+def test_prototype_stage_scores_the_grid_on_S_against_sklearn(recipe, tmp_path):
+    """``prototype`` on made-up whole splits: the grid is correction x prototype weight, the prototype-cosine
+    diagnostic's S R-AUROC equals sklearn's on independently found S rows, and the (0.5, 0) cell is v8's head."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics.pairwise import cosine_similarity
+    from sklearn.neighbors import NearestNeighbors
+
+    from uncertain_repr.benchmark.scoring import seeded_subset
+
+    out = tmp_path / "run"
+    (out / "eval_full").mkdir(parents=True)
+    sizes = {"soft/imagenet_val1300": 120, "soft/cifar10h": 160, "idx/fashion_mnist": 140}
+    for k, (name, n) in enumerate(sizes.items()):
+        _synthetic_eval_split(out / "eval_full" / f"{name.replace('/', '_')}.npz", n, seed=k, soft=name == "soft/cifar10h")
+    _run_recipe(["prototype", "--heads", "h9"], tmp_path, out)
+    selection = json.loads((out / "h9" / "selection.json").read_text())
+    assert len(selection["grid"]) == len(recipe.PROTOTYPE_CORRECTIONS) * len(recipe.PROTOTYPES) == 15
+    z = dict(np.load(out / "eval_full" / "idx_fashion_mnist.npz"))
+    rows = seeded_subset(np.arange(140), 70, seed=0, dataset="idx/fashion_mnist", purpose="selection-half")
+    emb, labels, logits = z["embeddings"][rows], z["labels"][rows], z["logits"][rows]
+    _, nn = NearestNeighbors(n_neighbors=2, metric="cosine").fit(emb).kneighbors(emb)
+    weight = ur.load_model("efficientnet_lite0.pvu_v3").classifier.weight.detach().numpy()
+    proto = 1 - cosine_similarity(emb.astype(np.float64), weight.astype(np.float64))[np.arange(70), logits.argmax(1)]
+    got = selection["metrics_S"]["idx/fashion_mnist"]
+    assert got["prototype-cosine"]["R-AUROC"] == pytest.approx(roc_auc_score(labels[nn[:, 1]] != labels, proto), abs=1e-6)
+    v8 = ur.load_model("efficientnet_lite0.pvu_v8").method
+    with torch.no_grad():
+        v8_unc = v8.uncertainty(torch.from_numpy(emb), torch.from_numpy(logits)).numpy()
+    assert got["c0.5.p0"]["R-AUROC"] == pytest.approx(roc_auc_score(labels[nn[:, 1]] != labels, v8_unc), abs=1e-6)
+    chosen = recipe.choose_prototype(selection["grid"])
+    assert selection["selected"] is None or selection["selected"].endswith(f".c{chosen[0]:.1f}.p{chosen[1]:g}")
