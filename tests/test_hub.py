@@ -95,6 +95,18 @@ def test_round_trip_backbone_args_and_timm_module(tmp_path):
     assert_same_model(module, loaded, images(module))
 
 
+
+def test_round_trip_keeps_a_pretrained_cfg_given_to_uncertainizer(tmp_path):
+    """pretrained_cfg= replaces the timm backbone's preprocessing: the checkpoint must load with it, not timm's."""
+    cfg = {"input_size": (3, 48, 48), "mean": (0.1, 0.2, 0.3), "std": (0.3, 0.2, 0.1), "crop_pct": 1.0,
+           "interpolation": "bilinear"}
+    model = ur.Uncertainizer("test_vit", "pred-net", pretrained=False, pretrained_cfg=cfg, width=8, depth=1).eval()
+    folder = model.save_pretrained(tmp_path / "ckpt")
+    loaded = ur.load_model(folder)
+    got = {k: tuple(v) if isinstance(v, list) else v for k, v in timm.data.resolve_model_data_config(loaded).items()}
+    assert got == {**cfg, "crop_mode": "center"} == timm.data.resolve_model_data_config(model)
+    assert "| mean | `[0.1, 0.2, 0.3]` |" in (folder / "README.md").read_text()
+
 def test_config_is_timm_compatible_and_timm_loads_the_backbone(saved):
     model, folder = saved
     config = json.loads((folder / "config.json").read_text())

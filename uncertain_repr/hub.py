@@ -169,6 +169,7 @@ def write_checkpoint(
 
     With ``backbone_weights`` (see :func:`save_pretrained`) the backbone file is left out.
     """
+    import timm.data
     from timm.models._hub import save_config_for_hf  # timm's writer of the config it reads back
 
     check_saveable(model)
@@ -190,8 +191,10 @@ def write_checkpoint(
         digests[BACKBONE_WEIGHTS] = write_safetensors(model.backbone, folder / BACKBONE_WEIGHTS)
     digests[HEAD_WEIGHTS] = write_safetensors(model.method, folder / HEAD_WEIGHTS)
     block[WEIGHTS_SHA256_KEY] = digests
-    # timm's own config writer (what `timm.create_model("hf-hub:...")` reads)
-    save_config_for_hf(model.backbone, folder / CONFIG_NAME, model_config={CONFIG_KEY: block})
+    # timm's own config writer (what `timm.create_model("hf-hub:...")` reads), with the preprocessing the
+    # model's transforms use: Uncertainizer(pretrained_cfg=...) replaces the backbone's own
+    data_config = None if model._pretrained_cfg is None else timm.data.resolve_model_data_config(model)
+    save_config_for_hf(model.backbone, folder / CONFIG_NAME, model_config={CONFIG_KEY: block}, data_config=data_config)
     config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
     (folder / MODEL_CARD).write_text(render_model_card(config, card, load_name), encoding="utf-8")
 
