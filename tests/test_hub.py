@@ -232,6 +232,29 @@ def test_unsaveable_models_are_refused_before_writing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_method_that_method_args_would_not_rebuild_is_refused_before_writing(tmp_path):
+    """A hyperparameter changed after building (SNGP's mean-field factor, tuned after training) or a method
+    instance built with its own arguments: the checkpoint would load with method_args' values instead."""
+    model = ur.Uncertainizer("test_vit", "sngp", pretrained=False).eval()
+    model.method.gp_mean_field_factor = 5.0
+    with pytest.raises(ValueError, match=r"model.method_args \{\} do not rebuild model.method \(model.method."
+                                         r"gp_mean_field_factor is 5.0, rebuilt 1.0\)"):
+        model.save_pretrained(tmp_path / "a")
+    instance = ur.methods.create_method("pred-net", embed_dim=64, num_classes=1000, width=16, depth=1)
+    with pytest.raises(ValueError, match=r"net.0.weight \(16, 64\), rebuilt \(512, 64\).*"
+                                         r"ur.Uncertainizer\(backbone, 'pred-net', \*\*args\)"):
+        ur.Uncertainizer("test_vit", instance, pretrained=False).save_pretrained(tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # recorded in method_args, the change saves and loads back with the same numbers; saving leaves the RNG alone
+    model.method_args["gp_mean_field_factor"] = 5.0
+    rng = torch.random.get_rng_state()
+    folder = model.save_pretrained(tmp_path / "a")
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    loaded = ur.load_model(folder)
+    assert loaded.method.gp_mean_field_factor == 5.0
+    assert_same_model(model, loaded, images(model))
+
+
 # ------------------------------------------------------------------------------ atomic writes
 def test_writes_are_atomic(saved, tmp_path, monkeypatch):
     model = saved[0]

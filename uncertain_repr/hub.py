@@ -155,6 +155,43 @@ def check_saveable(model: nn.Module) -> None:
                 json.dumps(value)
             except (TypeError, ValueError):
                 raise ValueError(f"{what}[{key!r}] = {value!r} is not JSON-serialisable; cannot save it") from None
+    check_method_args_current(model)
+
+
+def check_method_args_current(model: nn.Module) -> None:
+    """``ValueError`` unless ``model.method_args`` rebuild ``model.method``: same state-dict keys and shapes,
+    and the same value of every constructor argument the method keeps under its own name (``correction``,
+    ``gp_mean_field_factor``, ...). Otherwise the checkpoint would fail to load, or load with other values
+    (a hyperparameter changed after building, a method instance built with arguments of its own)."""
+    import inspect
+
+    from .methods import create_method
+
+    with torch.random.fork_rng(devices=[]):  # rebuilding draws initial weights: leave the caller's RNG alone
+        rebuilt = create_method(
+            model.method_name, embed_dim=model.embed_dim, num_classes=model.num_classes, **model.method_args
+        )
+    ours, theirs = vars(model.method), vars(rebuilt)
+    plain = (bool, int, float, str, tuple, list, type(None))
+    changed = [
+        f"model.method.{name} is {ours[name]!r}, rebuilt {theirs[name]!r}"
+        for name in inspect.signature(type(model.method).__init__).parameters
+        if name in ours and name in theirs and isinstance(ours[name], plain) and ours[name] != theirs[name]
+    ]
+    # (tensors that only ``attach`` creates, from the backbone, are not in ``rebuilt``: load_model checks those)
+    state = model.method.state_dict()
+    changed += [
+        f"{key} {tuple(state[key].shape) if key in state else 'missing'}, rebuilt {tuple(value.shape)}"
+        for key, value in rebuilt.state_dict().items()
+        if key not in state or state[key].shape != value.shape
+    ]
+    if changed:
+        raise ValueError(
+            f"model.method_args {model.method_args} do not rebuild model.method ({'; '.join(changed[:5])}): the "
+            "checkpoint would not load, or load with other values. Build the model with the method's name and all "
+            f"its arguments (ur.Uncertainizer(backbone, {model.method_name!r}, **args)), or record a changed "
+            "argument in model.method_args before saving"
+        )
 
 
 def write_checkpoint(
