@@ -55,6 +55,7 @@ WEIGHTS_SHA256_KEY = "weights_sha256"  # in the config block: {weight file name:
 # A git branch/tag name or commit hash as the Hub accepts it: no leading "/", "." or "-", no "\\".
 _REVISION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+-]*")
 _REQUIRED_BLOCK_KEYS = ("format_version", "method", "method_args", "stopgrad", "embed_dim", "num_classes")
+_OPTIONAL_BLOCK_KEYS = ("library_version", "backbone", "backbone_args", "backbone_weights", "training", "weights_sha256")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -460,6 +461,12 @@ def read_config(folder: Path) -> Dict[str, Any]:
         raise ValueError(
             f"{path} has checkpoint format {block['format_version']}, newer than this uncertain_repr "
             f"{__version__} reads ({FORMAT_VERSION}); upgrade uncertain_repr"
+        )
+    unknown = sorted(set(block) - set(_REQUIRED_BLOCK_KEYS) - set(_OPTIONAL_BLOCK_KEYS))
+    if unknown:
+        raise ValueError(
+            f"{path}: the {CONFIG_KEY!r} block has keys this uncertain_repr {__version__} does not read: "
+            f"{', '.join(unknown)} (a method's arguments go in method_args); fix the config or upgrade uncertain_repr"
         )
     return config
 
