@@ -107,6 +107,24 @@ def test_round_trip_keeps_a_pretrained_cfg_given_to_uncertainizer(tmp_path):
     assert got == {**cfg, "crop_mode": "center"} == timm.data.resolve_model_data_config(model)
     assert "| mean | `[0.1, 0.2, 0.3]` |" in (folder / "README.md").read_text()
 
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_round_trip_keeps_the_dtype_and_the_numbers(tmp_path, dtype):
+    """A float64 (or bfloat16) model must not come back as float32 with other outputs."""
+    model = ur.Uncertainizer("test_vit", "pred-net", pretrained=False, width=8, depth=1).to(dtype).eval()
+    loaded = ur.load_model(model.save_pretrained(tmp_path / "ckpt"))
+    assert {t.dtype for t in loaded.parameters()} == {dtype}
+    assert_same_model(model, loaded, images(model).to(dtype))
+
+
+def test_a_head_file_mixing_dtypes_the_model_does_not_have_is_refused(tmp_path):
+    model = ur.Uncertainizer("test_vit", "pred-net", pretrained=False, width=8, depth=1).eval()
+    model.method.net[0].double()
+    folder = model.save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match=r"uncertainty_head.safetensors mixes floating dtypes the rebuilt model does "
+                                         r"not have: net.0.bias \(file torch.float64, model torch.float32\)"):
+        ur.load_model(folder)
+
 def test_config_is_timm_compatible_and_timm_loads_the_backbone(saved):
     model, folder = saved
     config = json.loads((folder / "config.json").read_text())

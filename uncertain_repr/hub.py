@@ -517,8 +517,25 @@ def load_folder(folder: PathLike) -> nn.Module:
                                                                      (HEAD_WEIGHTS, model.method))
     for name, module in parts:
         digest = recorded_sha256(block, name, folder / CONFIG_NAME)
-        load_state_strict(module, read_safetensors(folder / name, digest), str(folder / name))
+        tensors = read_safetensors(folder / name, digest)
+        cast_to_saved_dtype(module, tensors, str(folder / name))
+        load_state_strict(module, tensors, str(folder / name))
     return model.eval()
+
+
+def cast_to_saved_dtype(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """Give ``module`` the floating dtype its saved ``tensors`` have (a float64 or bfloat16 model loads as
+    one, not as float32 with other outputs); ``ValueError`` if the file mixes dtypes the rebuilt module
+    does not have in the same places."""
+    expected = module.state_dict()
+    floating = {k: v.dtype for k, v in tensors.items() if v.is_floating_point() and k in expected}
+    if all(expected[k].dtype == dtype for k, dtype in floating.items()):
+        return
+    if len(set(floating.values())) == 1 and all(expected[k].is_floating_point() for k in floating):
+        module.to(next(iter(floating.values())))
+        return
+    mismatched = [f"{k} (file {d}, model {expected[k].dtype})" for k, d in sorted(floating.items()) if expected[k].dtype != d]
+    raise ValueError(f"{source} mixes floating dtypes the rebuilt model does not have: {', '.join(mismatched[:5])}")
 
 
 def confined_backbone_args(folder: Path, backbone_args: Mapping[str, Any]) -> Dict[str, Any]:
