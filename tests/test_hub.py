@@ -329,6 +329,43 @@ def test_package_files_entry(saved, monkeypatch):
     assert_same_model(saved[0], ur.load_model("demo.pkg"), images(saved[0]))
 
 
+
+def test_head_from_entry_loads_another_entrys_head_checked_by_its_own_config(saved, tmp_path, monkeypatch):
+    """One head file, two configs (another method_args value): the second folder ships config + card only."""
+    package_dir = Path(hub.__file__).parent
+    model = saved[0]
+    other = ur.Uncertainizer("test_vit", "pred-net", pretrained=False, **model.method_args, negative_slope=0.2).eval()
+    other.load_state_dict(model.state_dict())
+    folder = other.save_pretrained(tmp_path / "other")
+    assert (folder / "uncertainty_head.safetensors").read_bytes() == (saved[1] / "uncertainty_head.safetensors").read_bytes()
+    (folder / "uncertainty_head.safetensors").unlink()
+    (folder / "model.safetensors").unlink()
+    shutil.copy(saved[1] / "model.safetensors", tmp_path / "model.safetensors")
+    for name, files, head_from in (("demo.base", saved[1], None), ("demo.other", tmp_path / "other", "demo.base")):
+        entry = pretrained.PretrainedEntry(name=name, architecture="test_vit", num_classes=1000, embed_dim=64,
+                                           package_files=os.path.relpath(files, package_dir), head_from=head_from)
+        monkeypatch.setitem(pretrained._PRETRAINED, name, entry)
+    with pytest.raises(FileNotFoundError, match="other/model.safetensors not found"):
+        ur.load_model("demo.other")  # only the head is shared: the backbone file is the folder's own
+    shutil.copy(saved[1] / "model.safetensors", folder / "model.safetensors")
+    loaded = ur.load_model("demo.other")
+    assert loaded.method_args["negative_slope"] == 0.2 and loaded.method.net[1].negative_slope == 0.2
+    assert not torch.equal(outputs(loaded, images(model))[1], outputs(model, images(model))[1])
+    assert_same_model(other, loaded, images(model))
+    # the head file must be the one this config recorded, and only one may ship
+    shutil.copy(saved[1] / "uncertainty_head.safetensors", folder / "uncertainty_head.safetensors")
+    with pytest.raises(ValueError, match="holds its own uncertainty_head.safetensors, but its registry entry takes the "
+                                         "head from"):
+        ur.load_model("demo.other")
+    (folder / "uncertainty_head.safetensors").unlink()
+    config = json.loads((folder / "config.json").read_text())
+    config["uncertain_repr"]["weights_sha256"]["uncertainty_head.safetensors"] = "0" * 64
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"model/uncertainty_head.safetensors has sha256 .*, but config.json records 0000"):
+        ur.load_model("demo.other")
+    with pytest.raises(ValueError, match="head_from needs package_files"):
+        pretrained.PretrainedEntry(name="x", architecture="test_vit", num_classes=1, embed_dim=1, head_from="demo.base")
+
 def test_bad_names(saved):
     with pytest.raises(ValueError, match="did you mean vit_base_patch16_224.pvu"):
         ur.load_model("vit_bse_patch16_224.pvu")

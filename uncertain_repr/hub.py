@@ -483,20 +483,28 @@ def check_architecture(config: Mapping[str, Any], path: Path) -> None:
                          f"{timm.__version__}; upgrade timm or fix the config")
 
 
-def load_folder(folder: PathLike) -> nn.Module:
-    """Rebuild the ``Uncertainizer`` stored in a local checkpoint folder (CPU, eval mode)."""
+def load_folder(folder: PathLike, *, head_folder: Optional[PathLike] = None) -> nn.Module:
+    """Rebuild the ``Uncertainizer`` stored in a local checkpoint folder (CPU, eval mode).
+
+    ``head_folder``: where ``uncertainty_head.safetensors`` is instead (a registered model whose entry
+    names ``head_from``); it must have the SHA-256 that ``folder``'s config records.
+    """
     import timm
 
     from .model import Uncertainizer
 
     folder = Path(folder)
     block = read_config(folder)[CONFIG_KEY]
+    if head_folder is not None and (folder / HEAD_WEIGHTS).exists():
+        raise ValueError(f"{folder} holds its own {HEAD_WEIGHTS}, but its registry entry takes the head from "
+                         f"{head_folder}: ship one of them, not both")
+    files = {BACKBONE_WEIGHTS: folder / BACKBONE_WEIGHTS, HEAD_WEIGHTS: Path(head_folder or folder) / HEAD_WEIGHTS}
     # A folder shipped inside the package may leave the backbone to an installed weights package.
     package_weights = block.get("backbone_weights")
     needed = (HEAD_WEIGHTS,) if package_weights else (BACKBONE_WEIGHTS, HEAD_WEIGHTS)
     for name in needed:
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name} not found: the checkpoint folder is incomplete")
+        if not files[name].is_file():
+            raise FileNotFoundError(f"{files[name]} not found: the checkpoint folder is incomplete")
     backbone_args = confined_backbone_args(folder, block.get("backbone_args") or {})
     backbone = timm.create_model(f"{LOCAL_PREFIX}{folder}", pretrained=False, **backbone_args)
     if package_weights:
@@ -517,9 +525,9 @@ def load_folder(folder: PathLike) -> nn.Module:
                                                                      (HEAD_WEIGHTS, model.method))
     for name, module in parts:
         digest = recorded_sha256(block, name, folder / CONFIG_NAME)
-        tensors = read_safetensors(folder / name, digest)
-        cast_to_saved_dtype(module, tensors, str(folder / name))
-        load_state_strict(module, tensors, str(folder / name))
+        tensors = read_safetensors(files[name], digest)
+        cast_to_saved_dtype(module, tensors, str(files[name]))
+        load_state_strict(module, tensors, str(files[name]))
     return model.eval()
 
 
@@ -638,7 +646,7 @@ def resolve_checkpoint(
         if revision is not None:
             raise ValueError(f"revision= applies to Hub checkpoints only; {text!r} has no Hub repo")
         if entry.package_files is not None:
-            return Path(__file__).parent / entry.package_files
+            return package_folder(entry)
         raise FileNotFoundError(conversion_instructions(entry))
     if revision is not None:
         raise ValueError(f"revision= applies to Hub checkpoints only ('hf-hub:org/name'), not to {text!r}")
@@ -659,6 +667,19 @@ def resolve_checkpoint(
     close = difflib.get_close_matches(text, list_pretrained(), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; registered: {', '.join(list_pretrained())}"
     raise ValueError(f"{text!r} is not a registered pretrained model, a folder, or 'hf-hub:org/name'{hint}")
+
+
+def package_folder(entry: PretrainedEntry) -> Path:
+    """The checkpoint folder a registered ``entry`` ships inside this package (``entry.package_files``)."""
+    return Path(__file__).parent / entry.package_files
+
+
+def shared_head_folder(name_or_path: PathLike) -> Optional[Path]:
+    """The folder holding the head of a registered name whose entry names ``head_from``, else ``None``."""
+    if not (isinstance(name_or_path, str) and is_pretrained(name_or_path)):
+        return None
+    head_from = get_pretrained(name_or_path).head_from
+    return None if head_from is None else package_folder(get_pretrained(head_from))
 
 
 def set_preprocessing(model: nn.Module, preset: str) -> None:
@@ -697,7 +718,8 @@ def load_model(
         raise TypeError(f"revision must be a str (Hub branch, tag or commit), got {type(revision).__name__}")
     if device is not None:
         device = check_device(device)
-    model = load_folder(resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir))
+    folder = resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir)
+    model = load_folder(folder, head_folder=shared_head_folder(name_or_path))
     set_preprocessing(model, preprocessing)
     return model if device is None else model.to(device)
 
