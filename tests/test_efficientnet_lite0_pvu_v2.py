@@ -89,6 +89,8 @@ def test_v8_ships_no_copy_of_v3s_head_and_its_config_pins_that_file():
     head = (REPO_ROOT / "uncertain_repr" / v3.package_files / "uncertainty_head.safetensors").read_bytes()
     assert block["weights_sha256"] == {"uncertainty_head.safetensors": hashlib.sha256(head).hexdigest()}
     assert block["method_args"] == {"base": "max-prob", "width": 1536, "correction": 0.5}
+    with pytest.raises(FileNotFoundError, match="load it by its registered name 'efficientnet_lite0.pvu_v8'"):
+        ur.load_model(folder)  # the folder alone has no head
 
 
 def test_shipping_v8_drops_the_head_it_shares_with_v3_and_refuses_another(recipe, tmp_path):

@@ -504,7 +504,10 @@ def load_folder(folder: PathLike, *, head_folder: Optional[PathLike] = None) -> 
     needed = (HEAD_WEIGHTS,) if package_weights else (BACKBONE_WEIGHTS, HEAD_WEIGHTS)
     for name in needed:
         if not files[name].is_file():
-            raise FileNotFoundError(f"{files[name]} not found: the checkpoint folder is incomplete")
+            entries = [get_pretrained(n) for n in list_pretrained()]
+            shared = [e.name for e in entries if e.head_from and package_folder(e).resolve() == folder.resolve()]
+            hint = f"; it shares another model's head: load it by its registered name {shared[0]!r}" if shared else ""
+            raise FileNotFoundError(f"{files[name]} not found: the checkpoint folder is incomplete{hint}")
     backbone_args = confined_backbone_args(folder, block.get("backbone_args") or {})
     backbone = timm.create_model(f"{LOCAL_PREFIX}{folder}", pretrained=False, **backbone_args)
     if package_weights:
