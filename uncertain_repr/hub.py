@@ -514,9 +514,13 @@ def load_folder(folder: PathLike, *, head_folder: Optional[PathLike] = None) -> 
         from .backbone_weights import load_backbone_weights
 
         load_backbone_weights(backbone, package_weights)
-    model = Uncertainizer(
-        backbone, block["method"], stopgrad=block["stopgrad"], embed_dim=block["embed_dim"], **block["method_args"]
-    )
+    try:
+        model = Uncertainizer(
+            backbone, block["method"], stopgrad=block["stopgrad"], embed_dim=block["embed_dim"], **block["method_args"]
+        )
+    except (TypeError, ValueError) as err:  # the message names an argument: say it came from the config
+        raise type(err)(f"{folder / CONFIG_NAME}: its {CONFIG_KEY!r} block (method, method_args, stopgrad, embed_dim) "
+                        f"does not rebuild a model: {err}; fix the config or save the model again") from None
     if model.num_classes != block["num_classes"]:
         raise ValueError(
             f"{folder / CONFIG_NAME}: the rebuilt backbone has {model.num_classes} classes, the config says "
