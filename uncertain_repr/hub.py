@@ -501,6 +501,9 @@ def load_folder(folder: PathLike, *, head_folder: Optional[PathLike] = None) -> 
     files = {BACKBONE_WEIGHTS: folder / BACKBONE_WEIGHTS, HEAD_WEIGHTS: Path(head_folder or folder) / HEAD_WEIGHTS}
     # A folder shipped inside the package may leave the backbone to an installed weights package.
     package_weights = block.get("backbone_weights")
+    if package_weights and files[BACKBONE_WEIGHTS].exists():
+        raise ValueError(f"{folder / CONFIG_NAME} takes the backbone from the package weights {package_weights!r}, but "
+                         f"the folder also holds {BACKBONE_WEIGHTS}, which would be ignored: keep one of them")
     needed = (HEAD_WEIGHTS,) if package_weights else (BACKBONE_WEIGHTS, HEAD_WEIGHTS)
     for name in needed:
         if not files[name].is_file():
