@@ -98,7 +98,8 @@ def test_shipping_v8_drops_the_head_it_shares_with_v3_and_refuses_another(recipe
 
     shipped = REPO_ROOT / "uncertain_repr" / "pretrained_models"
     dest = Path(shutil.copytree(shipped / "efficientnet_lite0_pvu_v8", tmp_path / "v8"))
-    shutil.copy(shipped / "efficientnet_lite0_pvu_v3" / "uncertainty_head.safetensors", dest)  # what save_pretrained wrote
+    # what save_pretrained wrote
+    shutil.copy(shipped / "efficientnet_lite0_pvu_v3" / "uncertainty_head.safetensors", dest)
     recipe._drop_shared_head("efficientnet_lite0.pvu_v8", dest)
     assert sorted(p.name for p in dest.iterdir()) == ["README.md", "config.json"]
     shutil.copy(shipped / "efficientnet_lite0_pvu_v2" / "uncertainty_head.safetensors", dest)

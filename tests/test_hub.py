@@ -337,7 +337,8 @@ def test_head_from_entry_loads_another_entrys_head_checked_by_its_own_config(sav
     other = ur.Uncertainizer("test_vit", "pred-net", pretrained=False, **model.method_args, negative_slope=0.2).eval()
     other.load_state_dict(model.state_dict())
     folder = other.save_pretrained(tmp_path / "other")
-    assert (folder / "uncertainty_head.safetensors").read_bytes() == (saved[1] / "uncertainty_head.safetensors").read_bytes()
+    head = "uncertainty_head.safetensors"
+    assert (folder / head).read_bytes() == (saved[1] / head).read_bytes()
     (folder / "uncertainty_head.safetensors").unlink()
     (folder / "model.safetensors").unlink()
     shutil.copy(saved[1] / "model.safetensors", tmp_path / "model.safetensors")
@@ -361,7 +362,7 @@ def test_head_from_entry_loads_another_entrys_head_checked_by_its_own_config(sav
     config = json.loads((folder / "config.json").read_text())
     config["uncertain_repr"]["weights_sha256"]["uncertainty_head.safetensors"] = "0" * 64
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"model/uncertainty_head.safetensors has sha256 .*, but config.json records 0000"):
+    with pytest.raises(ValueError, match=r"model/uncertainty_head.safetensors has sha256 .*, but config.json records 0"):
         ur.load_model("demo.other")
     with pytest.raises(ValueError, match="head_from needs package_files"):
         pretrained.PretrainedEntry(name="x", architecture="test_vit", num_classes=1, embed_dim=1, head_from="demo.base")

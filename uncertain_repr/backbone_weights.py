@@ -125,7 +125,7 @@ def load_backbone_weights(backbone: nn.Module, source: str, *, path: Optional[Pa
             raise ValueError(f"{err} ({source!r} holds {weights.architecture} weights)") from None
     architecture = (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture")
     if architecture != weights.architecture:
-        # tensors of the same shapes can belong to another network (efficientnet_lite0 pads unlike tf_efficientnet_lite0)
+        # tensors of the same shapes can be another network (efficientnet_lite0 pads unlike tf_efficientnet_lite0)
         raise ValueError(
             f"backbone weights {source!r} hold {weights.architecture} weights, but the backbone is "
             f"{architecture or type(backbone).__name__}: build it as {weights.architecture!r}"
