@@ -613,7 +613,24 @@ def cmd_ship(args) -> None:
         load_name=recipe.shipped,
     )
     model.save_pretrained(dest, card=card, backbone_weights=SOURCE)
+    _drop_shared_head(recipe.shipped, Path(dest))
     print(f"wrote {dest} ({name})", flush=True)
+
+
+def _drop_shared_head(shipped: str, dest: Path) -> None:
+    """A registered model whose entry names ``head_from`` ships its config and card only: remove the head just
+    written, after checking it is byte for byte the file it shares (its config records that file's SHA-256)."""
+    from uncertain_repr.hub import HEAD_WEIGHTS, package_folder
+    from uncertain_repr.pretrained import get_pretrained
+
+    head_from = get_pretrained(shipped).head_from
+    if head_from is None:
+        return
+    source = package_folder(get_pretrained(head_from)) / HEAD_WEIGHTS
+    if (dest / HEAD_WEIGHTS).read_bytes() != source.read_bytes():
+        raise SystemExit(f"{dest}: the head is not {source} ({head_from}'s); register {shipped} without head_from "
+                         "to ship a head of its own")
+    (dest / HEAD_WEIGHTS).unlink()
 
 
 # ------------------------------------------------------------------------------------------ eighth attempt: halves

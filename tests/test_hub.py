@@ -95,6 +95,36 @@ def test_round_trip_backbone_args_and_timm_module(tmp_path):
     assert_same_model(module, loaded, images(module))
 
 
+
+def test_round_trip_keeps_a_pretrained_cfg_given_to_uncertainizer(tmp_path):
+    """pretrained_cfg= replaces the timm backbone's preprocessing: the checkpoint must load with it, not timm's."""
+    cfg = {"input_size": (3, 48, 48), "mean": (0.1, 0.2, 0.3), "std": (0.3, 0.2, 0.1), "crop_pct": 1.0,
+           "interpolation": "bilinear"}
+    model = ur.Uncertainizer("test_vit", "pred-net", pretrained=False, pretrained_cfg=cfg, width=8, depth=1).eval()
+    folder = model.save_pretrained(tmp_path / "ckpt")
+    loaded = ur.load_model(folder)
+    got = {k: tuple(v) if isinstance(v, list) else v for k, v in timm.data.resolve_model_data_config(loaded).items()}
+    assert got == {**cfg, "crop_mode": "center"} == timm.data.resolve_model_data_config(model)
+    assert "| mean | `[0.1, 0.2, 0.3]` |" in (folder / "README.md").read_text()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_round_trip_keeps_the_dtype_and_the_numbers(tmp_path, dtype):
+    """A float64 (or bfloat16) model must not come back as float32 with other outputs."""
+    model = ur.Uncertainizer("test_vit", "pred-net", pretrained=False, width=8, depth=1).to(dtype).eval()
+    loaded = ur.load_model(model.save_pretrained(tmp_path / "ckpt"))
+    assert {t.dtype for t in loaded.parameters()} == {dtype}
+    assert_same_model(model, loaded, images(model).to(dtype))
+
+
+def test_a_head_file_mixing_dtypes_the_model_does_not_have_is_refused(tmp_path):
+    model = ur.Uncertainizer("test_vit", "pred-net", pretrained=False, width=8, depth=1).eval()
+    model.method.net[0].double()
+    folder = model.save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match=r"uncertainty_head.safetensors mixes floating dtypes the rebuilt model does "
+                                         r"not have: net.0.bias \(file torch.float64, model torch.float32\)"):
+        ur.load_model(folder)
+
 def test_config_is_timm_compatible_and_timm_loads_the_backbone(saved):
     model, folder = saved
     config = json.loads((folder / "config.json").read_text())
@@ -220,6 +250,29 @@ def test_unsaveable_models_are_refused_before_writing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_method_that_method_args_would_not_rebuild_is_refused_before_writing(tmp_path):
+    """A hyperparameter changed after building (SNGP's mean-field factor, tuned after training) or a method
+    instance built with its own arguments: the checkpoint would load with method_args' values instead."""
+    model = ur.Uncertainizer("test_vit", "sngp", pretrained=False).eval()
+    model.method.gp_mean_field_factor = 5.0
+    with pytest.raises(ValueError, match=r"model.method_args \{\} do not rebuild model.method \(model.method."
+                                         r"gp_mean_field_factor is 5.0, rebuilt 1.0\)"):
+        model.save_pretrained(tmp_path / "a")
+    instance = ur.methods.create_method("pred-net", embed_dim=64, num_classes=1000, width=16, depth=1)
+    with pytest.raises(ValueError, match=r"net.0.weight \(16, 64\), rebuilt \(512, 64\).*"
+                                         r"ur.Uncertainizer\(backbone, 'pred-net', \*\*args\)"):
+        ur.Uncertainizer("test_vit", instance, pretrained=False).save_pretrained(tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # recorded in method_args, the change saves and loads back with the same numbers; saving leaves the RNG alone
+    model.method_args["gp_mean_field_factor"] = 5.0
+    rng = torch.random.get_rng_state()
+    folder = model.save_pretrained(tmp_path / "a")
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    loaded = ur.load_model(folder)
+    assert loaded.method.gp_mean_field_factor == 5.0
+    assert_same_model(model, loaded, images(model))
+
+
 # ------------------------------------------------------------------------------ atomic writes
 def test_writes_are_atomic(saved, tmp_path, monkeypatch):
     model = saved[0]
@@ -275,6 +328,44 @@ def test_package_files_entry(saved, monkeypatch):
     monkeypatch.setitem(pretrained._PRETRAINED, entry.name, entry)
     assert_same_model(saved[0], ur.load_model("demo.pkg"), images(saved[0]))
 
+
+
+def test_head_from_entry_loads_another_entrys_head_checked_by_its_own_config(saved, tmp_path, monkeypatch):
+    """One head file, two configs (another method_args value): the second folder ships config + card only."""
+    package_dir = Path(hub.__file__).parent
+    model = saved[0]
+    other = ur.Uncertainizer("test_vit", "pred-net", pretrained=False, **model.method_args, negative_slope=0.2).eval()
+    other.load_state_dict(model.state_dict())
+    folder = other.save_pretrained(tmp_path / "other")
+    head = "uncertainty_head.safetensors"
+    assert (folder / head).read_bytes() == (saved[1] / head).read_bytes()
+    (folder / "uncertainty_head.safetensors").unlink()
+    (folder / "model.safetensors").unlink()
+    shutil.copy(saved[1] / "model.safetensors", tmp_path / "model.safetensors")
+    for name, files, head_from in (("demo.base", saved[1], None), ("demo.other", tmp_path / "other", "demo.base")):
+        entry = pretrained.PretrainedEntry(name=name, architecture="test_vit", num_classes=1000, embed_dim=64,
+                                           package_files=os.path.relpath(files, package_dir), head_from=head_from)
+        monkeypatch.setitem(pretrained._PRETRAINED, name, entry)
+    with pytest.raises(FileNotFoundError, match="other/model.safetensors not found"):
+        ur.load_model("demo.other")  # only the head is shared: the backbone file is the folder's own
+    shutil.copy(saved[1] / "model.safetensors", folder / "model.safetensors")
+    loaded = ur.load_model("demo.other")
+    assert loaded.method_args["negative_slope"] == 0.2 and loaded.method.net[1].negative_slope == 0.2
+    assert not torch.equal(outputs(loaded, images(model))[1], outputs(model, images(model))[1])
+    assert_same_model(other, loaded, images(model))
+    # the head file must be the one this config recorded, and only one may ship
+    shutil.copy(saved[1] / "uncertainty_head.safetensors", folder / "uncertainty_head.safetensors")
+    with pytest.raises(ValueError, match="holds its own uncertainty_head.safetensors, but its registry entry takes the "
+                                         "head from"):
+        ur.load_model("demo.other")
+    (folder / "uncertainty_head.safetensors").unlink()
+    config = json.loads((folder / "config.json").read_text())
+    config["uncertain_repr"]["weights_sha256"]["uncertainty_head.safetensors"] = "0" * 64
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"model/uncertainty_head.safetensors has sha256 .*, but config.json records 0"):
+        ur.load_model("demo.other")
+    with pytest.raises(ValueError, match="head_from needs package_files"):
+        pretrained.PretrainedEntry(name="x", architecture="test_vit", num_classes=1, embed_dim=1, head_from="demo.base")
 
 def test_bad_names(saved):
     with pytest.raises(ValueError, match="did you mean vit_base_patch16_224.pvu"):

@@ -138,3 +138,31 @@ def test_missing_or_unknown_architecture_is_a_clear_error(folder, capsys, archit
     assert main(["predict", "--model", str(folder), str(folder / "missing.png")]) == 2
     err = capsys.readouterr().err
     assert message in err and str(folder / "config.json") in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("key", ["correction", "method_arg", "embed_dims"])
+def test_a_config_key_that_is_not_read_is_refused_not_ignored(folder, key):
+    """A method argument outside method_args (or a typo) would load the model with the default value."""
+    edit_config(folder, lambda c: c["uncertain_repr"].update({key: 0.5}))
+    with pytest.raises(ValueError, match=rf"config.json: the 'uncertain_repr' block has keys this uncertain_repr "
+                                         rf".* does not read: {key} \(a method's arguments go in method_args\)"):
+        ur.load_model(folder)
+
+
+def test_every_shipped_config_has_only_keys_that_are_read():
+    for name in ur.list_pretrained():
+        if ur.pretrained.get_pretrained(name).package_files:
+            assert ur.load_model(name).method_name
+
+
+@pytest.mark.parametrize("key, value, error, message", [
+    ("embed_dim", 32, ValueError, "embed_dim=32, but the backbone gives 64-d embeddings"),
+    ("stopgrad", "yes", TypeError, "stopgrad must be True or False, got 'yes'"),
+    ("method_args", {"widht": 8}, TypeError, "unexpected keyword argument 'widht'"),
+])
+def test_a_config_that_does_not_rebuild_the_model_is_named_in_the_error(folder, key, value, error, message):
+    """The user did not pass embed_dim= or stopgrad=: the error must say they came from config.json."""
+    edit_config(folder, lambda c: c["uncertain_repr"].update({key: value}))
+    with pytest.raises(error, match=rf"copy/config.json: its 'uncertain_repr' block \(method, method_args, stopgrad, "
+                                    rf"embed_dim\) does not rebuild a model: .*{message}.*; fix the config"):
+        ur.load_model(folder)

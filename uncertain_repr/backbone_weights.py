@@ -100,7 +100,8 @@ def load_backbone_weights(backbone: nn.Module, source: str, *, path: Optional[Pa
     """Fill ``backbone`` (built by timm) with the weights of the registered ``source``.
 
     ``path`` replaces the installed package's file (same format, same checksum required).
-    ``ValueError`` on a checksum or layout mismatch; ``ModuleNotFoundError`` if the package is missing.
+    ``ValueError`` on a checksum or layout mismatch, or if ``backbone`` is another timm architecture
+    (same tensor shapes, another network); ``ModuleNotFoundError`` if the package is missing.
     """
     try:
         weights = PACKAGE_WEIGHTS[source]
@@ -122,4 +123,11 @@ def load_backbone_weights(backbone: nn.Module, source: str, *, path: Optional[Pa
             tensors = map_in_order(backbone, tensors, str(file))
         except ValueError as err:
             raise ValueError(f"{err} ({source!r} holds {weights.architecture} weights)") from None
+    architecture = (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture")
+    if architecture != weights.architecture:
+        # tensors of the same shapes can be another network (efficientnet_lite0 pads unlike tf_efficientnet_lite0)
+        raise ValueError(
+            f"backbone weights {source!r} hold {weights.architecture} weights, but the backbone is "
+            f"{architecture or type(backbone).__name__}: build it as {weights.architecture!r}"
+        )
     backbone.load_state_dict(tensors, strict=True)

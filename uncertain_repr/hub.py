@@ -55,6 +55,7 @@ WEIGHTS_SHA256_KEY = "weights_sha256"  # in the config block: {weight file name:
 # A git branch/tag name or commit hash as the Hub accepts it: no leading "/", "." or "-", no "\\".
 _REVISION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/+-]*")
 _REQUIRED_BLOCK_KEYS = ("format_version", "method", "method_args", "stopgrad", "embed_dim", "num_classes")
+_OPTIONAL_BLOCK_KEYS = ("library_version", "backbone", "backbone_args", "backbone_weights", "training", "weights_sha256")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -155,6 +156,43 @@ def check_saveable(model: nn.Module) -> None:
                 json.dumps(value)
             except (TypeError, ValueError):
                 raise ValueError(f"{what}[{key!r}] = {value!r} is not JSON-serialisable; cannot save it") from None
+    check_method_args_current(model)
+
+
+def check_method_args_current(model: nn.Module) -> None:
+    """``ValueError`` unless ``model.method_args`` rebuild ``model.method``: same state-dict keys and shapes,
+    and the same value of every constructor argument the method keeps under its own name (``correction``,
+    ``gp_mean_field_factor``, ...). Otherwise the checkpoint would fail to load, or load with other values
+    (a hyperparameter changed after building, a method instance built with arguments of its own)."""
+    import inspect
+
+    from .methods import create_method
+
+    with torch.random.fork_rng(devices=[]):  # rebuilding draws initial weights: leave the caller's RNG alone
+        rebuilt = create_method(
+            model.method_name, embed_dim=model.embed_dim, num_classes=model.num_classes, **model.method_args
+        )
+    ours, theirs = vars(model.method), vars(rebuilt)
+    plain = (bool, int, float, str, tuple, list, type(None))
+    changed = [
+        f"model.method.{name} is {ours[name]!r}, rebuilt {theirs[name]!r}"
+        for name in inspect.signature(type(model.method).__init__).parameters
+        if name in ours and name in theirs and isinstance(ours[name], plain) and ours[name] != theirs[name]
+    ]
+    # (tensors that only ``attach`` creates, from the backbone, are not in ``rebuilt``: load_model checks those)
+    state = model.method.state_dict()
+    changed += [
+        f"{key} {tuple(state[key].shape) if key in state else 'missing'}, rebuilt {tuple(value.shape)}"
+        for key, value in rebuilt.state_dict().items()
+        if key not in state or state[key].shape != value.shape
+    ]
+    if changed:
+        raise ValueError(
+            f"model.method_args {model.method_args} do not rebuild model.method ({'; '.join(changed[:5])}): the "
+            "checkpoint would not load, or load with other values. Build the model with the method's name and all "
+            f"its arguments (ur.Uncertainizer(backbone, {model.method_name!r}, **args)), or record a changed "
+            "argument in model.method_args before saving"
+        )
 
 
 def write_checkpoint(
@@ -169,6 +207,7 @@ def write_checkpoint(
 
     With ``backbone_weights`` (see :func:`save_pretrained`) the backbone file is left out.
     """
+    import timm.data
     from timm.models._hub import save_config_for_hf  # timm's writer of the config it reads back
 
     check_saveable(model)
@@ -190,8 +229,10 @@ def write_checkpoint(
         digests[BACKBONE_WEIGHTS] = write_safetensors(model.backbone, folder / BACKBONE_WEIGHTS)
     digests[HEAD_WEIGHTS] = write_safetensors(model.method, folder / HEAD_WEIGHTS)
     block[WEIGHTS_SHA256_KEY] = digests
-    # timm's own config writer (what `timm.create_model("hf-hub:...")` reads)
-    save_config_for_hf(model.backbone, folder / CONFIG_NAME, model_config={CONFIG_KEY: block})
+    # timm's own config writer (what `timm.create_model("hf-hub:...")` reads), with the preprocessing the
+    # model's transforms use: Uncertainizer(pretrained_cfg=...) replaces the backbone's own
+    data_config = None if model._pretrained_cfg is None else timm.data.resolve_model_data_config(model)
+    save_config_for_hf(model.backbone, folder / CONFIG_NAME, model_config={CONFIG_KEY: block}, data_config=data_config)
     config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
     (folder / MODEL_CARD).write_text(render_model_card(config, card, load_name), encoding="utf-8")
 
@@ -421,6 +462,12 @@ def read_config(folder: Path) -> Dict[str, Any]:
             f"{path} has checkpoint format {block['format_version']}, newer than this uncertain_repr "
             f"{__version__} reads ({FORMAT_VERSION}); upgrade uncertain_repr"
         )
+    unknown = sorted(set(block) - set(_REQUIRED_BLOCK_KEYS) - set(_OPTIONAL_BLOCK_KEYS))
+    if unknown:
+        raise ValueError(
+            f"{path}: the {CONFIG_KEY!r} block has keys this uncertain_repr {__version__} does not read: "
+            f"{', '.join(unknown)} (a method's arguments go in method_args); fix the config or upgrade uncertain_repr"
+        )
     return config
 
 
@@ -436,29 +483,47 @@ def check_architecture(config: Mapping[str, Any], path: Path) -> None:
                          f"{timm.__version__}; upgrade timm or fix the config")
 
 
-def load_folder(folder: PathLike) -> nn.Module:
-    """Rebuild the ``Uncertainizer`` stored in a local checkpoint folder (CPU, eval mode)."""
+def load_folder(folder: PathLike, *, head_folder: Optional[PathLike] = None) -> nn.Module:
+    """Rebuild the ``Uncertainizer`` stored in a local checkpoint folder (CPU, eval mode).
+
+    ``head_folder``: where ``uncertainty_head.safetensors`` is instead (a registered model whose entry
+    names ``head_from``); it must have the SHA-256 that ``folder``'s config records.
+    """
     import timm
 
     from .model import Uncertainizer
 
     folder = Path(folder)
     block = read_config(folder)[CONFIG_KEY]
+    if head_folder is not None and (folder / HEAD_WEIGHTS).exists():
+        raise ValueError(f"{folder} holds its own {HEAD_WEIGHTS}, but its registry entry takes the head from "
+                         f"{head_folder}: ship one of them, not both")
+    files = {BACKBONE_WEIGHTS: folder / BACKBONE_WEIGHTS, HEAD_WEIGHTS: Path(head_folder or folder) / HEAD_WEIGHTS}
     # A folder shipped inside the package may leave the backbone to an installed weights package.
     package_weights = block.get("backbone_weights")
+    if package_weights and files[BACKBONE_WEIGHTS].exists():
+        raise ValueError(f"{folder / CONFIG_NAME} takes the backbone from the package weights {package_weights!r}, but "
+                         f"the folder also holds {BACKBONE_WEIGHTS}, which would be ignored: keep one of them")
     needed = (HEAD_WEIGHTS,) if package_weights else (BACKBONE_WEIGHTS, HEAD_WEIGHTS)
     for name in needed:
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name} not found: the checkpoint folder is incomplete")
+        if not files[name].is_file():
+            entries = [get_pretrained(n) for n in list_pretrained()]
+            shared = [e.name for e in entries if e.head_from and package_folder(e).resolve() == folder.resolve()]
+            hint = f"; it shares another model's head: load it by its registered name {shared[0]!r}" if shared else ""
+            raise FileNotFoundError(f"{files[name]} not found: the checkpoint folder is incomplete{hint}")
     backbone_args = confined_backbone_args(folder, block.get("backbone_args") or {})
     backbone = timm.create_model(f"{LOCAL_PREFIX}{folder}", pretrained=False, **backbone_args)
     if package_weights:
         from .backbone_weights import load_backbone_weights
 
         load_backbone_weights(backbone, package_weights)
-    model = Uncertainizer(
-        backbone, block["method"], stopgrad=block["stopgrad"], embed_dim=block["embed_dim"], **block["method_args"]
-    )
+    try:
+        model = Uncertainizer(
+            backbone, block["method"], stopgrad=block["stopgrad"], embed_dim=block["embed_dim"], **block["method_args"]
+        )
+    except (TypeError, ValueError) as err:  # the message names an argument: say it came from the config
+        raise type(err)(f"{folder / CONFIG_NAME}: its {CONFIG_KEY!r} block (method, method_args, stopgrad, embed_dim) "
+                        f"does not rebuild a model: {err}; fix the config or save the model again") from None
     if model.num_classes != block["num_classes"]:
         raise ValueError(
             f"{folder / CONFIG_NAME}: the rebuilt backbone has {model.num_classes} classes, the config says "
@@ -470,8 +535,25 @@ def load_folder(folder: PathLike) -> nn.Module:
                                                                      (HEAD_WEIGHTS, model.method))
     for name, module in parts:
         digest = recorded_sha256(block, name, folder / CONFIG_NAME)
-        load_state_strict(module, read_safetensors(folder / name, digest), str(folder / name))
+        tensors = read_safetensors(files[name], digest)
+        cast_to_saved_dtype(module, tensors, str(files[name]))
+        load_state_strict(module, tensors, str(files[name]))
     return model.eval()
+
+
+def cast_to_saved_dtype(module: nn.Module, tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    """Give ``module`` the floating dtype its saved ``tensors`` have (a float64 or bfloat16 model loads as
+    one, not as float32 with other outputs); ``ValueError`` if the file mixes dtypes the rebuilt module
+    does not have in the same places."""
+    expected = module.state_dict()
+    floating = {k: v.dtype for k, v in tensors.items() if v.is_floating_point() and k in expected}
+    if all(expected[k].dtype == dtype for k, dtype in floating.items()):
+        return
+    if len(set(floating.values())) == 1 and all(expected[k].is_floating_point() for k in floating):
+        module.to(next(iter(floating.values())))
+        return
+    mismatched = [f"{k} (file {d}, model {expected[k].dtype})" for k, d in sorted(floating.items()) if expected[k].dtype != d]
+    raise ValueError(f"{source} mixes floating dtypes the rebuilt model does not have: {', '.join(mismatched[:5])}")
 
 
 def confined_backbone_args(folder: Path, backbone_args: Mapping[str, Any]) -> Dict[str, Any]:
@@ -574,7 +656,7 @@ def resolve_checkpoint(
         if revision is not None:
             raise ValueError(f"revision= applies to Hub checkpoints only; {text!r} has no Hub repo")
         if entry.package_files is not None:
-            return Path(__file__).parent / entry.package_files
+            return package_folder(entry)
         raise FileNotFoundError(conversion_instructions(entry))
     if revision is not None:
         raise ValueError(f"revision= applies to Hub checkpoints only ('hf-hub:org/name'), not to {text!r}")
@@ -595,6 +677,19 @@ def resolve_checkpoint(
     close = difflib.get_close_matches(text, list_pretrained(), n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; registered: {', '.join(list_pretrained())}"
     raise ValueError(f"{text!r} is not a registered pretrained model, a folder, or 'hf-hub:org/name'{hint}")
+
+
+def package_folder(entry: PretrainedEntry) -> Path:
+    """The checkpoint folder a registered ``entry`` ships inside this package (``entry.package_files``)."""
+    return Path(__file__).parent / entry.package_files
+
+
+def shared_head_folder(name_or_path: PathLike) -> Optional[Path]:
+    """The folder holding the head of a registered name whose entry names ``head_from``, else ``None``."""
+    if not (isinstance(name_or_path, str) and is_pretrained(name_or_path)):
+        return None
+    head_from = get_pretrained(name_or_path).head_from
+    return None if head_from is None else package_folder(get_pretrained(head_from))
 
 
 def set_preprocessing(model: nn.Module, preset: str) -> None:
@@ -633,7 +728,8 @@ def load_model(
         raise TypeError(f"revision must be a str (Hub branch, tag or commit), got {type(revision).__name__}")
     if device is not None:
         device = check_device(device)
-    model = load_folder(resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir))
+    folder = resolve_checkpoint(name_or_path, revision=revision, cache_dir=cache_dir)
+    model = load_folder(folder, head_folder=shared_head_folder(name_or_path))
     set_preprocessing(model, preprocessing)
     return model if device is None else model.to(device)
 

