@@ -505,7 +505,8 @@ def _blend_folds(args, train, val, tiny_correct) -> None:
 
 
 V3 = "efficientnet_lite0.pvu_v3"  # the default of `predict` from v3 to v8: what attempts 4-8 had to beat
-SHIPPED_DEFAULT = "efficientnet_lite0.pvu_v8"  # the default of `predict` (v3's head, correction selected by `halves`)
+V8 = "efficientnet_lite0.pvu_v8"  # the default of `predict` from v8 to v9 (v3's head, correction selected by `halves`)
+SHIPPED_DEFAULT = "efficientnet_lite0.pvu_v9"  # the default of `predict` (v8 + a prototype term, selected by `prototype`)
 V3_HELD_OUT = RECIPES["v3"].held_out  # the photos the shipped v3 head never trained on
 
 
@@ -606,7 +607,7 @@ def cmd_ship(args) -> None:
         paper="Pretrained Visual Uncertainties (Kirchhof et al., arXiv 2402.16569); pred-net-logits is our extension",
         source=f"backbone: PyPI {SOURCE}==0.1.0; head: scripts/efficientnet_lite0_pvu_v2.py (selected {name})",
         training={"recipe": "scripts/efficientnet_lite0_pvu_v2.py", "loss": loss, "loss_args": largs, "head": name,
-                  "recipe_version": args.recipe, "train": list(TRAIN), "select": list(SELECT), "rule": selection.get("rule", "mean"),
+                  "recipe_version": args.recipe, "train": list(TRAIN), "select": _selected_on(selection.get("rule", "mean")), "rule": selection.get("rule", "mean"),
                   "epoch": selection["heads"][name].get("epoch")},
         tags=("pvu", "efficientnet", "imagenet-1k"),
         body=body.read_text(encoding="utf-8") if body.is_file() else "",
@@ -615,6 +616,12 @@ def cmd_ship(args) -> None:
     model.save_pretrained(dest, card=card, backbone_weights=SOURCE)
     _drop_shared_head(recipe.shipped, Path(dest))
     print(f"wrote {dest} ({name})", flush=True)
+
+
+def _selected_on(rule: str) -> list:
+    """What selected the shipped head, for its config: the selection halves ``S`` of the evaluation splits under the
+    rule ``halves`` (v8, v9), else the held-out views of the training source."""
+    return [f"{name}:selection-half S" for name in EVAL_SETS] if rule == "halves" else list(SELECT)
 
 
 def _drop_shared_head(shipped: str, dest: Path) -> None:
@@ -838,7 +845,8 @@ def cmd_score(args) -> None:
     heads = {"pvu v1 (shipped before)": ur.load_model(MODEL).method.eval()}
     if selection.get("default_rule"):  # an attempt at replacing the default: against the shipped default too
         heads["pvu_v3"] = ur.load_model(V3).method.eval()
-        heads["pvu_v8 (shipped default)"] = ur.load_model(SHIPPED_DEFAULT).method.eval()
+        heads["pvu_v8"] = ur.load_model(V8).method.eval()
+        heads["pvu_v9 (shipped default)"] = ur.load_model(SHIPPED_DEFAULT).method.eval()
     shown = [k for k in selection["heads"] if k not in FREE and ".fold" not in k
              and (k.endswith(".seed0") or k == selection["selected"])]
     shown += [k for k in args.show.split(",") if k and k not in shown]
