@@ -20,7 +20,7 @@ from uncertain_repr.images import load_images
 
 def main(argv: list[str] | None = None) -> list[tuple[str, float]]:
     paths = argv or sorted(str(p) for p in (Path(__file__).parent / "images").iterdir())
-    model = ur.load_model("efficientnet_lite0.pvu_v8").eval()
+    model = ur.load_model("efficientnet_lite0.pvu_v9").eval()
     transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model))
     with torch.no_grad():
         embedding, uncertainty = model(load_images(paths, transform))

@@ -6,6 +6,7 @@
     python scripts/efficientnet_lite0_pvu_v2.py blend  --out OUT               # correction grid, seed averages
     python scripts/efficientnet_lite0_pvu_v2.py refit  --out OUT               # cross-fitting recipes (v5, v6) only
     python scripts/efficientnet_lite0_pvu_v2.py halves --out OUT               # v8: v3's correction, selected on halves S
+    python scripts/efficientnet_lite0_pvu_v2.py prototype --out OUT            # v9: + a prototype-cosine term, on S
     python scripts/efficientnet_lite0_pvu_v2.py ship   --out OUT [--dest DIR]  # write the selected head into the package
     python scripts/efficientnet_lite0_pvu_v2.py score  --out OUT               # tables with 95% bootstrap CIs
 
@@ -36,6 +37,7 @@ from uncertain_repr import cache, data
 from uncertain_repr.benchmark.controls import random_uncertainty, sharpness_uncertainty
 from uncertain_repr.benchmark.scoring import seeded_subset
 from uncertain_repr.inference import frozen_inference
+from uncertain_repr.methods.prototype import classifier_linear, prototype_distance
 
 MODEL = "efficientnet_lite0.pvu"  # backbone + classifier source (the head is not used for the arrays)
 
@@ -112,6 +114,8 @@ RECIPES = {
     "v7": Recipe("efficientnet_lite0.pvu_v7", "views-v3", lambda c: c % 10 < 3, 8, 4),
     # eighth attempt: v3's trained head unchanged, its correction selected on the selection halves (`halves`)
     "v8": Recipe("efficientnet_lite0.pvu_v8", "views-v3", lambda c: c % 10 < 3, 8, 4),
+    # ninth attempt: v3's trained head with a prototype-cosine term, both weights selected on the halves (`prototype`)
+    "v9": Recipe("efficientnet_lite0.pvu_v9", "views-v3", lambda c: c % 10 < 3, 8, 4),
 }
 
 
@@ -344,10 +348,13 @@ def train_head(spec: Candidate, train, val, tiny_correct, *, seed: int, epochs: 
     return best  # type: ignore[return-value]
 
 
-def free_uncertainty(name: str, embeddings: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """A parameter-free method's uncertainty ``[N]``."""
+def free_uncertainty(name: str, embeddings: torch.Tensor, logits: torch.Tensor, linear=None) -> torch.Tensor:
+    """A parameter-free method's uncertainty ``[N]`` (``prototype-cosine``: from the classifier's ``linear`` and the
+    stored logits)."""
     from uncertain_repr.methods import create_method
 
+    if name == "prototype-cosine":
+        return prototype_distance(embeddings, logits, linear)
     return create_method(name, embed_dim=embeddings.shape[1], num_classes=logits.shape[1]).uncertainty(embeddings, logits)
 
 
@@ -498,7 +505,8 @@ def _blend_folds(args, train, val, tiny_correct) -> None:
 
 
 V3 = "efficientnet_lite0.pvu_v3"  # the default of `predict` from v3 to v8: what attempts 4-8 had to beat
-SHIPPED_DEFAULT = "efficientnet_lite0.pvu_v8"  # the default of `predict` (v3's head, correction selected by `halves`)
+V8 = "efficientnet_lite0.pvu_v8"  # the default of `predict` from v8 to v9 (v3's head, correction selected by `halves`)
+SHIPPED_DEFAULT = "efficientnet_lite0.pvu_v9"  # the default of `predict` (v8 + a prototype term, selected by `prototype`)
 V3_HELD_OUT = RECIPES["v3"].held_out  # the photos the shipped v3 head never trained on
 
 
@@ -599,7 +607,7 @@ def cmd_ship(args) -> None:
         paper="Pretrained Visual Uncertainties (Kirchhof et al., arXiv 2402.16569); pred-net-logits is our extension",
         source=f"backbone: PyPI {SOURCE}==0.1.0; head: scripts/efficientnet_lite0_pvu_v2.py (selected {name})",
         training={"recipe": "scripts/efficientnet_lite0_pvu_v2.py", "loss": loss, "loss_args": largs, "head": name,
-                  "recipe_version": args.recipe, "train": list(TRAIN), "select": list(SELECT), "rule": selection.get("rule", "mean"),
+                  "recipe_version": args.recipe, "train": list(TRAIN), "select": _selected_on(selection.get("rule", "mean")), "rule": selection.get("rule", "mean"),
                   "epoch": selection["heads"][name].get("epoch")},
         tags=("pvu", "efficientnet", "imagenet-1k"),
         body=body.read_text(encoding="utf-8") if body.is_file() else "",
@@ -608,6 +616,12 @@ def cmd_ship(args) -> None:
     model.save_pretrained(dest, card=card, backbone_weights=SOURCE)
     _drop_shared_head(recipe.shipped, Path(dest))
     print(f"wrote {dest} ({name})", flush=True)
+
+
+def _selected_on(rule: str) -> list:
+    """What selected the shipped head, for its config: the selection halves ``S`` of the evaluation splits under the
+    rule ``halves`` (v8, v9), else the held-out views of the training source."""
+    return [f"{name}:selection-half S" for name in EVAL_SETS] if rule == "halves" else list(SELECT)
 
 
 def _drop_shared_head(shipped: str, dest: Path) -> None:
@@ -691,13 +705,58 @@ def choose_correction(grid: Dict[str, dict]) -> Optional[float]:
     return max(c for c, score in passing.items() if score >= best - 1e-4)
 
 
-def _at_correction(head, c: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``(embeddings [N, D], logits [N, C]) -> [N]``: the pred-net-logits ``head`` at correction ``c``."""
+def _at(head, c: float, prototype: float, linear) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(embeddings [N, D], logits [N, C]) -> [N]``: the pred-net-logits ``head`` at correction ``c`` plus
+    ``prototype * scale * (1 - cos(e, w_k))`` with the classifier's ``linear`` (what the method's forward adds), from
+    the stored logits."""
     def uncertainty(embeddings: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        head.correction = c
-        return head.uncertainty(embeddings, logits)
+        head.correction, head.prototype = c, 0.0
+        u = head.uncertainty(embeddings, logits)
+        head.prototype = prototype
+        return u + prototype * head.scale * prototype_distance(embeddings, logits, linear) if prototype else u
 
     return uncertainty
+
+
+def _stored(head, linear) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``head``'s uncertainty from the stored arrays (with its prototype term, if it has one; see :func:`_at`)."""
+    prototype = getattr(head, "prototype", 0.0)
+    return _at(head, head.correction, prototype, linear) if prototype else head.uncertainty
+
+
+def _selection_metrics(args, heads: Dict[str, Callable]) -> tuple:
+    """(``metrics[set][head][column]`` on the selection half ``S`` of every evaluation split, ``{set: images}``) for
+    ``heads`` (name -> ``(embeddings, logits) -> [N]``) and the free baselines; refuses a metric undefined on ``S``."""
+    metrics, sizes = {}, {}
+    for name, (_, _, _, classify) in EVAL_SETS.items():
+        z = _eval_arrays(Path(args.out) / "eval_full" / f"{name.replace('/', '_')}.npz", name, "S")
+        t = {k: torch.from_numpy(v) for k, v in z.items()}
+        scored = {m: lambda e, z, m=m: free_uncertainty(m, e, z) for m in FREE}
+        scored.update(heads)
+        targets = _targets(z, classify)
+        metrics[name] = {k: _point_metrics(f(t["embeddings"], t["logits"]).numpy().astype(np.float64),
+                                           f(t["cropped_embeddings"], t["cropped_logits"]).numpy().astype(np.float64),
+                                           targets) for k, f in scored.items()}
+        undefined = [f"{k} {col}" for k, row in metrics[name].items() for col, v in row.items() if not math.isfinite(v)]
+        if undefined:  # e.g. every image of S retrieved correctly: an AUROC of one class; the selection would be noise
+            raise ValueError(f"{name}: undefined on the selection half S: {', '.join(undefined)}")
+        sizes[name] = len(z["labels"])
+        print(name, sizes[name], "images in S", flush=True)
+    return metrics, sizes
+
+
+def _write_v3_selection(out: Path, report: dict, correction: float, prototype: float) -> None:
+    """Write ``selection.json`` with, when ``report["selected"]``, v3's weights under that name at these arguments."""
+    if report["selected"]:
+        v3 = ur.load_model(V3)
+        torch.save(v3.method.state_dict(), out / "v3.pt")
+        margs = {**v3.config["method_args"], "correction": correction}
+        report["heads"][report["selected"]] = {"score": report["grid"][report["selected_key"]]["score"], "weights": "v3",
+                                               "method_args": {**margs, "prototype": prototype} if prototype else margs}
+    (out / "selection.json").write_text(json.dumps(report, indent=1))
+    for k, g in report["grid"].items():
+        print(k, round(g["score"], 4), "guards" if g["guards"] else "fails a guard", flush=True)
+    print("selected", report["selected"] or "nothing ships", flush=True)
 
 
 @torch.no_grad()
@@ -708,37 +767,58 @@ def cmd_halves(args) -> None:
     is below 1 and it scores above v3 on ``S``; ``score --full --half R`` reports on the other halves."""
     out = Path(args.out) / args.heads
     out.mkdir(parents=True, exist_ok=True)
-    v3 = ur.load_model(V3).method.eval()
-    metrics, sizes = {}, {}
-    for name, (_, _, _, classify) in EVAL_SETS.items():
-        z = _eval_arrays(Path(args.out) / "eval_full" / f"{name.replace('/', '_')}.npz", name, "S")
-        t = {k: torch.from_numpy(v) for k, v in z.items()}
-        heads = {m: lambda e, z, m=m: free_uncertainty(m, e, z) for m in FREE}
-        heads.update({f"c{c:.1f}": _at_correction(v3, c) for c in CORRECTIONS})
-        targets = _targets(z, classify)
-        metrics[name] = {k: _point_metrics(f(t["embeddings"], t["logits"]).numpy().astype(np.float64),
-                                           f(t["cropped_embeddings"], t["cropped_logits"]).numpy().astype(np.float64),
-                                           targets) for k, f in heads.items()}
-        undefined = [f"{k} {col}" for k, row in metrics[name].items() for col, v in row.items() if not math.isfinite(v)]
-        if undefined:  # e.g. every image of S retrieved correctly: an AUROC of one class; the selection would be noise
-            raise ValueError(f"{name}: undefined on the selection half S: {', '.join(undefined)}")
-        sizes[name] = len(z["labels"])
-        print(name, sizes[name], "images in S", flush=True)
+    v3 = ur.load_model(V3).eval()
+    metrics, sizes = _selection_metrics(args, {f"c{c:.1f}": _at(v3.method, c, 0.0, None) for c in CORRECTIONS})
     grid = {f"c{c:.1f}": dict(zip(("score", "guards"), halves_score(metrics, f"c{c:.1f}"))) for c in CORRECTIONS}
     chosen = choose_correction(grid)
     ships = chosen is not None and chosen < 1 and grid[f"c{chosen:.1f}"]["score"] > grid["c1.0"]["score"]
     report = {"rule": "halves", "default_rule": True, "images_S": sizes, "grid": grid, "metrics_S": metrics,
-              "selected": None, "heads": {}}
-    if ships:
-        key = report["selected"] = f"pnl-maxprob-losspred.avg3.c{chosen:.1f}"
-        torch.save(v3.state_dict(), out / "v3.pt")
-        report["heads"][key] = {"score": grid[f"c{chosen:.1f}"]["score"], "weights": "v3",
-                                "method_args": {**ur.load_model(V3).config["method_args"], "correction": chosen}}
-    (out / "selection.json").write_text(json.dumps(report, indent=1))
-    for k, g in grid.items():
-        print(k, round(g["score"], 4), "guards" if g["guards"] else "fails a guard", flush=True)
-    print("selected", report["selected"] if ships else f"correction {chosen}, which does not beat v3 on S: nothing ships",
-          flush=True)
+              "selected": f"pnl-maxprob-losspred.avg3.c{chosen:.1f}" if ships else None,
+              "selected_key": f"c{chosen:.1f}" if ships else None, "heads": {}}
+    _write_v3_selection(out, report, chosen, 0.0)
+
+
+# ------------------------------------------------------------------------------------------ ninth attempt: prototype
+PROTOTYPES = (0.0, 0.25, 0.5, 1.0, 2.0)  # weights of the prototype-cosine term; 0 = the head alone
+PROTOTYPE_CORRECTIONS = (0.0, 0.5, 1.0)  # v3's correction: 0 ranks as max-prob, 0.5 is v8, 1 is v3
+DIAGNOSTICS = ("prototype-cosine",)  # scored on S for the table, never candidates (a free score of the same pass)
+
+
+def choose_prototype(grid: Dict[str, dict]) -> Optional[tuple]:
+    """``(correction, prototype)`` of the ``grid`` entry (``{"correction", "prototype", "score", "guards"}``) with the
+    best score among those that pass the guards (None if none does); within 1e-4 of the best is a tie, won by the
+    smaller prototype weight, then by the larger correction (nearer v3)."""
+    passing = [(g["score"], g["correction"], g["prototype"]) for g in grid.values() if g["guards"]]
+    if not passing:
+        return None
+    best = max(score for score, _, _ in passing)
+    ties = [(c, p) for score, c, p in passing if score >= best - 1e-4]
+    return min(ties, key=lambda cp: (cp[1], -cp[0]))
+
+
+@torch.no_grad()
+def cmd_prototype(args) -> None:
+    """Ninth attempt (planned before its CIFAR-10H and Fashion-MNIST numbers; see the model card): v3's weights at
+    correction x prototype weight (:data:`PROTOTYPE_CORRECTIONS` x :data:`PROTOTYPES`), selected on the halves ``S``
+    by :func:`halves_score` and :func:`choose_prototype`. Ships as ``--recipe v9`` only if it beats v8 (correction
+    0.5, prototype 0) on ``S`` by more than 1e-4; ``score --full --half R`` reports on the other halves."""
+    out = Path(args.out) / args.heads
+    out.mkdir(parents=True, exist_ok=True)
+    v3 = ur.load_model(V3).eval()
+    keys = {f"c{c:.1f}.p{p:g}": (c, p) for c in PROTOTYPE_CORRECTIONS for p in PROTOTYPES}
+    linear = classifier_linear(v3.classifier)
+    heads = {k: _at(v3.method, c, p, linear) for k, (c, p) in keys.items()}
+    heads.update({m: lambda e, z, m=m: free_uncertainty(m, e, z, linear) for m in DIAGNOSTICS})
+    metrics, sizes = _selection_metrics(args, heads)
+    grid = {k: dict(zip(("score", "guards"), halves_score(metrics, k)), correction=c, prototype=p)
+            for k, (c, p) in keys.items()}
+    chosen = choose_prototype(grid)
+    key = None if chosen is None else f"c{chosen[0]:.1f}.p{chosen[1]:g}"
+    ships = key is not None and grid[key]["score"] > grid["c0.5.p0"]["score"] + 1e-4
+    report = {"rule": "halves", "default_rule": True, "images_S": sizes, "grid": grid, "metrics_S": metrics,
+              "selected": f"pnl-maxprob-losspred.avg3.{key}" if ships else None, "selected_key": key if ships else None,
+              "heads": {}}
+    _write_v3_selection(out, report, *(chosen if ships else (0.0, 0.0)))
 
 
 # ------------------------------------------------------------------------------------------ score
@@ -765,11 +845,13 @@ def cmd_score(args) -> None:
     heads = {"pvu v1 (shipped before)": ur.load_model(MODEL).method.eval()}
     if selection.get("default_rule"):  # an attempt at replacing the default: against the shipped default too
         heads["pvu_v3"] = ur.load_model(V3).method.eval()
-        heads["pvu_v8 (shipped default)"] = ur.load_model(SHIPPED_DEFAULT).method.eval()
+        heads["pvu_v8"] = ur.load_model(V8).method.eval()
+        heads["pvu_v9 (shipped default)"] = ur.load_model(SHIPPED_DEFAULT).method.eval()
     shown = [k for k in selection["heads"] if k not in FREE and ".fold" not in k
              and (k.endswith(".seed0") or k == selection["selected"])]
     shown += [k for k in args.show.split(",") if k and k not in shown]
     heads.update({k: _head(k, out, args.heads) for k in shown})
+    linear = classifier_linear(ur.load_model(MODEL).classifier)  # the prototype-cosine term's weight rows
     lines, record = [], {}
     for name, (_, _, _, classify) in EVAL_SETS.items():
         path = _eval_name(args, "eval") / f"{name.replace('/', '_')}.npz"
@@ -785,7 +867,7 @@ def cmd_score(args) -> None:
             for m in FREE:
                 unc[m] = tuple(free_uncertainty(m, t[p + "embeddings"], t[p + "logits"]).numpy() for p in ("", "cropped_"))
             for k, head in heads.items():
-                unc[k] = tuple(head.uncertainty(t[p + "embeddings"], t[p + "logits"]).numpy() for p in ("", "cropped_"))
+                unc[k] = tuple(_stored(head, linear)(t[p + "embeddings"], t[p + "logits"]).numpy() for p in ("", "cropped_"))
         rows = {k: _ci_metrics(np.asarray(u, np.float64), np.asarray(uc, np.float64), arrays, args.resamples)
                 for k, (u, uc) in unc.items()}
         best_free = max(FREE, key=lambda m: rows[m]["R-AUROC"].point)
@@ -812,7 +894,7 @@ def cmd_score(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=("views", "embed", "train", "blend", "refit", "halves", "ship", "score"))
+    parser.add_argument("stage", choices=("views", "embed", "train", "blend", "refit", "halves", "prototype", "ship", "score"))
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--out", required=True)
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of every image count (smoke runs)")
@@ -832,7 +914,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     {"views": cmd_views, "embed": cmd_embed, "train": cmd_train, "blend": cmd_blend, "refit": cmd_refit,
-     "halves": cmd_halves, "ship": cmd_ship, "score": cmd_score}[args.stage](args)
+     "halves": cmd_halves, "prototype": cmd_prototype, "ship": cmd_ship, "score": cmd_score}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def recipe():
     return module
 
 
-@pytest.mark.parametrize("name", [NAME, "efficientnet_lite0.pvu_v3", "efficientnet_lite0.pvu_v8"])
+@pytest.mark.parametrize("name", [NAME, "efficientnet_lite0.pvu_v3", "efficientnet_lite0.pvu_v8", "efficientnet_lite0.pvu_v9"])
 def test_loads_offline_and_gives_the_recorded_uncertainties(name):
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     assert name in ur.list_pretrained() and "efficientnet_lite0.pvu" in ur.list_pretrained()
@@ -51,13 +51,13 @@ def test_loads_offline_and_gives_the_recorded_uncertainties(name):
     torch.testing.assert_close(unc, torch.tensor(list(recorded.values())), rtol=0, atol=1e-5)
 
 
-def test_v8_is_the_default_of_predict_and_keeps_v1s_backbone():
+def test_v9_is_the_default_of_predict_and_keeps_v1s_backbone():
     from uncertain_repr.commands.predict import DEFAULT_MODEL
 
-    assert DEFAULT_MODEL == "efficientnet_lite0.pvu_v8"
-    v1, v8 = ur.load_model("efficientnet_lite0.pvu"), ur.load_model(DEFAULT_MODEL)
+    assert DEFAULT_MODEL == "efficientnet_lite0.pvu_v9"
+    v1, v9 = ur.load_model("efficientnet_lite0.pvu"), ur.load_model(DEFAULT_MODEL)
     for key, value in v1.backbone.state_dict().items():
-        assert torch.equal(value, v8.backbone.state_dict()[key]), key
+        assert torch.equal(value, v9.backbone.state_dict()[key]), key
     assert ur.load_model("efficientnet_lite0.pvu_v3").method.correction == 1.0  # the blend the v3 selection chose
 
 
@@ -76,20 +76,42 @@ def test_v8_is_v3s_head_with_half_its_correction():
         torch.testing.assert_close(v8.uncertainty(emb, logits), v3.scale * (torch.nn.functional.softplus(raw) + 1e-6))
 
 
+def test_v9_is_v8_plus_half_the_cosine_distance_to_the_predicted_class_row():
+    """By hand, on real photos: v9 = v8 + 0.5 * scale * (1 - cos(e, W[argmax z])), the cosine by sklearn."""
+    from sklearn.metrics.pairwise import cosine_similarity
 
-def test_v8_ships_no_copy_of_v3s_head_and_its_config_pins_that_file():
-    """v8 = v3's head file (not shipped twice) + its own config.json (correction 0.5) and model card."""
+    v8, v9 = ur.load_model("efficientnet_lite0.pvu_v8").eval(), ur.load_model("efficientnet_lite0.pvu_v9").eval()
+    assert v9.method.correction == 0.5 and v9.method.prototype == 0.5
+    for key, value in v8.method.state_dict().items():
+        assert torch.equal(value, v9.method.state_dict()[key]), key
+    paths = sorted((REPO_ROOT / "examples" / "images").glob("*.png"))
+    with torch.no_grad():
+        emb, u8 = v8(load_images(paths, eval_transform(v8)))
+        out = v9(embedding=emb)
+    weight = v9.classifier.weight.detach().double().numpy()
+    cos = cosine_similarity(emb.double().numpy(), weight)[np.arange(len(paths)), out.logits.argmax(1).numpy()]
+    expected = u8.double().numpy() + 0.5 * float(v9.method.scale) * (1 - cos)
+    np.testing.assert_allclose(out.uncertainty.numpy(), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="needs the classifier's weights"):
+        v9.method.uncertainty(emb, out.logits)  # the term cannot be left out silently
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0.pvu_v8", "efficientnet_lite0.pvu_v9"])
+def test_v8_and_v9_ship_no_copy_of_v3s_head_and_their_configs_pin_that_file(name):
+    """v8/v9 = v3's head file (not shipped again) + their own config.json and model card."""
     import hashlib
 
-    v3, v8 = get_pretrained("efficientnet_lite0.pvu_v3"), get_pretrained("efficientnet_lite0.pvu_v8")
-    assert v8.head_from == v3.name and v3.head_from is None
-    folder = REPO_ROOT / "uncertain_repr" / v8.package_files
+    v3, entry = get_pretrained("efficientnet_lite0.pvu_v3"), get_pretrained(name)
+    assert entry.head_from == v3.name and v3.head_from is None
+    folder = REPO_ROOT / "uncertain_repr" / entry.package_files
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json"]
     block = json.loads((folder / "config.json").read_text())["uncertain_repr"]
     head = (REPO_ROOT / "uncertain_repr" / v3.package_files / "uncertainty_head.safetensors").read_bytes()
     assert block["weights_sha256"] == {"uncertainty_head.safetensors": hashlib.sha256(head).hexdigest()}
-    assert block["method_args"] == {"base": "max-prob", "width": 1536, "correction": 0.5}
-    with pytest.raises(FileNotFoundError, match="load it by its registered name 'efficientnet_lite0.pvu_v8'"):
+    extra = {"prototype": 0.5} if name.endswith("v9") else {}
+    assert block["method_args"] == {"base": "max-prob", "width": 1536, "correction": 0.5, **extra}
+    assert block["training"]["select"] == [f"{s}:selection-half S" for s in ("soft/imagenet_val1300", "soft/cifar10h", "idx/fashion_mnist")]
+    with pytest.raises(FileNotFoundError, match=f"load it by its registered name '{name}'"):
         ur.load_model(folder)  # the folder alone has no head
 
 
@@ -108,12 +130,12 @@ def test_shipping_v8_drops_the_head_it_shares_with_v3_and_refuses_another(recipe
     recipe._drop_shared_head("efficientnet_lite0.pvu_v2", dest)  # an entry without head_from keeps its head
     assert (dest / "uncertainty_head.safetensors").is_file()
 
-def test_predict_without_model_prints_v8s_recorded_uncertainty(capsys):
+def test_predict_without_model_prints_v9s_recorded_uncertainty(capsys):
     from uncertain_repr.cli import main
 
     assert main(["predict", "--json", str(REPO_ROOT / "examples" / "images" / "chelsea.png")]) == 0
     row = json.loads(capsys.readouterr().out)
-    recorded = json.loads((REPO_ROOT / "tests" / "data" / "efficientnet_lite0_pvu_v8_sample_uncertainties.json").read_text())
+    recorded = json.loads((REPO_ROOT / "tests" / "data" / "efficientnet_lite0_pvu_v9_sample_uncertainties.json").read_text())
     assert row["uncertainty"] == pytest.approx(recorded["chelsea.png"], abs=1e-4)
 
 
@@ -121,7 +143,8 @@ SHIPPED = [name for name in ur.list_pretrained() if get_pretrained(name).package
 
 
 def test_every_lite0_version_ships_in_the_package():
-    assert SHIPPED == ["efficientnet_lite0.pvu", NAME, "efficientnet_lite0.pvu_v3", "efficientnet_lite0.pvu_v8"]
+    assert SHIPPED == ["efficientnet_lite0.pvu", NAME, "efficientnet_lite0.pvu_v3", "efficientnet_lite0.pvu_v8",
+                       "efficientnet_lite0.pvu_v9"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -182,7 +205,7 @@ def test_full_evaluation_scores_whole_splits_with_the_shipped_models_alone(tmp_p
         _run_recipe([*stage, "--full"], data, out)
     table = (out / "score_full.md").read_text()
     assert "**soft/cifar10h** (5 images" in table  # 10,000 x 0.0005; the capped set would be 2,000 x 0.0005 -> 4
-    assert "| pvu_v8 (shipped default) |" in table and "| pvu_v3 |" in table and "| class-entropy |" in table
+    assert "| pvu_v9 (shipped default) |" in table and "| pvu_v8 |" in table and "| pvu_v3 |" in table and "| class-entropy |" in table
     assert not (out / "eval").exists() and (out / "eval_full" / "soft_cifar10h.npz").is_file()
 
 
@@ -383,7 +406,7 @@ def test_halves_selects_on_S_and_score_reports_on_R(recipe, tmp_path):
         assert selection["selected"].endswith(f".c{chosen:.1f}") and chosen < 1
     _run_recipe(["score", "--full", "--half", "R", "--heads", "h8", "--resamples", "20"], tmp_path, out)
     table = (out / "score_R_full.md").read_text()
-    assert "**soft/imagenet_val1300** (60 images, report half R" in table and "| pvu_v8 (shipped default) |" in table
+    assert "**soft/imagenet_val1300** (60 images, report half R" in table and "| pvu_v9 (shipped default) |" in table
 
 
 @pytest.mark.slow
@@ -400,3 +423,47 @@ def test_halves_refuses_a_selection_half_where_a_metric_is_undefined(tmp_path):
                             env=env, cwd=REPO_ROOT)
     assert result.returncode != 0 and "soft/cifar10h: undefined on the selection half S: embed-norm rcorr_entropy" in result.stderr
     assert not (out / "heads" / "selection.json").exists()
+
+
+def test_choose_prototype_takes_the_best_passing_score_and_breaks_ties_towards_no_term(recipe):
+    g = lambda score, c, p, guards=True: {"score": score, "correction": c, "prototype": p, "guards": guards}  # noqa: E731
+    grid = {"a": g(0.9, 0.0, 2.0, guards=False), "b": g(0.010, 0.5, 1.0), "c": g(0.00995, 0.5, 0.5),
+            "d": g(0.00992, 1.0, 0.5), "e": g(-0.0002, 0.5, 0.0)}
+    assert recipe.choose_prototype(grid) == (1.0, 0.5)  # b, c, d tie; the smallest weight, then the larger correction
+    grid["d"]["score"] = 0.0098
+    assert recipe.choose_prototype(grid) == (0.5, 0.5)
+    assert recipe.choose_prototype({"a": g(1.0, 0.0, 1.0, guards=False)}) is None
+
+
+@pytest.mark.slow
+def test_prototype_stage_scores_the_grid_on_S_against_sklearn(recipe, tmp_path):
+    """``prototype`` on made-up whole splits: the grid is correction x prototype weight, the prototype-cosine
+    diagnostic's S R-AUROC equals sklearn's on independently found S rows, and the (0.5, 0) cell is v8's head."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics.pairwise import cosine_similarity
+    from sklearn.neighbors import NearestNeighbors
+
+    from uncertain_repr.benchmark.scoring import seeded_subset
+
+    out = tmp_path / "run"
+    (out / "eval_full").mkdir(parents=True)
+    sizes = {"soft/imagenet_val1300": 120, "soft/cifar10h": 160, "idx/fashion_mnist": 140}
+    for k, (name, n) in enumerate(sizes.items()):
+        _synthetic_eval_split(out / "eval_full" / f"{name.replace('/', '_')}.npz", n, seed=k, soft=name == "soft/cifar10h")
+    _run_recipe(["prototype", "--heads", "h9"], tmp_path, out)
+    selection = json.loads((out / "h9" / "selection.json").read_text())
+    assert len(selection["grid"]) == len(recipe.PROTOTYPE_CORRECTIONS) * len(recipe.PROTOTYPES) == 15
+    z = dict(np.load(out / "eval_full" / "idx_fashion_mnist.npz"))
+    rows = seeded_subset(np.arange(140), 70, seed=0, dataset="idx/fashion_mnist", purpose="selection-half")
+    emb, labels, logits = z["embeddings"][rows], z["labels"][rows], z["logits"][rows]
+    _, nn = NearestNeighbors(n_neighbors=2, metric="cosine").fit(emb).kneighbors(emb)
+    weight = ur.load_model("efficientnet_lite0.pvu_v3").classifier.weight.detach().numpy()
+    proto = 1 - cosine_similarity(emb.astype(np.float64), weight.astype(np.float64))[np.arange(70), logits.argmax(1)]
+    got = selection["metrics_S"]["idx/fashion_mnist"]
+    assert got["prototype-cosine"]["R-AUROC"] == pytest.approx(roc_auc_score(labels[nn[:, 1]] != labels, proto), abs=1e-6)
+    v8 = ur.load_model("efficientnet_lite0.pvu_v8").method
+    with torch.no_grad():
+        v8_unc = v8.uncertainty(torch.from_numpy(emb), torch.from_numpy(logits)).numpy()
+    assert got["c0.5.p0"]["R-AUROC"] == pytest.approx(roc_auc_score(labels[nn[:, 1]] != labels, v8_unc), abs=1e-6)
+    chosen = recipe.choose_prototype(selection["grid"])
+    assert selection["selected"] is None or selection["selected"].endswith(f".c{chosen[0]:.1f}.p{chosen[1]:g}")

@@ -264,7 +264,7 @@ def _create_timm(name: str, pretrained: Union[bool, str, None], backbone_args: D
             f"pretrained=True: timm's weights for {name!r} are not in the Hugging Face cache and cannot be "
             f"downloaded here (offline, or HF_HUB_OFFLINE=1): {type(err).__name__}: {err}\n"
             "Download them once with network access, pass pretrained=False (random weights), or use "
-            "ur.load_model('efficientnet_lite0.pvu_v8') (trained, offline)."
+            "ur.load_model('efficientnet_lite0.pvu_v9') (trained, offline)."
         ) from err
     if isinstance(pretrained, str):
         from .backbone_weights import load_backbone_weights
@@ -358,7 +358,7 @@ class Uncertainizer(nn.Module):
                     f"Uncertainizer({backbone!r}) without pretrained= has a RANDOMLY INITIALISED backbone: its "
                     "embeddings and uncertainties are meaningless. Pass pretrained=True (timm's weights), "
                     "pretrained='<package weights>', or pretrained=False to train from scratch (no warning); "
-                    "ur.load_model('efficientnet_lite0.pvu_v8') is a trained model that works offline.",
+                    "ur.load_model('efficientnet_lite0.pvu_v9') is a trained model that works offline.",
                     UserWarning,
                     stacklevel=2,
                 )

@@ -222,7 +222,10 @@ for _version, _method, _trained_on, _description, _head_from in (
      "use-like views per ImageNet photo and selected on 300 held-out photos", None),
     ("pvu_v8", "pred-net-logits", "700 ImageNet photos and Tiny ImageNet",
      "v3's head with its correction halved (0.5, selected on seeded halves of the evaluation splits that are "
-     "never reported); the default of `predict`", "pvu_v3"),  # v3's head file, its own config (correction 0.5)
+     "never reported)", "pvu_v3"),  # v3's head file, its own config (correction 0.5)
+    ("pvu_v9", "pred-net-logits", "700 ImageNet photos and Tiny ImageNet",
+     "v8 plus a prototype-cosine term (0.5 x the distance of the embedding to its predicted class's classifier "
+     "row, selected on the same seeded halves); the default of `predict`", "pvu_v3"),  # v3's head file again
 ):
     register_pretrained(_lite0_entry(_version, _method, _trained_on, _description, _head_from))
 del _version, _method, _trained_on, _description, _head_from

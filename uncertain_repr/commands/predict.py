@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import torch
 
 HELP = "print the embedding norm and uncertainty of each image"
-DEFAULT_MODEL = "efficientnet_lite0.pvu_v8"
+DEFAULT_MODEL = "efficientnet_lite0.pvu_v9"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ only a correction from the embedding and the logit statistics.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from ._registry import register_method
 from .base import UncertaintyMethod
 from .baselines import softmax_entropy
 from .pred_net import hidden_layers
+from .prototype import classify_with_prototype
 
 EPS = 1e-6
 NUM_STATS = 3
@@ -63,11 +64,15 @@ class PredNetLogits(UncertaintyMethod):
     ``base_gain``) sets the base's scale against the ranking loss's margin. ``correction`` (a
     fixed argument, saved in the config; 1 while training) shrinks the learned correction towards
     the base: ``correction=0`` ranks exactly as the base, whatever the MLP's weights.
+    ``prototype`` (a fixed argument, default 0) adds ``prototype * scale * (1 - cos(e, w_k))``, the
+    :mod:`prototype-cosine <uncertain_repr.methods.prototype>` distance to the predicted class's
+    classifier weight row; it reads the classifier, so with ``prototype > 0`` call
+    ``method(embedding, classifier)`` (``uncertainty(embedding, logits)`` refuses).
 
     Args:
         width: hidden width. depth: number of hidden layers. base: see :data:`BASES`. inputs: see :data:`INPUTS`.
         base_gain: initial ``gain``. correction: weight of the MLP's output, in [0, 1].
-        negative_slope: LeakyReLU slope.
+        negative_slope: LeakyReLU slope. prototype: weight (>= 0) of the prototype-cosine term.
     """
 
     needs_logits = True
@@ -84,6 +89,7 @@ class PredNetLogits(UncertaintyMethod):
         correction: float = 1.0,
         negative_slope: float = 0.01,
         inputs: str = "embedding",
+        prototype: float = 0.0,
     ) -> None:
         super().__init__(embed_dim, num_classes)
         if width < 1 or depth < 0:
@@ -94,9 +100,12 @@ class PredNetLogits(UncertaintyMethod):
             raise ValueError(f"inputs must be one of {sorted(INPUTS)}, got {inputs!r}")
         if not 0.0 <= correction <= 1.0:
             raise ValueError(f"correction must be in [0, 1], got {correction}")
+        if not prototype >= 0.0 or prototype == float("inf"):
+            raise ValueError(f"prototype must be a finite number >= 0, got {prototype}")
         self.base = base
         self.correction = float(correction)
         self.inputs = inputs
+        self.prototype = float(prototype)
         layers, in_dim = hidden_layers(INPUT_DIMS[inputs](embed_dim), width, depth, negative_slope)
         last = nn.Linear(in_dim, 1)
         nn.init.zeros_(last.weight)
@@ -106,6 +115,14 @@ class PredNetLogits(UncertaintyMethod):
         self.register_buffer("scale", torch.ones(()))
 
     def uncertainty(self, embedding: torch.Tensor, logits: Optional[torch.Tensor]) -> torch.Tensor:
+        if self.prototype:
+            raise ValueError(
+                f"pred-net-logits with prototype={self.prototype} needs the classifier's weights: "
+                "call method(embedding, classifier)"
+            )
+        return self._head(embedding, logits)
+
+    def _head(self, embedding: torch.Tensor, logits: Optional[torch.Tensor]) -> torch.Tensor:
         if logits is None:
             raise ValueError("pred-net-logits needs the classifier's logits")
         stats = logit_stats(logits)
@@ -113,5 +130,13 @@ class PredNetLogits(UncertaintyMethod):
         raw = self.gain * BASES[self.base](stats) + self.correction * self.net(features).squeeze(-1)
         return (nn.functional.softplus(raw) + EPS) * self.scale
 
+    def forward(
+        self, embedding: torch.Tensor, classifier: Optional[nn.Module], *, stopgrad: bool = False
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if not self.prototype:
+            return super().forward(embedding, classifier, stopgrad=stopgrad)
+        source, distance, logits = classify_with_prototype(embedding, classifier, stopgrad=stopgrad)
+        return self._head(*source) + self.prototype * self.scale * distance, logits
+
     def extra_repr(self) -> str:
-        return f"base={self.base!r}, inputs={self.inputs!r}, correction={self.correction}"
+        return f"base={self.base!r}, inputs={self.inputs!r}, correction={self.correction}, prototype={self.prototype}"
