@@ -98,3 +98,19 @@ def test_a_model_with_the_term_saves_and_loads_with_the_same_uncertainties(tmp_p
                                    0.5 * _reference(emb, model.classifier), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(model(embedding=emb).uncertainty, unc)  # cached embeddings: the same path
     assert model.config["method_args"]["prototype"] == 0.5
+
+
+def test_benchmark_scores_prototype_cosine_beside_the_models_own_method():
+    """``benchmark --methods pred-net-logits,prototype-cosine``: the added free method reads the model's classifier."""
+    from uncertain_repr.benchmark.collect import collect, resolve_methods
+
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 12))
+    model = ur.Uncertainizer(backbone, "pred-net-logits", classifier=nn.Linear(12, 7), width=8, prototype=0.5).eval()
+    methods = resolve_methods(model, ["pred-net-logits", "prototype-cosine"])
+    x = torch.randn(6, 3, 8, 8)
+    batch = {"image": x, "label": torch.arange(6) % 7, "index": torch.arange(6)}
+    out = collect(model, methods, [batch], dataset="toy", keep_logits=True, device=torch.device("cpu"))
+    with torch.no_grad():
+        emb, unc = model(x)
+    np.testing.assert_allclose(out.uncertainties[1], _reference(emb, model.classifier), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.uncertainties[0], unc.numpy(), rtol=1e-6)
