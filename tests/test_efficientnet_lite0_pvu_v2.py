@@ -335,6 +335,18 @@ def _synthetic_eval_split(path, n: int, seed: int, soft: bool) -> None:
     np.savez(path, **arrays)
 
 
+SYNTHETIC_SIZES = {"soft/imagenet_val1300": 120, "soft/cifar10h": 160, "idx/fashion_mnist": 140}
+
+
+def _synthetic_whole_splits(tmp_path):
+    """(``OUT``, sizes): made-up ``embed --full`` files of every evaluation set under ``OUT/eval_full``."""
+    out = tmp_path / "run"
+    (out / "eval_full").mkdir(parents=True)
+    for k, (name, n) in enumerate(SYNTHETIC_SIZES.items()):
+        _synthetic_eval_split(out / "eval_full" / f"{name.replace('/', '_')}.npz", n, seed=k, soft=name == "soft/cifar10h")
+    return out, SYNTHETIC_SIZES
+
+
 def test_halves_never_share_an_image_and_cover_the_split(recipe, tmp_path):
     _synthetic_eval_split(tmp_path / "x.npz", 101, seed=0, soft=False)
     s, r = (recipe._eval_arrays(tmp_path / "x.npz", "soft/cifar10h", half) for half in ("S", "R"))
@@ -383,11 +395,7 @@ def test_halves_selects_on_S_and_score_reports_on_R(recipe, tmp_path):
 
     from uncertain_repr.benchmark.scoring import seeded_subset
 
-    out = tmp_path / "run"
-    (out / "eval_full").mkdir(parents=True)
-    sizes = {"soft/imagenet_val1300": 120, "soft/cifar10h": 160, "idx/fashion_mnist": 140}
-    for k, (name, n) in enumerate(sizes.items()):
-        _synthetic_eval_split(out / "eval_full" / f"{name.replace('/', '_')}.npz", n, seed=k, soft=name == "soft/cifar10h")
+    out, sizes = _synthetic_whole_splits(tmp_path)
     _run_recipe(["halves", "--heads", "h8"], tmp_path, out)
     selection = json.loads((out / "h8" / "selection.json").read_text())
     assert selection["images_S"] == {name: n // 2 for name, n in sizes.items()} and len(selection["grid"]) == 11
@@ -445,11 +453,7 @@ def test_prototype_stage_scores_the_grid_on_S_against_sklearn(recipe, tmp_path):
 
     from uncertain_repr.benchmark.scoring import seeded_subset
 
-    out = tmp_path / "run"
-    (out / "eval_full").mkdir(parents=True)
-    sizes = {"soft/imagenet_val1300": 120, "soft/cifar10h": 160, "idx/fashion_mnist": 140}
-    for k, (name, n) in enumerate(sizes.items()):
-        _synthetic_eval_split(out / "eval_full" / f"{name.replace('/', '_')}.npz", n, seed=k, soft=name == "soft/cifar10h")
+    out, sizes = _synthetic_whole_splits(tmp_path)
     _run_recipe(["prototype", "--heads", "h9"], tmp_path, out)
     selection = json.loads((out / "h9" / "selection.json").read_text())
     assert len(selection["grid"]) == len(recipe.PROTOTYPE_CORRECTIONS) * len(recipe.PROTOTYPES) == 15
