@@ -597,7 +597,9 @@ def cmd_ship(args) -> None:
         description=(
             "A frozen EfficientNet-Lite0 (ImageNet-1k) and its classifier, with a pred-net-logits head (a residual "
             f"on the classifier's softmax, from the embedding and logit statistics) trained with {loss} on "
-            f"use-like views of {recipe.photo_count(False)} ImageNet photos and on Tiny ImageNet."
+            f"use-like views of {recipe.photo_count(False)} ImageNet photos and on Tiny ImageNet"
+            + (f", plus {margs['prototype']:g} x scale x the prototype-cosine distance (1 - cosine of the embedding and "
+               "the predicted class's classifier row)." if margs.get("prototype") else ".")
         ),
         license="apache-2.0",
         license_note=(
