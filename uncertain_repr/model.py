@@ -25,6 +25,7 @@ from ._validation import (
     normalised_range,
 )
 from .methods import UncertaintyMethod, create_method, get_method_class
+from .methods.base import CLASSIFIER_PASS_THROUGH
 
 PARTS = ("backbone", "classifier", "method")
 #: keys (or attributes) of a dict-like backbone output (Hugging Face ``ModelOutput``, ...) taken as
@@ -32,8 +33,6 @@ PARTS = ("backbone", "classifier", "method")
 EMBEDDING_KEYS = ("pooler_output", "image_embeds", "embedding")
 #: names of a plain module's last child that suggest ``backbone(x)`` returns logits, not features
 CLASSIFIER_NAMES = ("fc", "classifier", "head", "linear")
-#: layers a classifier may start or end with around its ``nn.Linear`` (widths read through them)
-_PASS_THROUGH = (nn.Dropout, nn.Identity, nn.Flatten)
 
 
 @dataclass
@@ -91,7 +90,7 @@ def _linear_width(classifier: Optional[nn.Module], end: str) -> Optional[int]:
     for layer in layers:
         if isinstance(layer, nn.Linear):
             return layer.in_features if end == "in" else layer.out_features
-        if not isinstance(layer, _PASS_THROUGH):
+        if not isinstance(layer, CLASSIFIER_PASS_THROUGH):
             return None
     return None
 

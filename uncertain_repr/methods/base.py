@@ -7,6 +7,10 @@ from typing import ClassVar, Optional, Tuple
 import torch
 from torch import nn
 
+#: layers a classifier may have around its ``nn.Linear`` without changing what the Linear sees in eval mode
+#: (its widths are read through them, and its weight rows are directions in the embedding space)
+CLASSIFIER_PASS_THROUGH = (nn.Dropout, nn.Identity, nn.Flatten)
+
 
 class UncertaintyMethod(nn.Module):
     """Computes one uncertainty per sample from an embedding ``[B, D]`` (and the classifier).
