@@ -709,21 +709,19 @@ def choose_correction(grid: Dict[str, dict]) -> Optional[float]:
 
 def _at(head, c: float, prototype: float, linear) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``(embeddings [N, D], logits [N, C]) -> [N]``: the pred-net-logits ``head`` at correction ``c`` plus
-    ``prototype * scale * (1 - cos(e, w_k))`` with the classifier's ``linear`` (what the method's forward adds), from
-    the stored logits."""
+    ``prototype * scale * (1 - cos(e, w_k))`` with the classifier's ``linear``, from the stored logits."""
     def uncertainty(embeddings: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        head.correction, head.prototype = c, 0.0
-        u = head.uncertainty(embeddings, logits)
-        head.prototype = prototype
-        return u + prototype * head.scale * prototype_distance(embeddings, logits, linear) if prototype else u
+        head.correction, head.prototype = c, prototype
+        return head.uncertainty_with_linear(embeddings, logits, linear)
 
     return uncertainty
 
 
 def _stored(head, linear) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``head``'s uncertainty from the stored arrays (with its prototype term, if it has one; see :func:`_at`)."""
-    prototype = getattr(head, "prototype", 0.0)
-    return _at(head, head.correction, prototype, linear) if prototype else head.uncertainty
+    if getattr(head, "prototype", 0.0):
+        return lambda embeddings, logits: head.uncertainty_with_linear(embeddings, logits, linear)
+    return head.uncertainty
 
 
 def _selection_metrics(args, heads: Dict[str, Callable]) -> tuple:
@@ -747,10 +745,10 @@ def _selection_metrics(args, heads: Dict[str, Callable]) -> tuple:
     return metrics, sizes
 
 
-def _write_v3_selection(out: Path, report: dict, correction: float, prototype: float) -> None:
-    """Write ``selection.json`` with, when ``report["selected"]``, v3's weights under that name at these arguments."""
+def _write_v3_selection(out: Path, report: dict, v3, correction: float, prototype: float) -> None:
+    """Write ``selection.json`` with, when ``report["selected"]``, the ``v3`` model's head weights under that name at
+    these arguments."""
     if report["selected"]:
-        v3 = ur.load_model(V3)
         torch.save(v3.method.state_dict(), out / "v3.pt")
         margs = {**v3.config["method_args"], "correction": correction}
         report["heads"][report["selected"]] = {"score": report["grid"][report["selected_key"]]["score"], "weights": "v3",
@@ -777,7 +775,7 @@ def cmd_halves(args) -> None:
     report = {"rule": "halves", "default_rule": True, "images_S": sizes, "grid": grid, "metrics_S": metrics,
               "selected": f"pnl-maxprob-losspred.avg3.c{chosen:.1f}" if ships else None,
               "selected_key": f"c{chosen:.1f}" if ships else None, "heads": {}}
-    _write_v3_selection(out, report, chosen, 0.0)
+    _write_v3_selection(out, report, v3, chosen, 0.0)
 
 
 # ------------------------------------------------------------------------------------------ ninth attempt: prototype
@@ -820,7 +818,7 @@ def cmd_prototype(args) -> None:
     report = {"rule": "halves", "default_rule": True, "images_S": sizes, "grid": grid, "metrics_S": metrics,
               "selected": f"pnl-maxprob-losspred.avg3.{key}" if ships else None, "selected_key": key if ships else None,
               "heads": {}}
-    _write_v3_selection(out, report, *(chosen if ships else (0.0, 0.0)))
+    _write_v3_selection(out, report, v3, *(chosen if ships else (0.0, 0.0)))
 
 
 # ------------------------------------------------------------------------------------------ score
@@ -844,7 +842,8 @@ def cmd_score(args) -> None:
     chosen = out / args.heads / "selection.json"
     # no trained heads (`--heads shipped`): the shipped models alone
     selection = json.loads(chosen.read_text()) if chosen.is_file() else {"heads": {}, "default_rule": True}
-    heads = {"pvu v1 (shipped before)": ur.load_model(MODEL).method.eval()}
+    v1 = ur.load_model(MODEL)
+    heads = {"pvu v1 (shipped before)": v1.method.eval()}
     if selection.get("default_rule"):  # an attempt at replacing the default: against the shipped default too
         heads["pvu_v3"] = ur.load_model(V3).method.eval()
         heads["pvu_v8"] = ur.load_model(V8).method.eval()
@@ -853,7 +852,7 @@ def cmd_score(args) -> None:
              and (k.endswith(".seed0") or k == selection["selected"])]
     shown += [k for k in args.show.split(",") if k and k not in shown]
     heads.update({k: _head(k, out, args.heads) for k in shown})
-    linear = classifier_linear(ur.load_model(MODEL).classifier)  # the prototype-cosine term's weight rows
+    linear = classifier_linear(v1.classifier)  # the prototype-cosine term's weight rows
     lines, record = [], {}
     for name, (_, _, _, classify) in EVAL_SETS.items():
         path = _eval_name(args, "eval") / f"{name.replace('/', '_')}.npz"

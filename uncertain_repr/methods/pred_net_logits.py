@@ -17,7 +17,7 @@ from ._registry import register_method
 from .base import UncertaintyMethod
 from .baselines import softmax_entropy
 from .pred_net import hidden_layers
-from .prototype import classify_with_prototype
+from .prototype import classify, prototype_distance
 
 EPS = 1e-6
 NUM_STATS = 3
@@ -100,7 +100,7 @@ class PredNetLogits(UncertaintyMethod):
             raise ValueError(f"inputs must be one of {sorted(INPUTS)}, got {inputs!r}")
         if not 0.0 <= correction <= 1.0:
             raise ValueError(f"correction must be in [0, 1], got {correction}")
-        if not prototype >= 0.0 or prototype == float("inf"):
+        if not (math.isfinite(prototype) and prototype >= 0.0):
             raise ValueError(f"prototype must be a finite number >= 0, got {prototype}")
         self.base = base
         self.correction = float(correction)
@@ -135,8 +135,18 @@ class PredNetLogits(UncertaintyMethod):
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         if not self.prototype:
             return super().forward(embedding, classifier, stopgrad=stopgrad)
-        source, distance, logits = classify_with_prototype(embedding, classifier, stopgrad=stopgrad)
-        return self._head(*source) + self.prototype * self.scale * distance, logits
+        linear, source, source_logits, logits = classify(embedding, classifier, stopgrad=stopgrad)
+        return self.uncertainty_with_linear(source, source_logits, linear, detach=stopgrad), logits
+
+    def uncertainty_with_linear(
+        self, embedding: torch.Tensor, logits: torch.Tensor, linear: Optional[nn.Linear], *, detach: bool = False
+    ) -> torch.Tensor:
+        """Uncertainty ``[B]`` from ``embedding [B, D]``, ``logits [B, C]`` and the classifier's ``linear`` (read only
+        with ``prototype > 0``; ``detach``: without a gradient into its weight), e.g. on stored embeddings and logits."""
+        head = self._head(embedding, logits)
+        if not self.prototype:
+            return head
+        return head + self.prototype * self.scale * prototype_distance(embedding, logits, linear, detach=detach)
 
     def extra_repr(self) -> str:
         return f"base={self.base!r}, inputs={self.inputs!r}, correction={self.correction}, prototype={self.prototype}"

@@ -14,10 +14,7 @@ import torch
 from torch import nn
 
 from ._registry import register_method
-from .base import UncertaintyMethod
-
-#: layers a classifier may have around its ``nn.Linear`` without changing what the Linear sees in eval mode
-PASS_THROUGH = (nn.Dropout, nn.Identity, nn.Flatten)
+from .base import CLASSIFIER_PASS_THROUGH, UncertaintyMethod
 
 
 def classifier_linear(classifier: Optional[nn.Module]) -> nn.Linear:
@@ -26,7 +23,7 @@ def classifier_linear(classifier: Optional[nn.Module]) -> nn.Linear:
     directions in the embedding space)."""
     layers = list(classifier) if isinstance(classifier, nn.Sequential) else [classifier]
     linears = [layer for layer in layers if isinstance(layer, nn.Linear)]
-    if len(linears) != 1 or not all(isinstance(layer, (nn.Linear,) + PASS_THROUGH) for layer in layers):
+    if len(linears) != 1 or not all(isinstance(layer, (nn.Linear,) + CLASSIFIER_PASS_THROUGH) for layer in layers):
         raise ValueError(
             "prototype-cosine needs a classifier that is an nn.Linear (or an nn.Sequential of one around "
             f"dropout/identity/flatten layers), got {type(classifier).__name__ if classifier is not None else None}"
@@ -47,15 +44,16 @@ def prototype_distance(embedding: torch.Tensor, logits: torch.Tensor, linear: nn
     return 1.0 - nn.functional.cosine_similarity(embedding.float(), rows, dim=-1, eps=1e-12)
 
 
-def classify_with_prototype(
+def classify(
     embedding: torch.Tensor, classifier: Optional[nn.Module], *, stopgrad: bool = False
-) -> Tuple[Tuple[torch.Tensor, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """``((embedding, logits) for the uncertainty, distance [B], logits [B, C])``: the classifier's logits and
-    :func:`prototype_distance`; with ``stopgrad`` the pair and the distance are detached (the logits are not)."""
+) -> Tuple[nn.Linear, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(linear, embedding, logits, logits [B, C])``: the classifier's :func:`classifier_linear`, the embedding and
+    logits an uncertainty reads (detached with ``stopgrad``), and the logits with their gradient."""
     linear = classifier_linear(classifier)
     logits = classifier(embedding)
-    source = (embedding.detach(), logits.detach()) if stopgrad else (embedding, logits)
-    return source, prototype_distance(*source, linear, detach=stopgrad), logits
+    if stopgrad:
+        return linear, embedding.detach(), logits.detach(), logits
+    return linear, embedding, logits, logits
 
 
 @register_method("prototype-cosine")
@@ -71,5 +69,5 @@ class PrototypeCosine(UncertaintyMethod):
     def forward(
         self, embedding: torch.Tensor, classifier: Optional[nn.Module], *, stopgrad: bool = False
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        _, distance, logits = classify_with_prototype(embedding, classifier, stopgrad=stopgrad)
-        return distance, logits
+        linear, source, source_logits, logits = classify(embedding, classifier, stopgrad=stopgrad)
+        return prototype_distance(source, source_logits, linear, detach=stopgrad), logits
