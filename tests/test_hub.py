@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import huggingface_hub
@@ -328,6 +329,26 @@ def test_package_files_entry(saved, monkeypatch):
     monkeypatch.setitem(pretrained._PRETRAINED, entry.name, entry)
     assert_same_model(saved[0], ur.load_model("demo.pkg"), images(saved[0]))
 
+
+
+def test_a_folder_named_like_a_registered_model_is_not_loaded_silently(saved, tmp_path, monkeypatch):
+    """The registered name wins (timm's rule) with a warning naming the folder; './name' loads the folder."""
+    package_dir = Path(hub.__file__).parent
+    entry = pretrained.PretrainedEntry(
+        name="demo.pkg", architecture="test_vit", num_classes=1000, embed_dim=64,
+        package_files=os.path.relpath(saved[1], package_dir),
+    )
+    monkeypatch.setitem(pretrained._PRETRAINED, entry.name, entry)
+    own = ur.Uncertainizer("test_vit", "embed-norm").eval()
+    own.save_pretrained(tmp_path / "demo.pkg")
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match=r"'demo.pkg' is a registered model and also a folder in .*'./demo.pkg'"):
+        registered = ur.load_model("demo.pkg")
+    assert_same_model(saved[0], registered, images(saved[0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in ("./demo.pkg", "local-dir:demo.pkg", tmp_path / "demo.pkg"):
+            assert_same_model(own, ur.load_model(name), images(own))
 
 
 def test_head_from_entry_loads_another_entrys_head_checked_by_its_own_config(saved, tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ import re
 import shutil
 import tempfile
 import uuid
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -650,6 +651,9 @@ def resolve_checkpoint(
     if text.startswith(HUB_PREFIX):
         return _download(text[len(HUB_PREFIX) :], revision, cache_dir)
     if isinstance(name_or_path, str) and is_pretrained(text):
+        if Path(text).is_dir():  # the registered name wins (timm's rule); say so, the folder may be the user's own
+            warnings.warn(f"{text!r} is a registered model and also a folder in {Path.cwd()}; loading the registered "
+                          f"model (write './{text}' or '{LOCAL_PREFIX}{text}' for the folder)", stacklevel=3)
         entry = get_pretrained(text)
         if entry.hf_hub_id is not None:
             return _download(entry.hf_hub_id, revision, cache_dir)
