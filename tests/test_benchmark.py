@@ -211,7 +211,7 @@ def test_bad_input_gives_clear_errors(tmp_path):
         benchmark.run(tiny_model(), ["soft/cifar10h"], progress=False)
     with pytest.raises(ValueError, match="method pred-net has weights that the model does not carry"):
         benchmark.run(tiny_model(), datasets(), methods=["embed-norm", "pred-net"], progress=False)
-    with pytest.raises(ValueError, match="pass out="):
+    with pytest.raises(ValueError, match=r"pass out= \(a folder; --out on the command line\)"):
         benchmark.run(tiny_model(), datasets(), save_embeddings=True, progress=False)
     with pytest.raises(ValueError, match="classify names datasets that are not evaluated"):
         benchmark.run(tiny_model(), datasets(), classify=["c"], progress=False)

@@ -111,7 +111,7 @@ def test_killed_run_resumes_to_bitwise_identical_weights(cached, tmp_path):
     reads_per_epoch = len(data) // 8 * 8
     with pytest.raises(KeyboardInterrupt):  # dies in the middle of the third epoch
         fit(killed, NoBackbone(data, crash_at=2 * reads_per_epoch + 20), config, output_dir=tmp_path / "b")
-    with pytest.raises(FileExistsError, match="resume=True"):
+    with pytest.raises(FileExistsError, match=r"pass resume=True \(--resume on the command line\) to continue it"):
         fit(copy.deepcopy(base), data, config, output_dir=tmp_path / "b")
     resumed = copy.deepcopy(base)  # a fresh process: weights come from resume.pt
     result = fit(resumed, data, config.replace(resume=True), output_dir=tmp_path / "b")

@@ -327,7 +327,7 @@ def run(
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
         raise ValueError(f"bootstrap must be an int >= 0 (resamples; 0 = off), got {bootstrap!r}")
     if (save_embeddings or plots) and out is None:
-        raise ValueError("save_embeddings and plots write files: pass out= (a folder)")
+        raise ValueError("save_embeddings and plots write files: pass out= (a folder; --out on the command line)")
     if upstream_split is not None and not isinstance(upstream, str):
         given = "no upstream set is given" if upstream is None else "the upstream set is a (name, dataset) pair"
         raise ValueError(f"upstream_split={upstream_split!r} (--upstream-split) is the split of an upstream set named by "
@@ -530,7 +530,7 @@ def recompute(npz_dir: PathLike, *, out: Optional[PathLike] = None, plots: bool 
     original = manifest["result"]
     if plots:
         if out is None:
-            raise ValueError("plots write files: pass out= (a folder)")
+            raise ValueError("plots write files: pass out= (a folder; --out on the command line)")
         from .plots import PlotData, require_matplotlib
 
         require_matplotlib()

@@ -399,8 +399,8 @@ def _fit(
     resume_path = None if output is None else output / RESUME_FILE
     if resume_path is not None and resume_path.exists():
         if not config.resume:
-            raise FileExistsError(f"{output} already holds a run; pass resume=True to continue it, "
-                                  "or choose another output folder")
+            raise FileExistsError(f"{output} already holds a run; pass resume=True (--resume on the command line) "
+                                  "to continue it, or choose another output folder")
         state = load_resume(resume_path)
         check_resume_config(resume_path, state["config"], config.to_dict(), saved_world=len(state["rng"]), world=world)
         load_trained_state(model, state["model"])
