@@ -821,6 +821,44 @@ def cmd_prototype(args) -> None:
     _write_v3_selection(out, report, v3, *(chosen if ships else (0.0, 0.0)))
 
 
+# ------------------------------------------------------------------------------------------ after v9: signals
+def _margin(logits: torch.Tensor) -> torch.Tensor:
+    """``1 - (p_1 - p_2)`` ``[N]``: one minus the gap between the two largest class probabilities."""
+    top = logits.float().softmax(-1).topk(2, dim=-1).values
+    return 1 - (top[:, 0] - top[:, 1])
+
+
+SIGNALS = {  # per-image scores of the same pass, higher = more uncertain; checked on S after v9, never candidates
+    "margin": lambda e, z: _margin(z),
+    "gini": lambda e, z: 1 - z.float().softmax(-1).square().sum(-1),
+    "embedding-max": lambda e, z: e.float().max(-1).values,
+    "near-zero-features": lambda e, z: (e.float() < 0.05).float().mean(-1),
+    "l1-over-l2": lambda e, z: e.float().abs().sum(-1) / e.float().norm(dim=-1),
+}
+SIGNAL_BLENDS = (0.2, 0.5, 1.0)  # weights w of v9 + w * embedding-max / 6 (6: the bound of the backbone's ReLU6)
+
+
+@torch.no_grad()
+def cmd_signals(args) -> None:
+    """After v9: the point metrics on the selection halves ``S`` of the per-image :data:`SIGNALS`, of v9 and of v9
+    plus the embedding's largest feature (:data:`SIGNAL_BLENDS`) beside the free baselines, into
+    ``OUT/signals_S.json`` and a markdown table. Nothing is selected or shipped."""
+    v9 = ur.load_model(SHIPPED_DEFAULT).eval()
+    linear = classifier_linear(v9.classifier)
+    heads = {**SIGNALS, "prototype-cosine": lambda e, z: free_uncertainty("prototype-cosine", e, z, linear),
+             "v9": _stored(v9.method, linear)}
+    heads.update({f"v9+{w:g}*embedding-max/6": lambda e, z, w=w: heads["v9"](e, z) + w * SIGNALS["embedding-max"](e, z) / 6
+                  for w in SIGNAL_BLENDS})
+    metrics, sizes = _selection_metrics(args, heads)
+    (Path(args.out) / "signals_S.json").write_text(json.dumps({"images_S": sizes, "metrics_S": metrics}, indent=1))
+    print("| score | " + " | ".join(f"{s} {col}" for s, col in GOAL) + " | halves_score | guards |")
+    print("|---" * (len(GOAL) + 3) + "|")
+    for name in (*FREE, *heads):
+        score, guards = halves_score(metrics, name)
+        print(f"| {name} | " + " | ".join(f"{metrics[s][name][col]:.4f}" for s, col in GOAL)
+              + f" | {score:+.4f} | {'pass' if guards else 'fail'} |")
+
+
 # ------------------------------------------------------------------------------------------ score
 def _ci_metrics(u: np.ndarray, uc: np.ndarray, arrays: Dict[str, np.ndarray], n: int) -> Dict[str, tuple]:
     from uncertain_repr.metrics import auroc, bootstrap_ci, rcorr_entropy
@@ -895,7 +933,7 @@ def cmd_score(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=("views", "embed", "train", "blend", "refit", "halves", "prototype", "ship", "score"))
+    parser.add_argument("stage", choices=("views", "embed", "train", "blend", "refit", "halves", "prototype", "signals", "ship", "score"))
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--out", required=True)
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of every image count (smoke runs)")
@@ -915,7 +953,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     {"views": cmd_views, "embed": cmd_embed, "train": cmd_train, "blend": cmd_blend, "refit": cmd_refit,
-     "halves": cmd_halves, "prototype": cmd_prototype, "ship": cmd_ship, "score": cmd_score}[args.stage](args)
+     "halves": cmd_halves, "prototype": cmd_prototype, "signals": cmd_signals, "ship": cmd_ship, "score": cmd_score}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -471,3 +471,32 @@ def test_prototype_stage_scores_the_grid_on_S_against_sklearn(recipe, tmp_path):
     assert got["c0.5.p0"]["R-AUROC"] == pytest.approx(roc_auc_score(labels[nn[:, 1]] != labels, v8_unc), abs=1e-6)
     chosen = recipe.choose_prototype(selection["grid"])
     assert selection["selected"] is None or selection["selected"].endswith(f".c{chosen[0]:.1f}.p{chosen[1]:g}")
+
+
+def test_signals_stage_scores_per_image_signals_on_S_against_sklearn(recipe, tmp_path):
+    """``signals`` on made-up whole splits: margin and embedding-max S R-AUROCs equal sklearn's on independently
+    found S rows and by-hand formulas; the blends are v9 plus w * max(e) / 6; nothing is shipped."""
+    from scipy.special import softmax
+    from sklearn.metrics import roc_auc_score
+    from sklearn.neighbors import NearestNeighbors
+
+    from uncertain_repr.benchmark.scoring import seeded_subset
+
+    out, _ = _synthetic_whole_splits(tmp_path)
+    _run_recipe(["signals"], tmp_path, out)
+    got = json.loads((out / "signals_S.json").read_text())["metrics_S"]["idx/fashion_mnist"]
+    z = dict(np.load(out / "eval_full" / "idx_fashion_mnist.npz"))
+    rows = seeded_subset(np.arange(140), 70, seed=0, dataset="idx/fashion_mnist", purpose="selection-half")
+    emb, labels, logits = z["embeddings"][rows], z["labels"][rows], z["logits"][rows]
+    _, nn = NearestNeighbors(n_neighbors=2, metric="cosine").fit(emb).kneighbors(emb)
+    wrong = labels[nn[:, 1]] != labels
+    top = np.sort(softmax(logits.astype(np.float64), axis=1), axis=1)[:, ::-1]
+    assert got["margin"]["R-AUROC"] == pytest.approx(roc_auc_score(wrong, 1 - (top[:, 0] - top[:, 1])), abs=1e-6)
+    assert got["embedding-max"]["R-AUROC"] == pytest.approx(roc_auc_score(wrong, emb.max(1)), abs=1e-6)
+    v9 = ur.load_model("efficientnet_lite0.pvu_v9").eval()
+    with torch.no_grad():
+        v9_unc = v9.method.uncertainty_with_linear(torch.from_numpy(emb), torch.from_numpy(logits),
+                                                  recipe.classifier_linear(v9.classifier))
+    blend = v9_unc.numpy().astype(np.float64) + 0.5 * emb.max(1) / 6
+    assert got["v9+0.5*embedding-max/6"]["R-AUROC"] == pytest.approx(roc_auc_score(wrong, blend), abs=1e-6)
+    assert not (out / "heads").exists()
