@@ -1,4 +1,4 @@
-"""The recipes of `efficientnet_lite0.pvu_v2`, `_v3`, `_v8` and the unshipped v4-v7: frozen Lite0 passes once, heads trained on the arrays.
+"""The recipes of `efficientnet_lite0.pvu_v2`, `_v3`, `_v8`, `_v9` and the unshipped v4-v7: frozen Lite0 passes once, heads trained on the arrays.
 
     python scripts/efficientnet_lite0_pvu_v2.py views  --data DATA --out OUT   # training/selection views (cache.build)
     python scripts/efficientnet_lite0_pvu_v2.py embed  --data DATA --out OUT   # evaluation sets, once (+ crops, sharpness)
@@ -7,6 +7,7 @@
     python scripts/efficientnet_lite0_pvu_v2.py refit  --out OUT               # cross-fitting recipes (v5, v6) only
     python scripts/efficientnet_lite0_pvu_v2.py halves --out OUT               # v8: v3's correction, selected on halves S
     python scripts/efficientnet_lite0_pvu_v2.py prototype --out OUT            # v9: + a prototype-cosine term, on S
+    python scripts/efficientnet_lite0_pvu_v2.py signals --out OUT              # after v9: other per-image scores on S
     python scripts/efficientnet_lite0_pvu_v2.py ship   --out OUT [--dest DIR]  # write the selected head into the package
     python scripts/efficientnet_lite0_pvu_v2.py score  --out OUT               # tables with 95% bootstrap CIs
 
@@ -14,8 +15,8 @@ Training data (never an evaluation set): photos of ``tar/imagenet_sample1000`` (
 ``class_index % 10 != 0``; v3 and v4: the 700 with ``class_index % 10 >= 3``; v5 and v6: all 1000, 5-fold
 cross-fitting; see :data:`RECIPES`) in several "use-like" views, and Tiny ImageNet ``train``. Selection data: the
 other photos of ``tar/imagenet_sample1000`` (or the held-out fold, several views each) and Tiny ImageNet
-``validation``. Evaluation only: ``soft/imagenet_val1300``, ``soft/cifar10h``, ``idx/fashion_mnist``; v8 alone
-(``halves``) selects one number on a seeded half ``S`` of each and reports on the other half ``R``. Everything is
+``validation``. Evaluation only: ``soft/imagenet_val1300``, ``soft/cifar10h``, ``idx/fashion_mnist``; v8 and v9
+alone (``halves``, ``prototype``) select on a seeded half ``S`` of each and report on the other half ``R``. Everything is
 seeded; ``--scale`` shrinks every count for a smoke run.
 """
 
