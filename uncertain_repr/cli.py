@@ -123,12 +123,12 @@ def run_command(command: str, run: Callable[[], Optional[int]], *, resuming: boo
     and says how to resume (``resuming``: the run was started with ``--resume``). Warnings are one line
     each, ``uncertain-repr COMMAND: warning: ...``.
     """
-    def one_line_warning(message, category, filename, lineno, line=None) -> str:
-        return f"uncertain-repr {command}: warning: {message}\n"
+    def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"uncertain-repr {command}: warning: {message}", file=sys.stderr)
 
     try:
-        with warnings.catch_warnings():  # the format only: a caller's warnings.catch_warnings(record=True) still records
-            warnings.formatwarning = one_line_warning
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warning
             return int(run() or 0)
     except KeyboardInterrupt:
         hint = "rerun the same command to resume"
