@@ -7,7 +7,6 @@ import difflib
 import importlib
 import json
 import sys
-import warnings
 from typing import Any, Callable, Iterable, List, Optional, Sequence
 
 from .version import __version__
@@ -120,16 +119,10 @@ def run_command(command: str, run: Callable[[], Optional[int]], *, resuming: boo
     """Run ``command``'s ``run()`` and return its exit status; also what ``python -m uncertain_repr.train`` uses.
 
     User errors (:data:`USER_ERRORS`) exit with status 2 and one line on stderr; Ctrl-C exits with 130
-    and says how to resume (``resuming``: the run was started with ``--resume``). Warnings are one line
-    each, ``uncertain-repr COMMAND: warning: ...``.
+    and says how to resume (``resuming``: the run was started with ``--resume``).
     """
-    def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"uncertain-repr {command}: warning: {message}", file=sys.stderr)
-
     try:
-        with warnings.catch_warnings():
-            warnings.showwarning = one_line_warning
-            return int(run() or 0)
+        return int(run() or 0)
     except KeyboardInterrupt:
         hint = "rerun the same command to resume"
         if not resuming:

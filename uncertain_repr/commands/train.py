@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 
 HELP = "train an uncertainty method (e.g. pred-net on cached embeddings of a frozen backbone)"
@@ -14,12 +15,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_train_arguments(parser)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"uncertain-repr train: warning: {message}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     from .._validation import check_device
     from ..train.config import config_from_args
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = _one_line_warning
         config = config_from_args(args)
         if config.device:
             check_device(config.device, name="--device")
