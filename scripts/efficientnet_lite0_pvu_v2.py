@@ -38,6 +38,7 @@ from uncertain_repr import cache, data
 from uncertain_repr.benchmark.controls import random_uncertainty, sharpness_uncertainty
 from uncertain_repr.benchmark.scoring import seeded_subset
 from uncertain_repr.inference import frozen_inference
+from uncertain_repr.methods.pred_net_logits import logit_stats
 from uncertain_repr.methods.prototype import classifier_linear, prototype_distance
 
 MODEL = "efficientnet_lite0.pvu"  # backbone + classifier source (the head is not used for the arrays)
@@ -823,14 +824,8 @@ def cmd_prototype(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------ after v9: signals
-def _margin(logits: torch.Tensor) -> torch.Tensor:
-    """``1 - (p_1 - p_2)`` ``[N]``: one minus the gap between the two largest class probabilities."""
-    top = logits.float().softmax(-1).topk(2, dim=-1).values
-    return 1 - (top[:, 0] - top[:, 1])
-
-
 SIGNALS = {  # per-image scores of the same pass, higher = more uncertain; checked on S after v9, never candidates
-    "margin": lambda e, z: _margin(z),
+    "margin": lambda e, z: logit_stats(z)[:, 2],  # 1 - (p_1 - p_2)
     "gini": lambda e, z: 1 - z.float().softmax(-1).square().sum(-1),
     "embedding-max": lambda e, z: e.float().max(-1).values,
     "near-zero-features": lambda e, z: (e.float() < 0.05).float().mean(-1),
