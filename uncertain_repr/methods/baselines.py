@@ -43,6 +43,36 @@ class MaxProb(UncertaintyMethod):
         return 1.0 - torch.softmax(logits.float(), dim=-1).amax(dim=-1)
 
 
+def max_logit_pnorm(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """``1 - max_c z_c / ||z||_p`` ``[B]`` for ``logits [B, C]`` with ``z`` the logits minus their mean over
+    classes (MaxLogit-pNorm, Cattelan & Silva 2024), in ``[0, 1]``; 1 where every logit is equal."""
+    z = logits.float()
+    z = z - z.mean(dim=-1, keepdim=True)
+    return 1.0 - z.amax(dim=-1) / torch.linalg.vector_norm(z, ord=p, dim=-1).clamp_min(MIN_NORM)
+
+
+def check_pnorm_order(p: float, what: str) -> float:
+    """``p`` as a float; ``ValueError`` naming ``what`` unless it is a finite number >= 1 (a norm's order)."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not (math.isfinite(p) and p >= 1):
+        raise ValueError(f"{what} must be a finite number >= 1 (the order of a norm), got {p!r}")
+    return float(p)
+
+
+@register_method("max-logit-pnorm")
+class MaxLogitPNorm(UncertaintyMethod):
+    """``u = 1 - max_c z_c / ||z||_p``, ``z`` the logits minus their mean, in ``[0, 1]`` (:func:`max_logit_pnorm`)."""
+
+    needs_logits = True
+    needs_embed_dim = False
+
+    def __init__(self, embed_dim: Optional[int], num_classes: Optional[int] = 0, *, p: float = 4.0) -> None:
+        super().__init__(embed_dim, num_classes)
+        self.p = check_pnorm_order(p, "max-logit-pnorm: p")
+
+    def uncertainty(self, embedding: torch.Tensor, logits: Optional[torch.Tensor]) -> torch.Tensor:
+        return max_logit_pnorm(logits, self.p)
+
+
 @register_method("embed-norm")
 class EmbedNorm(UncertaintyMethod):
     """``u = 1 / max(||e||_2, 1e-12)``: a large embedding norm means certainty."""

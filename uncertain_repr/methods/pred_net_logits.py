@@ -15,7 +15,7 @@ from torch import nn
 
 from ._registry import register_method
 from .base import UncertaintyMethod
-from .baselines import softmax_entropy
+from .baselines import check_pnorm_order, max_logit_pnorm, softmax_entropy
 from .pred_net import hidden_layers
 from .prototype import classify, prototype_distance
 
@@ -67,12 +67,15 @@ class PredNetLogits(UncertaintyMethod):
     ``prototype`` (a fixed argument, default 0) adds ``prototype * scale * (1 - cos(e, w_k))``, the
     :mod:`prototype-cosine <uncertain_repr.methods.prototype>` distance to the predicted class's
     classifier weight row; it reads the classifier, so with ``prototype > 0`` call
-    ``method(embedding, classifier)`` (``uncertainty(embedding, logits)`` refuses).
+    ``method(embedding, classifier)`` (``uncertainty(embedding, logits)`` refuses). ``pnorm`` (a fixed argument,
+    default 0) adds ``pnorm * scale * (1 - max_c z_c / ||z||_p)``, the :func:`max-logit-pnorm
+    <uncertain_repr.methods.baselines.max_logit_pnorm>` score of order ``p = pnorm_p`` (logits minus their mean).
 
     Args:
         width: hidden width. depth: number of hidden layers. base: see :data:`BASES`. inputs: see :data:`INPUTS`.
         base_gain: initial ``gain``. correction: weight of the MLP's output, in [0, 1].
         negative_slope: LeakyReLU slope. prototype: weight (>= 0) of the prototype-cosine term.
+        pnorm: weight (>= 0) of the max-logit-pnorm term. pnorm_p: its norm's order (>= 1).
     """
 
     needs_logits = True
@@ -90,6 +93,8 @@ class PredNetLogits(UncertaintyMethod):
         negative_slope: float = 0.01,
         inputs: str = "embedding",
         prototype: float = 0.0,
+        pnorm: float = 0.0,
+        pnorm_p: float = 4.0,
     ) -> None:
         super().__init__(embed_dim, num_classes)
         if width < 1 or depth < 0:
@@ -106,6 +111,10 @@ class PredNetLogits(UncertaintyMethod):
         self.correction = float(correction)
         self.inputs = inputs
         self.prototype = float(prototype)
+        if not (math.isfinite(pnorm) and pnorm >= 0.0):
+            raise ValueError(f"pnorm must be a finite number >= 0, got {pnorm}")
+        self.pnorm = float(pnorm)
+        self.pnorm_p = check_pnorm_order(pnorm_p, "pnorm_p")
         layers, in_dim = hidden_layers(INPUT_DIMS[inputs](embed_dim), width, depth, negative_slope)
         last = nn.Linear(in_dim, 1)
         nn.init.zeros_(last.weight)
@@ -128,7 +137,10 @@ class PredNetLogits(UncertaintyMethod):
         stats = logit_stats(logits)
         features = INPUTS[self.inputs](embedding, stats).to(self.gain.dtype)  # stats are float32; the MLP may not be
         raw = self.gain * BASES[self.base](stats) + self.correction * self.net(features).squeeze(-1)
-        return (nn.functional.softplus(raw) + EPS) * self.scale
+        head = (nn.functional.softplus(raw) + EPS) * self.scale
+        if not self.pnorm:
+            return head
+        return head + self.pnorm * self.scale * max_logit_pnorm(logits, self.pnorm_p)
 
     def forward(
         self, embedding: torch.Tensor, classifier: Optional[nn.Module], *, stopgrad: bool = False
@@ -149,4 +161,5 @@ class PredNetLogits(UncertaintyMethod):
         return head + self.prototype * self.scale * prototype_distance(embedding, logits, linear, detach=detach)
 
     def extra_repr(self) -> str:
-        return f"base={self.base!r}, inputs={self.inputs!r}, correction={self.correction}, prototype={self.prototype}"
+        return (f"base={self.base!r}, inputs={self.inputs!r}, correction={self.correction}, prototype={self.prototype}, "
+                f"pnorm={self.pnorm}, pnorm_p={self.pnorm_p}")
