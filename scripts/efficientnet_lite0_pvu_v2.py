@@ -1,4 +1,4 @@
-"""The recipes of `efficientnet_lite0.pvu_v2`, `_v3`, `_v8`, `_v9` and the unshipped v4-v7: frozen Lite0 passes once, heads trained on the arrays.
+"""The recipes of `efficientnet_lite0.pvu_v2`, `_v3`, `_v8`, `_v9` and the unshipped v4-v7 and v10: frozen Lite0 passes once, heads trained on the arrays.
 
     python scripts/efficientnet_lite0_pvu_v2.py views  --data DATA --out OUT   # training/selection views (cache.build)
     python scripts/efficientnet_lite0_pvu_v2.py embed  --data DATA --out OUT   # evaluation sets, once (+ crops, sharpness)
@@ -8,6 +8,8 @@
     python scripts/efficientnet_lite0_pvu_v2.py halves --out OUT               # v8: v3's correction, selected on halves S
     python scripts/efficientnet_lite0_pvu_v2.py prototype --out OUT            # v9: + a prototype-cosine term, on S
     python scripts/efficientnet_lite0_pvu_v2.py signals --out OUT              # after v9: other per-image scores on S
+    python scripts/efficientnet_lite0_pvu_v2.py embed --validation --data DATA --out OUT   # v10's validation sets
+    python scripts/efficientnet_lite0_pvu_v2.py pnorm  --out OUT               # v10: + max-logit-pnorm, S + validation
     python scripts/efficientnet_lite0_pvu_v2.py ship   --out OUT [--dest DIR]  # write the selected head into the package
     python scripts/efficientnet_lite0_pvu_v2.py score  --out OUT               # tables with 95% bootstrap CIs
 
@@ -15,9 +17,10 @@ Training data (never an evaluation set): photos of ``tar/imagenet_sample1000`` (
 ``class_index % 10 != 0``; v3 and v4: the 700 with ``class_index % 10 >= 3``; v5 and v6: all 1000, 5-fold
 cross-fitting; see :data:`RECIPES`) in several "use-like" views, and Tiny ImageNet ``train``. Selection data: the
 other photos of ``tar/imagenet_sample1000`` (or the held-out fold, several views each) and Tiny ImageNet
-``validation``. Evaluation only: ``soft/imagenet_val1300``, ``soft/cifar10h``, ``idx/fashion_mnist``; v8 and v9
-alone (``halves``, ``prototype``) select on a seeded half ``S`` of each and report on the other half ``R``. Everything is
-seeded; ``--scale`` shrinks every count for a smoke run.
+``validation``. Evaluation only: ``soft/imagenet_val1300``, ``soft/cifar10h``, ``idx/fashion_mnist`` (``test``); v8 and
+v9 alone (``halves``, ``prototype``) select on a seeded half ``S`` of each and report on the other half ``R``; the
+unshipped v10 (``pnorm``) selected on ``S`` and on :data:`VALIDATION_SETS` (all of Tiny ImageNet ``validation``, 5,000
+seeded images of Fashion-MNIST ``train``). Everything is seeded; ``--scale`` shrinks every count for a smoke run.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from uncertain_repr import cache, data
 from uncertain_repr.benchmark.controls import random_uncertainty, sharpness_uncertainty
 from uncertain_repr.benchmark.scoring import seeded_subset
 from uncertain_repr.inference import frozen_inference
+from uncertain_repr.methods.baselines import max_logit_pnorm
 from uncertain_repr.methods.pred_net_logits import logit_stats
 from uncertain_repr.methods.prototype import classifier_linear, prototype_distance
 
@@ -171,6 +175,12 @@ EVAL_SETS = {  # name: (root under --data, split, max samples, classify)
 }
 
 
+VALIDATION_SETS = {  # attempt 10's validation data, neither training nor evaluation: same layout as EVAL_SETS
+    "tar/tiny_imagenet200": ("", "validation", None, True),  # 600 of its 10,000 images were v3's selection data
+    "idx/fashion_mnist": ("/usr/share/datasets", "train", 5000, False),
+}
+
+
 def _eval_name(args, stem: str) -> Path:
     """``OUT/<stem>`` for the capped sets of the card's tables, ``OUT/<stem>_full`` under ``--full`` (every image
     of each evaluation split): the folder ``embed`` writes and ``score`` reads (``eval``), and ``score``'s tables."""
@@ -180,9 +190,9 @@ def _eval_name(args, stem: str) -> Path:
 @torch.no_grad()
 def cmd_embed(args) -> None:
     model = ur.load_model(MODEL).eval().to(memory_format=torch.channels_last)
-    out = _eval_name(args, "eval")
+    out, sets = (Path(args.out) / "validation", VALIDATION_SETS) if args.validation else (_eval_name(args, "eval"), EVAL_SETS)
     out.mkdir(parents=True, exist_ok=True)
-    for name, (root, split, cap, _) in EVAL_SETS.items():
+    for name, (root, split, cap, _) in sets.items():
         if args.only and name not in args.only.split(","):
             continue
         path = out / f"{name.replace('/', '_')}.npz"
@@ -190,7 +200,7 @@ def cmd_embed(args) -> None:
             continue
         ds = data.WithCrops(data.create_dataset(name, root or args.data, split, transform=data.eval_transform(model)), seed=0)
         chosen = np.arange(len(ds))
-        cap = len(chosen) if args.full or cap is None else cap
+        cap = len(chosen) if (args.full and not args.validation) or cap is None else cap
         cap = max(4, int(cap * args.scale)) if args.scale < 1 else cap
         if cap < len(chosen):
             chosen = seeded_subset(chosen, cap, seed=0, dataset=name, purpose="max-samples")
@@ -688,12 +698,17 @@ def _point_metrics(u: np.ndarray, uc: np.ndarray, targets: Dict[str, np.ndarray]
     return {k: float(v) for k, v in out.items()}
 
 
+def worst_difference(metrics: Dict[str, Dict[str, Dict[str, float]]], key: str, goal: tuple) -> float:
+    """The worst difference of candidate ``key`` to the best free baseline over the ``(set, column)`` of ``goal``."""
+    return min(metrics[s][key][col] - max(metrics[s][f][col] for f in FREE) for s, col in goal)
+
+
 def halves_score(metrics: Dict[str, Dict[str, Dict[str, float]]], key: str) -> tuple:
     """(score, passes the guards) of candidate ``key`` from ``metrics[set][method][column]``: the score is the worst
     difference to the best free baseline over :data:`GOAL`; the guards keep what v3 is good at (crops get a higher
     uncertainty at least as often as under the best free baseline, CIFAR-10H rcorr_entropy >= class-entropy's)."""
     best = lambda s, col: max(metrics[s][f][col] for f in FREE)  # noqa: E731
-    score = min(metrics[s][key][col] - best(s, col) for s, col in GOAL)
+    score = worst_difference(metrics, key, GOAL)
     cifar = metrics["soft/cifar10h"]
     guards = all(metrics[s][key]["croppedHasBiggerUnc"] >= best(s, "croppedHasBiggerUnc") for s in metrics)
     return score, guards and cifar[key]["rcorr_entropy"] >= cifar["class-entropy"]["rcorr_entropy"]
@@ -726,12 +741,14 @@ def _stored(head, linear) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     return head.uncertainty
 
 
-def _selection_metrics(args, heads: Dict[str, Callable]) -> tuple:
+def _selection_metrics(args, heads: Dict[str, Callable], validation: bool = False) -> tuple:
     """(``metrics[set][head][column]`` on the selection half ``S`` of every evaluation split, ``{set: images}``) for
-    ``heads`` (name -> ``(embeddings, logits) -> [N]``) and the free baselines; refuses a metric undefined on ``S``."""
+    ``heads`` (name -> ``(embeddings, logits) -> [N]``) and the free baselines; refuses a metric undefined on ``S``.
+    ``validation``: on every image of the :data:`VALIDATION_SETS` (``embed --validation``) instead."""
     metrics, sizes = {}, {}
-    for name, (_, _, _, classify) in EVAL_SETS.items():
-        z = _eval_arrays(Path(args.out) / "eval_full" / f"{name.replace('/', '_')}.npz", name, "S")
+    sets, folder, half = (VALIDATION_SETS, "validation", "") if validation else (EVAL_SETS, "eval_full", "S")
+    for name, (_, _, _, classify) in sets.items():
+        z = _eval_arrays(Path(args.out) / folder / f"{name.replace('/', '_')}.npz", name, half)
         t = {k: torch.from_numpy(v) for k, v in z.items()}
         scored = {m: lambda e, z, m=m: free_uncertainty(m, e, z) for m in FREE}
         scored.update(heads)
@@ -741,20 +758,22 @@ def _selection_metrics(args, heads: Dict[str, Callable]) -> tuple:
                                            targets) for k, f in scored.items()}
         undefined = [f"{k} {col}" for k, row in metrics[name].items() for col, v in row.items() if not math.isfinite(v)]
         if undefined:  # e.g. every image of S retrieved correctly: an AUROC of one class; the selection would be noise
-            raise ValueError(f"{name}: undefined on the selection half S: {', '.join(undefined)}")
+            where = "the selection half S" if half else "the validation set"
+            raise ValueError(f"{name}: undefined on {where}: {', '.join(undefined)}")
         sizes[name] = len(z["labels"])
-        print(name, sizes[name], "images in S", flush=True)
+        print(name, sizes[name], "images in", half or folder, flush=True)
     return metrics, sizes
 
 
-def _write_v3_selection(out: Path, report: dict, v3, correction: float, prototype: float) -> None:
+def _write_v3_selection(out: Path, report: dict, v3, correction: float, prototype: float, **terms: float) -> None:
     """Write ``selection.json`` with, when ``report["selected"]``, the ``v3`` model's head weights under that name at
-    these arguments."""
+    these arguments (``terms``: more pred-net-logits arguments, e.g. ``pnorm``)."""
     if report["selected"]:
         torch.save(v3.method.state_dict(), out / "v3.pt")
-        margs = {**v3.config["method_args"], "correction": correction}
+        margs = {**v3.config["method_args"], "correction": correction, **({"prototype": prototype} if prototype else {}),
+                 **terms}
         report["heads"][report["selected"]] = {"score": report["grid"][report["selected_key"]]["score"], "weights": "v3",
-                                               "method_args": {**margs, "prototype": prototype} if prototype else margs}
+                                               "method_args": margs}
     (out / "selection.json").write_text(json.dumps(report, indent=1))
     for k, g in report["grid"].items():
         print(k, round(g["score"], 4), "guards" if g["guards"] else "fails a guard", flush=True)
@@ -821,6 +840,68 @@ def cmd_prototype(args) -> None:
               "selected": f"pnl-maxprob-losspred.avg3.{key}" if ships else None, "selected_key": key if ships else None,
               "heads": {}}
     _write_v3_selection(out, report, v3, *(chosen if ships else (0.0, 0.0)))
+
+
+# ------------------------------------------------------------------------------------------ tenth attempt: pnorm
+PNORM_WEIGHTS = (0.0, 0.5, 1.0, 2.0)  # weights of the max-logit-pnorm term added to v9; 0 = v9
+PNORM_ORDERS = (4.0, 6.0)  # its norm's order p
+VALIDATION_GOAL = (("tar/tiny_imagenet200", "R-AUROC"), ("tar/tiny_imagenet200", "auroc_classification"),
+                   ("idx/fashion_mnist", "R-AUROC"))  # the goal's columns on the validation sets
+
+
+def choose_pnorm(grid: Dict[str, dict]) -> Optional[tuple]:
+    """``(weight, p)`` of the ``grid`` entry (``{"pnorm", "pnorm_p", "score", "guards"}``) with the best score among
+    those that pass the guards (None if none does); within 1e-4 of the best is a tie, won by the smaller weight, then
+    by the smaller order."""
+    passing = [(g["score"], g["pnorm"], g["pnorm_p"]) for g in grid.values() if g["guards"]]
+    if not passing:
+        return None
+    best = max(score for score, _, _ in passing)
+    return min((w, p) for score, w, p in passing if score >= best - 1e-4)
+
+
+@torch.no_grad()
+def cmd_pnorm(args) -> None:
+    """Tenth attempt (planned before any number on the validation sets; see the model card): v9 plus ``w`` x scale x
+    the max-logit-pnorm score of order ``p`` (:data:`PNORM_WEIGHTS` x :data:`PNORM_ORDERS`), selected by the worst
+    difference to the best free baseline over :data:`GOAL` on the halves ``S`` and :data:`VALIDATION_GOAL` on the
+    validation sets (``embed --validation``), with the guards of :func:`halves_score` on ``S`` (:func:`choose_pnorm`).
+    Would ship (as v10; there is no such recipe: nothing won) only if it beats v9 (``w = 0``) by more than 1e-4."""
+    out = Path(args.out) / args.heads
+    out.mkdir(parents=True, exist_ok=True)
+    v9 = ur.load_model(SHIPPED_DEFAULT).eval()
+    c, proto = v9.method.correction, v9.method.prototype
+    linear = classifier_linear(v9.classifier)
+    keys = {"w0": (0.0, PNORM_ORDERS[0])} | {f"w{w:g}.p{p:g}": (w, p) for w in PNORM_WEIGHTS if w for p in PNORM_ORDERS}
+
+    def at(w: float, p: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        def uncertainty(embeddings: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+            v9.method.pnorm, v9.method.pnorm_p = w, p
+            return v9.method.uncertainty_with_linear(embeddings, logits, linear)
+        return uncertainty
+
+    heads = {k: at(w, p) for k, (w, p) in keys.items()}
+    heads.update({f"max-logit-pnorm p{p:g}": lambda e, z, p=p: max_logit_pnorm(z, p) for p in PNORM_ORDERS})
+    metrics, sizes = _selection_metrics(args, heads)
+    valid, valid_sizes = _selection_metrics(args, heads, validation=True)
+    grid = {}
+    for k, (w, p) in keys.items():
+        score, guards = halves_score(metrics, k)
+        grid[k] = {"score": min(score, worst_difference(valid, k, VALIDATION_GOAL)), "guards": guards,
+                   "score_S": score, "score_validation": worst_difference(valid, k, VALIDATION_GOAL), "pnorm": w, "pnorm_p": p}
+    chosen = choose_pnorm(grid)
+    key = None if chosen is None else ("w0" if not chosen[0] else f"w{chosen[0]:g}.p{chosen[1]:g}")
+    ships = key is not None and key != "w0" and grid[key]["score"] > grid["w0"]["score"] + 1e-4
+    report = {"rule": "pnorm", "default_rule": True, "images_S": sizes, "images_validation": valid_sizes, "grid": grid,
+              "metrics_S": metrics, "metrics_validation": valid,
+              "selected": f"pnl-maxprob-losspred.avg3.c{c:.1f}.p{proto:g}.{key}" if ships else None,
+              "selected_key": key if ships else None, "heads": {}}
+    terms = {"pnorm": chosen[0], "pnorm_p": chosen[1]} if ships else {}
+    _write_v3_selection(out, report, v9, c, proto, **terms)
+    for name, rows in (("S", metrics), ("validation", valid)):
+        for s, row in rows.items():
+            for head, m in row.items():
+                print(name, s, head, " ".join(f"{col} {v:.4f}" for col, v in m.items()), flush=True)
 
 
 # ------------------------------------------------------------------------------------------ after v9: signals
@@ -929,13 +1010,14 @@ def cmd_score(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=("views", "embed", "train", "blend", "refit", "halves", "prototype", "signals", "ship", "score"))
+    parser.add_argument("stage", choices=("views", "embed", "train", "blend", "refit", "halves", "prototype", "signals", "pnorm", "ship", "score"))
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--out", required=True)
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of every image count (smoke runs)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--recipe", default="v2", choices=sorted(RECIPES), help="views/train/blend/ship: photo split, views, shipped name")
     parser.add_argument("--full", action="store_true", help="embed/score: every image of each evaluation split (eval_full/)")
+    parser.add_argument("--validation", action="store_true", help="embed: the validation sets of attempt 10 (validation/)")
     parser.add_argument("--only", default="", help="embed: comma-separated evaluation sets")
     parser.add_argument("--candidates", default="", help="train: comma-separated names of CANDIDATES (default all)")
     parser.add_argument("--seeds", type=int, default=1, help="train: seeds per candidate")
@@ -949,7 +1031,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     {"views": cmd_views, "embed": cmd_embed, "train": cmd_train, "blend": cmd_blend, "refit": cmd_refit,
-     "halves": cmd_halves, "prototype": cmd_prototype, "signals": cmd_signals, "ship": cmd_ship, "score": cmd_score}[args.stage](args)
+     "halves": cmd_halves, "prototype": cmd_prototype, "signals": cmd_signals, "pnorm": cmd_pnorm, "ship": cmd_ship, "score": cmd_score}[args.stage](args)
 
 
 if __name__ == "__main__":

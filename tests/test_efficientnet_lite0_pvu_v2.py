@@ -500,3 +500,64 @@ def test_signals_stage_scores_per_image_signals_on_S_against_sklearn(recipe, tmp
     blend = v9_unc.numpy().astype(np.float64) + 0.5 * emb.max(1) / 6
     assert got["v9+0.5*embedding-max/6"]["R-AUROC"] == pytest.approx(roc_auc_score(wrong, blend), abs=1e-6)
     assert not (out / "heads").exists()
+
+
+def test_choose_pnorm_takes_the_best_passing_score_and_breaks_ties_towards_v9(recipe):
+    g = lambda score, w, p, guards=True: {"score": score, "pnorm": w, "pnorm_p": p, "guards": guards}  # noqa: E731
+    grid = {"a": g(0.9, 2.0, 4.0, guards=False), "b": g(0.010, 1.0, 6.0), "c": g(0.00995, 1.0, 4.0),
+            "d": g(0.00992, 2.0, 4.0), "w0": g(0.0003, 0.0, 4.0)}
+    assert recipe.choose_pnorm(grid) == (1.0, 4.0)  # b, c, d tie: the smallest weight, then the smallest order
+    grid["w0"]["score"] = 0.00991
+    assert recipe.choose_pnorm(grid) == (0.0, 4.0)
+    assert recipe.choose_pnorm({"a": g(1.0, 1.0, 4.0, guards=False)}) is None
+
+
+@pytest.mark.slow
+def test_pnorm_stage_scores_v9_plus_the_term_on_S_and_the_validation_sets_against_sklearn(recipe, tmp_path):
+    """``pnorm`` on made-up splits: the w0 cell is v9 on S; on the validation sets (every row) the v9 + w * scale *
+    max-logit-pnorm cells and the free term equal sklearn's AUROC of the numpy formula; a cell's score is the worse of
+    its S and validation scores; what is selected carries its weight and order."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.neighbors import NearestNeighbors
+
+    from uncertain_repr.benchmark.scoring import seeded_subset
+
+    out, _ = _synthetic_whole_splits(tmp_path)
+    (out / "validation").mkdir()
+    for k, (name, n) in enumerate({"tar/tiny_imagenet200": 150, "idx/fashion_mnist": 130}.items()):
+        _synthetic_eval_split(out / "validation" / f"{name.replace('/', '_')}.npz", n, seed=10 + k, soft=False)
+    _run_recipe(["pnorm", "--heads", "h10"], tmp_path, out)
+    selection = json.loads((out / "h10" / "selection.json").read_text())
+    assert len(selection["grid"]) == 1 + (len(recipe.PNORM_WEIGHTS) - 1) * len(recipe.PNORM_ORDERS) == 7
+    assert selection["images_validation"] == {"tar/tiny_imagenet200": 150, "idx/fashion_mnist": 130}
+    v9 = ur.load_model("efficientnet_lite0.pvu_v9").eval()
+    linear = recipe.classifier_linear(v9.classifier)
+
+    def pnorm(logits, p):  # the formula, by hand
+        z = logits.astype(np.float64) - logits.astype(np.float64).mean(1, keepdims=True)
+        return 1 - z.max(1) / (np.abs(z) ** p).sum(1) ** (1 / p)
+
+    def v9_unc(emb, logits):
+        with torch.no_grad():
+            return v9.method.uncertainty_with_linear(torch.from_numpy(emb), torch.from_numpy(logits), linear).numpy()
+
+    z = dict(np.load(out / "eval_full" / "soft_cifar10h.npz"))
+    rows = seeded_subset(np.arange(160), 80, seed=0, dataset="soft/cifar10h", purpose="selection-half")
+    emb, labels, logits = z["embeddings"][rows], z["labels"][rows], z["logits"][rows]
+    _, nn = NearestNeighbors(n_neighbors=2, metric="cosine").fit(emb).kneighbors(emb)
+    assert selection["metrics_S"]["soft/cifar10h"]["w0"]["R-AUROC"] == pytest.approx(
+        roc_auc_score(labels[nn[:, 1]] != labels, v9_unc(emb, logits)), abs=1e-6)
+    z = dict(np.load(out / "validation" / "tar_tiny_imagenet200.npz"))
+    emb, labels, logits = z["embeddings"], z["labels"], z["logits"]
+    _, nn = NearestNeighbors(n_neighbors=2, metric="cosine").fit(emb).kneighbors(emb)
+    got = selection["metrics_validation"]["tar/tiny_imagenet200"]
+    assert got["max-logit-pnorm p6"]["R-AUROC"] == pytest.approx(
+        roc_auc_score(labels[nn[:, 1]] != labels, pnorm(logits, 6)), abs=1e-6)
+    blend = v9_unc(emb, logits).astype(np.float64) + 2.0 * float(v9.method.scale) * pnorm(logits, 4)
+    assert got["w2.p4"]["auroc_classification"] == pytest.approx(roc_auc_score(logits.argmax(1) != labels, blend), abs=1e-5)
+    for key, cell in selection["grid"].items():
+        assert cell["score"] == min(cell["score_S"], cell["score_validation"])
+        assert cell["score_S"] == pytest.approx(recipe.halves_score(selection["metrics_S"], key)[0])
+    if selection["selected"]:
+        margs = selection["heads"][selection["selected"]]["method_args"]
+        assert (margs["pnorm"], margs["pnorm_p"]) == recipe.choose_pnorm(selection["grid"]) and margs["prototype"] == 0.5
