@@ -52,6 +52,13 @@ INPUTS: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 INPUT_DIMS: Dict[str, Callable[[int], int]] = {"embedding": lambda d: d + NUM_STATS, "stats": lambda d: NUM_STATS + 1}
 
 
+def _term_weight(value: float, name: str) -> float:
+    """``value`` as a float; ``ValueError`` naming ``name`` unless it is a finite number >= 0 (an added term's weight)."""
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value)
+
+
 @register_method("pred-net-logits")
 class PredNetLogits(UncertaintyMethod):
     """``u = scale * (softplus(gain * base(z) + correction * MLP([e, stats(z)])) + 1e-6)``, strictly positive.
@@ -105,15 +112,11 @@ class PredNetLogits(UncertaintyMethod):
             raise ValueError(f"inputs must be one of {sorted(INPUTS)}, got {inputs!r}")
         if not 0.0 <= correction <= 1.0:
             raise ValueError(f"correction must be in [0, 1], got {correction}")
-        if not (math.isfinite(prototype) and prototype >= 0.0):
-            raise ValueError(f"prototype must be a finite number >= 0, got {prototype}")
         self.base = base
         self.correction = float(correction)
         self.inputs = inputs
-        self.prototype = float(prototype)
-        if not (math.isfinite(pnorm) and pnorm >= 0.0):
-            raise ValueError(f"pnorm must be a finite number >= 0, got {pnorm}")
-        self.pnorm = float(pnorm)
+        self.prototype = _term_weight(prototype, "prototype")
+        self.pnorm = _term_weight(pnorm, "pnorm")
         self.pnorm_p = check_pnorm_order(pnorm_p, "pnorm_p")
         layers, in_dim = hidden_layers(INPUT_DIMS[inputs](embed_dim), width, depth, negative_slope)
         last = nn.Linear(in_dim, 1)
