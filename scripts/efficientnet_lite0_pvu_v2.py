@@ -887,8 +887,9 @@ def cmd_pnorm(args) -> None:
     grid = {}
     for k, (w, p) in keys.items():
         score, guards = halves_score(metrics, k)
-        grid[k] = {"score": min(score, worst_difference(valid, k, VALIDATION_GOAL)), "guards": guards,
-                   "score_S": score, "score_validation": worst_difference(valid, k, VALIDATION_GOAL), "pnorm": w, "pnorm_p": p}
+        score_validation = worst_difference(valid, k, VALIDATION_GOAL)
+        grid[k] = {"score": min(score, score_validation), "guards": guards, "score_S": score,
+                   "score_validation": score_validation, "pnorm": w, "pnorm_p": p}
     chosen = choose_pnorm(grid)
     key = None if chosen is None else ("w0" if not chosen[0] else f"w{chosen[0]:g}.p{chosen[1]:g}")
     ships = key is not None and key != "w0" and grid[key]["score"] > grid["w0"]["score"] + 1e-4
